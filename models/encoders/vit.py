@@ -1,0 +1,89 @@
+"""Vision Transformer encoder that consumes an MAE mask by dropping the masked tokens.
+
+State-dict keys are those of the official MAE ``models_mae.py`` encoder (``cls_token``, ``pos_embed``,
+``patch_embed.proj.*``, ``blocks.{i}.*``, ``norm.*``); the blocks are timm's (fused SDPA attention).
+"""
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Sequence
+
+import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from ..init import init_conv_as_linear, init_linear_and_norm, init_token
+from ..pos_embed import sincos_2d
+
+
+@dataclass
+class EncoderOutput:
+    """tokens: [N, 1 + K, D] final-normed (cls first, then the K visible tokens in ids_keep order);
+    layers: {block index counted from 1: [N, 1 + K, D] un-normed output of that block}."""
+
+    tokens: torch.Tensor
+    layers: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class VisionTransformer(nn.Module):
+    """ViT with a cls token and a fixed sin-cos position embedding (frozen, as in MAE pretraining)."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.patch_size = patch_size
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.grid_size = self.patch_embed.grid_size
+        self.num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        # a Parameter (not a buffer) so the key and the frozen flag match the official checkpoints
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim), requires_grad=False)
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as timm
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i], norm_layer=norm_layer)
+            for i in range(depth)])
+        self.norm = norm_layer(embed_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.pos_embed.data.copy_(sincos_2d(self.embed_dim, self.grid_size, cls_token=True).unsqueeze(0))
+        init_conv_as_linear(self.patch_embed.proj)
+        init_token(self.cls_token)
+        self.apply(init_linear_and_norm)
+
+    def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
+                return_layers: Sequence[int] = ()) -> EncoderOutput:
+        """imgs: [N, C, H, W]; ids_keep: [N, K] visible patch indices (None keeps all L)."""
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:]
+        if ids_keep is not None:
+            x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        layers = {}
+        for i, block in enumerate(self.blocks, start=1):
+            x = block(x)
+            if i in return_layers:
+                layers[i] = x
+        return EncoderOutput(tokens=self.norm(x), layers=layers)
+
+
+def vit_tiny(**kwargs) -> VisionTransformer:
+    return VisionTransformer(**{"embed_dim": 192, "depth": 12, "num_heads": 3, **kwargs})
+
+
+def vit_small(**kwargs) -> VisionTransformer:
+    return VisionTransformer(**{"embed_dim": 384, "depth": 12, "num_heads": 6, **kwargs})
+
+
+def vit_base(**kwargs) -> VisionTransformer:
+    return VisionTransformer(**{"embed_dim": 768, "depth": 12, "num_heads": 12, **kwargs})
+
+
+def vit_large(**kwargs) -> VisionTransformer:
+    return VisionTransformer(**{"embed_dim": 1024, "depth": 24, "num_heads": 16, **kwargs})
+
+
+def vit_huge(**kwargs) -> VisionTransformer:
+    return VisionTransformer(**{"patch_size": 14, "embed_dim": 1280, "depth": 32, "num_heads": 16, **kwargs})

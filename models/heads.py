@@ -1,0 +1,83 @@
+"""Prediction heads and their losses.
+
+A head maps encoder features to predictions for patches; its loss compares them with the target on the
+patches it is responsible for. Parameter names follow the official checkpoints (``decoder_*``,
+``mask_token``) so that composed models keep the official flat state-dict keys.
+"""
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .encoders.vit import EncoderOutput
+from .init import init_linear_and_norm, init_token
+from .masking import Masks
+from .pos_embed import sincos_2d
+
+
+def patch_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2", beta: float = 1.0) -> torch.Tensor:
+    """Per-patch loss [N, L] from pred/target [N, L, C]: the elementwise loss averaged over C."""
+    pred = pred.float()
+    if kind == "l2":
+        err = (pred - target) ** 2
+    elif kind == "l1":
+        err = (pred - target).abs()
+    elif kind == "smooth_l1":
+        err = F.smooth_l1_loss(pred, target, reduction="none", beta=beta)
+    else:
+        raise ValueError(f"unknown loss type {kind!r}; choose l2, l1 or smooth_l1")
+    return err.mean(dim=-1)
+
+
+def masked_mean(per_patch: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """sum(per_patch * weight) / sum(weight): the MAE reduction over masked patches. Both [N, L]."""
+    weight = weight.to(per_patch.dtype)
+    return (per_patch * weight).sum() / weight.sum()
+
+
+class MAEDecoder(nn.Module):
+    """MAE decoder (METHODS.md §1.4): embed [cls, visible], append mask tokens, unshuffle to raster
+    order, add fixed sin-cos positions, transformer blocks, LN, linear prediction of every patch."""
+
+    def __init__(self, grid_size: tuple[int, int], embed_dim: int, out_dim: int, decoder_embed_dim: int = 512,
+                 decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
+                 loss_type: str = "l2"):
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        self.loss_type = loss_type
+        self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim),
+                                              requires_grad=False)
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.decoder_blocks = nn.ModuleList([
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(decoder_depth)])
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, out_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        table = sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size, cls_token=True)
+        self.decoder_pos_embed.data.copy_(table.unsqueeze(0))
+        init_token(self.mask_token)
+        self.apply(init_linear_and_norm)
+
+    def forward(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
+        """features.tokens: [N, 1 + K, D] -> predictions for every patch [N, L, out_dim]."""
+        x = self.decoder_embed(features.tokens)
+        n, length = masks.ids_restore.shape
+        mask_tokens = self.mask_token.to(x.dtype).expand(n, length + 1 - x.shape[1], -1)
+        patches = torch.cat([x[:, 1:], mask_tokens], dim=1)
+        patches = torch.gather(patches, 1, masks.ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = block(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """Mean per-patch loss over the masked patches only."""
+        return masked_mean(patch_loss(pred, target, self.loss_type), masks.mask)

@@ -1,0 +1,166 @@
+"""Checkpoints: atomic save, exact resume, and safe loading of pretrained weights (ours and official).
+
+Everything is read with ``torch.load(weights_only=True)``: no arbitrary object is ever unpickled. The
+official MAE-family checkpoints hold an ``argparse.Namespace`` under ``'args'``; that one class is
+allow-listed so they load without ``weights_only=False``.
+"""
+import argparse
+import fnmatch
+import glob
+import os
+import random
+import re
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.pos_embed import resize_pos_embed
+from util.errors import UsageError
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def save_checkpoint(path: str, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """``torch.load`` a checkpoint on the CPU with ``weights_only=True``; one-sentence errors."""
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path!r} does not exist: pass the path of a .pth file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # the unpickler's errors are long; keep the first line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot read checkpoint {path!r} as a weights-only PyTorch file: {first}") from err
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from, as tensors and plain values (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuples(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value):
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The ``checkpoint-<epoch>.pth`` of highest epoch in ``output_dir`` (``--auto_resume``), or None."""
+    found = []
+    for path in glob.glob(os.path.join(output_dir, "checkpoint-*.pth")):
+        match = re.fullmatch(r"checkpoint-(\d+)\.pth", os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def extract_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The model weights of a checkpoint (``model``/``state_dict``/``module`` entry or the dict itself),
+    with DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes removed."""
+    for key in ("model", "state_dict", "module"):
+        if key in checkpoint and isinstance(checkpoint[key], dict):
+            checkpoint = checkpoint[key]
+            break
+    out = {}
+    for key, value in checkpoint.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+@dataclass
+class LoadReport:
+    """What ``load_pretrained`` did: keys missing from / unexpected in the checkpoint, resized and
+    shape-mismatched (dropped) keys."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    resized: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"{name}: {', '.join(keys)}" for name, keys in vars(self).items() if keys]
+        return "loaded all keys" if not parts else "; ".join(parts)
+
+
+def _grids_with_extra(rows_a: int, rows_b: int) -> tuple[int, int, int] | None:
+    """Find E in (1, 0) such that both rows - E are perfect squares: (E, side_a, side_b)."""
+    for extra in (1, 0):
+        side_a, side_b = int(round((rows_a - extra) ** 0.5)), int(round((rows_b - extra) ** 0.5))
+        if side_a ** 2 == rows_a - extra and side_b ** 2 == rows_b - extra:
+            return extra, side_a, side_b
+    return None
+
+
+def load_pretrained(model: nn.Module, path_or_state_dict: str | dict[str, Any],
+                    allow_missing: Iterable[str] = ()) -> LoadReport:
+    """Load our or an official checkpoint into ``model`` and report what did not match.
+
+    The model may define ``checkpoint_filter_fn(state_dict) -> state_dict`` to adapt foreign key names
+    (as in timm). Position embeddings (keys ending in ``pos_embed``) of another grid are resized
+    bicubically, extra (cls) tokens kept; other keys of another shape are dropped and reported. Raises
+    ``UsageError`` if any key of the model is missing unless it matches an ``allow_missing`` pattern.
+    """
+    checkpoint = load_file(path_or_state_dict) if isinstance(path_or_state_dict, str) else path_or_state_dict
+    state_dict = extract_state_dict(checkpoint)
+    if hasattr(model, "checkpoint_filter_fn"):
+        state_dict = model.checkpoint_filter_fn(state_dict)
+    own = model.state_dict()
+    report = LoadReport()
+    for key in list(state_dict):
+        if key not in own or state_dict[key].shape == own[key].shape:
+            continue
+        value, want = state_dict[key], own[key]
+        grids = _grids_with_extra(value.shape[1], want.shape[1]) if value.dim() == 3 == want.dim() else None
+        if key.endswith("pos_embed") and grids and value.shape[-1] == want.shape[-1]:
+            state_dict[key] = resize_pos_embed(value, (grids[2], grids[2]), grids[0])
+            report.resized.append(key)
+        else:
+            del state_dict[key]
+            report.mismatched.append(f"{key} {tuple(value.shape)}->{tuple(want.shape)}")
+    result = model.load_state_dict(state_dict, strict=False)
+    report.unexpected = list(result.unexpected_keys)
+    report.missing = list(result.missing_keys)
+    allow = list(allow_missing)
+    fatal = [k for k in report.missing if not any(fnmatch.fnmatch(k, pattern) for pattern in allow)]
+    if fatal:
+        shown = ", ".join(fatal[:5]) + (f" and {len(fatal) - 5} more" if len(fatal) > 5 else "")
+        raise UsageError(f"checkpoint is missing {len(fatal)} weights of this model ({shown}): "
+                         "is it a checkpoint of the same architecture?")
+    return report

@@ -1,0 +1,183 @@
+"""Datasets and transforms for pretraining and evaluation.
+
+Every dataset yields ``(image, label)`` where ``image`` is whatever ``transform`` makes of an RGB
+PIL image (a ``[3, S, S]`` float tensor for the transforms built here) and ``label`` is an int.
+"""
+import gzip
+import multiprocessing
+import os
+import warnings
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from util.errors import UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DATA_SETS = ("imagefolder", "fashion_mnist")
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+Transform = Callable[[Image.Image], object]
+
+
+def build_pretrain_transform(input_size: int) -> transforms.Compose:
+    """MAE pretraining augmentation: RGB PIL image -> normalized ``[3, input_size, input_size]`` tensor."""
+    return transforms.Compose([
+        transforms.RandomResizedCrop(input_size, scale=(0.2, 1.0),
+                                     interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def build_eval_transform(input_size: int) -> transforms.Compose:
+    """MAE evaluation preprocessing: resize then center crop to ``[3, input_size, input_size]``."""
+    # Up to 224 the crop keeps the usual 224/256 of the resized image; larger sizes use the whole image.
+    crop_pct = 224 / 256 if input_size <= 224 else 1.0
+    return transforms.Compose([
+        transforms.Resize(int(input_size / crop_pct), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(input_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
+
+
+def _images_under(folder: str) -> list[str]:
+    """All image files below ``folder``, in a deterministic (sorted) order."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
+    return found
+
+
+class ImageFiles(Dataset):
+    """Images from a class-per-folder tree (``root/<class>/**/*.jpg``) or a flat folder (all label 0).
+
+    Unreadable files are skipped with a warning: the sample at the next readable index is returned
+    instead, so ``len`` and the number of items per epoch stay fixed.
+    """
+
+    def __init__(self, root: str, transform: Transform | None = None, limit: int | None = None):
+        self.root, self.transform = root, transform
+        subdirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        per_class = [(name, _images_under(os.path.join(root, name))) for name in subdirs]
+        per_class = [(name, paths) for name, paths in per_class if paths]
+        if per_class:
+            self.classes = [name for name, _ in per_class]
+            self.samples = [(p, label) for label, (_, paths) in enumerate(per_class) for p in paths]
+        else:
+            self.classes = [os.path.basename(os.path.abspath(root))]
+            self.samples = [(e.path, 0) for e in sorted(os.scandir(root), key=lambda e: e.name)
+                            if e.is_file() and _is_image(e.name)]
+        if not self.samples:
+            raise UsageError(f"--data_path {root} holds no images ({', '.join(IMG_EXTENSIONS)}): expected "
+                             "an ImageNet-style folder (train/<class>/*.JPEG) or a folder of images.")
+        self.samples = self.samples[:limit]
+        # One shared flag per file: DataLoader workers get this shared memory, so the main process sees
+        # their skips, and a file is warned about and counted once however many epochs revisit it.
+        # No lock: flags only go 0 -> 1, and a lock's semaphore cannot reach workers of another start method.
+        self._bad = multiprocessing.RawArray("b", len(self.samples))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def skipped(self) -> int:
+        """Number of distinct files found unreadable so far, across all worker processes."""
+        return int(np.frombuffer(self._bad, dtype=np.int8).sum())
+
+    def __getitem__(self, index: int) -> tuple[object, int]:
+        n = len(self.samples)
+        for i in (j % n for j in range(index, index + n)):
+            if self._bad[i]:
+                continue
+            path, label = self.samples[i]
+            try:
+                with Image.open(path) as f:
+                    image = f.convert("RGB")
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+                self._bad[i] = 1
+                warnings.warn(f"skipping unreadable image {path}: {err}")
+                continue
+            return (self.transform(image) if self.transform else image), label
+        raise UsageError(f"none of the {n} images under {self.root} could be read: check the files.")
+
+
+def _read_idx(path: str, magic: int) -> np.ndarray:
+    """Read a gzipped idx file into a uint8 array: ``[N]`` labels or ``[N, rows, cols]`` images."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = magic & 0xFF  # the last magic byte is the number of dimensions, the third the dtype (uint8)
+    if len(raw) < 4 * (1 + ndim) or int.from_bytes(raw[:4], "big") != magic:
+        raise UsageError(f"{path} is not an idx file with magic number {magic:#010x}: re-download it.")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 * (1 + ndim))
+    if data.size != int(np.prod(shape)):
+        raise UsageError(f"{path} holds {data.size} bytes of data, its header promises shape {shape}.")
+    return data.reshape(shape)
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST from its gzipped idx files; each 28x28 grey image is handed to ``transform`` as RGB."""
+
+    classes = FASHION_MNIST_CLASSES
+
+    def __init__(self, root: str, train: bool = True, transform: Transform | None = None,
+                 limit: int | None = None):
+        split = "train" if train else "t10k"
+        paths = [os.path.join(root, f"{split}-{kind}-ubyte.gz") for kind in ("images-idx3", "labels-idx1")]
+        for path in paths:
+            if not os.path.isfile(path):
+                raise UsageError(f"{path} not found: run `apt-get install dataset-fashion-mnist` or pass "
+                                 "--data_path a folder holding the Fashion-MNIST *-ubyte.gz files.")
+        images, labels = _read_idx(paths[0], 0x803), _read_idx(paths[1], 0x801)
+        if len(images) != len(labels):
+            raise UsageError(f"{paths[0]} has {len(images)} images but {paths[1]} has {len(labels)} labels.")
+        self.images = images[:limit]  # [N, 28, 28] uint8
+        self.targets = torch.from_numpy(labels[:limit].astype(np.int64))  # [N]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[object, int]:
+        # RGB so the ImageNet-style transforms (3-channel normalize) and encoders apply unchanged.
+        image = Image.fromarray(self.images[index]).convert("RGB")
+        return (self.transform(image) if self.transform else image), int(self.targets[index])
+
+
+def build_dataset(data_set: str, data_path: str | None, transform: Transform | None, train: bool = True,
+                  limit: int | None = None) -> Dataset:
+    """Build the ``train`` (or validation) split of ``data_set``, keeping its first ``limit`` samples."""
+    if data_set == "fashion_mnist":
+        return FashionMNIST(data_path or FASHION_MNIST_DIR, train, transform, limit)
+    if data_set != "imagefolder":
+        raise UsageError(f"--data_set {data_set} is unknown: choose one of {', '.join(DATA_SETS)}.")
+    if data_path is None:
+        raise UsageError("--data_set imagefolder needs --data_path: a folder of images, or of train/ and val/.")
+    if not os.path.isdir(data_path):
+        raise UsageError(f"--data_path {data_path} does not exist: expected an ImageNet-style folder "
+                         "(train/<class>/*.JPEG) or a folder of images.")
+    split, other = ("train", "val") if train else ("val", "train")
+    root = os.path.join(data_path, split)
+    if not os.path.isdir(root):
+        # Without this, a lone train/ would be read as one class of an unsplit dataset.
+        if os.path.isdir(os.path.join(data_path, other)):
+            raise UsageError(f"--data_path {data_path} has {other}/ but no {split}/: "
+                             f"add {split}/<class>/ folders of images.")
+        root = data_path
+    return ImageFiles(root, transform, limit)

@@ -1,0 +1,104 @@
+"""Progress lines, TensorBoard scalars and the JSON-lines ``log.txt``.
+
+Values are accumulated on the device and read back only every ``print_freq`` steps, so the hot loop
+never waits for the GPU.
+"""
+import datetime
+import json
+import math
+import os
+import time
+
+import torch
+
+from util.distributed import all_reduce_mean, is_main_process
+from util.errors import UsageError
+
+
+class NonFiniteLossError(UsageError):
+    """The loss became NaN or infinite: training stops with the step and a hint."""
+
+
+class MetricLogger:
+    """Sums per-step scalars on the device; prints and averages them every ``print_freq`` steps."""
+
+    def __init__(self, header: str, num_steps: int, print_freq: int, device: torch.device):
+        self.header, self.num_steps, self.print_freq, self.device = header, num_steps, print_freq, device
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+        self.window_start = time.time()
+        self.window_images = 0
+        self.start = time.time()
+        self.last: dict[str, float] = {}
+
+    def update(self, batch_size: int, **values: torch.Tensor) -> None:
+        """Add one step's detached scalars (no host sync)."""
+        for name, value in values.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value.clone()
+        self.count += 1
+        self.window_images += batch_size
+
+    def averages(self) -> dict[str, float]:
+        """Epoch averages over all processes (syncs: call only at the end)."""
+        if not self.sums:
+            return {}
+        stacked = torch.stack([self.sums[k] for k in self.sums]) / max(self.count, 1)
+        return dict(zip(self.sums, all_reduce_mean(stacked).tolist()))
+
+    def maybe_print(self, step: int, lr: float) -> bool:
+        """Every ``print_freq`` steps (and at the last one): check the loss is finite, print a line.
+        Returns whether it did (``self.last`` then holds the running means)."""
+        if step % self.print_freq and step != self.num_steps - 1:
+            return False
+        current = {k: v.item() / max(self.count, 1) for k, v in self.sums.items()}
+        if any(not math.isfinite(v) for v in current.values()):
+            raise NonFiniteLossError(
+                f"loss is not finite at step {step} of {self.header.strip()} ({current}): lower --blr, "
+                "set --clip_grad, or use --amp bf16/fp32 instead of fp16")
+        now = time.time()
+        speed = self.window_images / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_images = now, 0
+        eta = (now - self.start) / (step + 1) * (self.num_steps - step - 1)
+        parts = [f"{self.header} [{step:>{len(str(self.num_steps))}}/{self.num_steps}]",
+                 f"eta {datetime.timedelta(seconds=int(eta))}"]
+        parts += [f"{k} {v:.4f}" for k, v in current.items()] + [f"lr {lr:.3e}", f"{speed:.1f} img/s"]
+        if self.device.type == "cuda":
+            parts.append(f"mem {torch.cuda.max_memory_allocated(self.device) / 2 ** 30:.1f}G")
+        self.last = current
+        if is_main_process():
+            print("  ".join(parts), flush=True)
+        return True
+
+
+class RunLog:
+    """TensorBoard (main process, ``log_dir``) and ``output_dir/log.txt`` JSON lines."""
+
+    def __init__(self, output_dir: str | None, log_dir: str | None):
+        self.output_dir = output_dir if is_main_process() else None
+        self.writer = None
+        if is_main_process() and log_dir:
+            from torch.utils.tensorboard import SummaryWriter
+            os.makedirs(log_dir, exist_ok=True)
+            self.writer = SummaryWriter(log_dir=log_dir)
+
+    def scalars(self, values: dict[str, float], epoch_1000x: int, prefix: str = "train") -> None:
+        """x-axis is epoch x 1000, as in the official code, so runs of any batch size compare."""
+        if self.writer:
+            for name, value in values.items():
+                self.writer.add_scalar(f"{prefix}/{name}", value, epoch_1000x)
+
+    def image(self, tag: str, image_uint8: torch.Tensor, epoch: int) -> None:
+        if self.writer:
+            self.writer.add_image(tag, image_uint8, epoch)
+
+    def json_line(self, record: dict) -> None:
+        if self.output_dir:
+            os.makedirs(self.output_dir, exist_ok=True)
+            with open(os.path.join(self.output_dir, "log.txt"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.flush()
+            self.writer.close()
