@@ -34,6 +34,7 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared with colleagues
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -48,28 +49,31 @@ def load_file(path: str) -> dict[str, Any]:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # the unpickler's errors are long; keep the first line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"cannot read checkpoint {path!r} as a weights-only PyTorch file: {first}") from err
+    except Exception as err:  # the unpickler's errors are pages long; say what matters in one line
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        reason = (f"it stores a Python object ({refused.group(1)}) that is not loaded for safety; "
+                  "re-save only its tensors" if refused else "it is not a PyTorch checkpoint")
+        raise UsageError(f"cannot load checkpoint {path!r}: {reason}") from err
 
 
 def rng_state() -> dict[str, Any]:
-    """Every RNG a training step may draw from, as tensors and plain values (weights_only-safe)."""
+    """Every RNG a training step may draw from, as plain Python values: weights_only-safe, and
+    gatherable across processes with ``all_gather_object``."""
     np_state = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:])}
+    state = {"torch": torch.get_rng_state().tolist(), "python": random.getstate(),
+             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     random.setstate(_as_tuples(state["python"]))
     name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
 def _as_tuples(value):
@@ -97,9 +101,12 @@ def extract_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
     for key, value in checkpoint.items():
         if not isinstance(value, torch.Tensor):
             continue
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
+        stripped = True
+        while stripped:  # DDP and compile can nest in either order
+            stripped = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
         out[key] = value
     return out
 
@@ -154,9 +161,10 @@ def load_pretrained(model: nn.Module, path_or_state_dict: str | dict[str, Any],
         else:
             del state_dict[key]
             report.mismatched.append(f"{key} {tuple(value.shape)}->{tuple(want.shape)}")
-    result = model.load_state_dict(state_dict, strict=False)
-    report.unexpected = list(result.unexpected_keys)
-    report.missing = list(result.missing_keys)
+    model.load_state_dict(state_dict, strict=False)
+    # compared on the names state_dict() shows (flat for composed models), not the module paths
+    report.unexpected = [k for k in state_dict if k not in own]
+    report.missing = [k for k in own if k not in state_dict]
     allow = list(allow_missing)
     fatal = [k for k in report.missing if not any(fnmatch.fnmatch(k, pattern) for pattern in allow)]
     if fatal:
