@@ -1,0 +1,82 @@
+"""Pretraining throughput and peak memory of a recipe on synthetic data.
+
+    python benchmarks/pretrain_throughput.py --model mae_vit_base_patch16 --batch_size 256 [--compile]
+
+Times full optimizer steps (forward, backward, fused AdamW) after warm-up, in the precision the
+trainer uses, and prints one JSON line with the device, date and command so results can be recorded.
+"""
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import models  # noqa: E402
+from engine_pretrain import autocast  # noqa: E402
+from main_pretrain import AMP_DTYPES, parse_model_kwargs  # noqa: E402
+from util.lr import weight_decay_groups  # noqa: E402
+
+
+def measure(model_name: str, batch_size: int, steps: int, warmup: int, device: torch.device,
+            amp: str, compile_model: bool, input_size: int = 224, model_kwargs: dict | None = None) -> dict:
+    """Run ``warmup + steps`` training steps; return img/s over the timed steps and peak memory (GiB)."""
+    model = models.create_model(model_name, img_size=input_size, **(model_kwargs or {})).to(device)
+    optimizer = torch.optim.AdamW(weight_decay_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95),
+                                  fused=device.type == "cuda")
+    step_model = torch.compile(model) if compile_model else model
+    imgs = torch.randn(batch_size, 3, input_size, input_size, device=device)
+    amp_dtype = AMP_DTYPES[amp]
+
+    def step() -> None:
+        with autocast(device, amp_dtype):
+            loss = step_model(imgs).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
+    return {"img_per_s": round(batch_size * steps / elapsed, 1), "peak_mem_gib": round(peak, 2)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mae_vit_base_patch16")
+    p.add_argument("--model_kwargs", nargs="*", default=[], metavar="KEY=VALUE")
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--input_size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--amp", default=None, choices=sorted(AMP_DTYPES))
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--device", default=None)
+    args = p.parse_args()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = args.amp or ("bf16" if device.type == "cuda" else "fp32")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    result = measure(args.model, args.batch_size, args.steps, args.warmup, device, amp, args.compile,
+                     args.input_size, parse_model_kwargs(args.model_kwargs))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(json.dumps({"model": args.model, "batch_size": args.batch_size, "amp": amp, "compile": args.compile,
+                      **result, "device": name, "torch": torch.__version__,
+                      "date": datetime.date.today().isoformat(), "command": " ".join(sys.argv)}))
+
+
+if __name__ == "__main__":
+    main()
