@@ -17,9 +17,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
-from engine_pretrain import autocast  # noqa: E402
-from main_pretrain import AMP_DTYPES, parse_model_kwargs  # noqa: E402
 from util.lr import weight_decay_groups  # noqa: E402
+from util.runtime import AMP_DTYPES, parse_model_kwargs  # noqa: E402
+from util.train_loop import autocast  # noqa: E402
 
 
 def measure(model_name: str, batch_size: int, steps: int, warmup: int, device: torch.device,

@@ -1,15 +1,14 @@
 """The one pretraining module: encoder + masking + target + heads, composed.
 
-State-dict keys are *flat*: the ``encoder.`` and ``heads.<name>.`` prefixes are dropped on save and put
-back on load, so a composed MAE has exactly the official ``models_mae.py`` keys and the official
-checkpoints load with ``strict=True``. Components must therefore use distinct parameter names (the
-official ones already do); a clash is refused at construction.
+State-dict keys are flat (``models/flat_keys.py``): a composed MAE has exactly the official
+``models_mae.py`` keys, so the official checkpoints load with ``strict=True``.
 """
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from .flat_keys import FlatKeys
 from .masking import Masks
 
 
@@ -23,7 +22,7 @@ class MIMOutput:
     pred: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-class MaskedImageModel(nn.Module):
+class MaskedImageModel(FlatKeys, nn.Module):
     """A MIM method as a composition. ``forward(imgs, mask=None)``; ``mask`` [N, L] overrides the sampler.
 
     Args:
@@ -42,10 +41,7 @@ class MaskedImageModel(nn.Module):
         self.target = target
         self.heads = nn.ModuleDict(heads)
         self.loss_weights = {name: 1.0 for name in heads} | (loss_weights or {})
-        self._flat_prefixes = ["encoder."] + [f"heads.{name}." for name in heads]
-        self._to_full = self._build_key_map()
-        self.register_state_dict_post_hook(_flatten_keys)
-        self.register_load_state_dict_pre_hook(_unflatten_keys)
+        self.flatten_keys(["encoder."] + [f"heads.{name}." for name in heads])
 
     @property
     def patch_size(self) -> int:
@@ -54,22 +50,6 @@ class MaskedImageModel(nn.Module):
     @property
     def num_patches(self) -> int:
         return self.encoder.num_patches
-
-    def _flat(self, key: str) -> str:
-        for prefix in self._flat_prefixes:
-            if key.startswith(prefix):
-                return key[len(prefix):]
-        return key
-
-    def _build_key_map(self) -> dict[str, str]:
-        full_keys = list(nn.Module.state_dict(self).keys())
-        mapping: dict[str, str] = {}
-        for key in full_keys:
-            flat = self._flat(key)
-            if flat in mapping:
-                raise ValueError(f"components both define the state-dict key {flat!r}: {mapping[flat]} and {key}")
-            mapping[flat] = key
-        return mapping
 
     def sample_masks(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> Masks:
         return self.masking(imgs.shape[0], self.num_patches, imgs.device, generator)
@@ -86,17 +66,3 @@ class MaskedImageModel(nn.Module):
             losses[name] = head.loss(preds[name], target, masks)
         loss = sum(self.loss_weights[name] * value for name, value in losses.items())
         return MIMOutput(loss=loss, losses=losses, mask=masks.mask, pred=preds)
-
-
-def _flatten_keys(module: MaskedImageModel, state_dict, prefix: str, local_metadata) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        flat = prefix + module._flat(key[len(prefix):])
-        if flat != key:
-            state_dict[flat] = state_dict.pop(key)
-
-
-def _unflatten_keys(module: MaskedImageModel, state_dict, prefix: str, *args) -> None:
-    for key in [k for k in state_dict if k.startswith(prefix)]:
-        full = module._to_full.get(key[len(prefix):])
-        if full is not None and prefix + full != key:
-            state_dict[prefix + full] = state_dict.pop(key)

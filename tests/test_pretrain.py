@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import main_pretrain
 from conftest import TINY_MAE
-from engine_pretrain import TrainConfig, train_one_epoch
+from engine_pretrain import train_one_epoch
+from util.train_loop import TrainConfig
 from models import create_model
 from models.masking import Masks, RandomMasking
 from util import distributed as dist_util

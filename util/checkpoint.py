@@ -7,6 +7,7 @@ allow-listed so they load without ``weights_only=False``.
 import argparse
 import fnmatch
 import glob
+import json
 import os
 import random
 import re
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from models.pos_embed import resize_pos_embed
+from util import distributed as dist_util
 from util.errors import UsageError
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -88,6 +90,42 @@ def latest_checkpoint(output_dir: str) -> str | None:
         if match:
             found.append((int(match.group(1)), path))
     return max(found)[1] if found else None
+
+
+def save_training_state(output_dir: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler | None, epoch: int, step: int, args: argparse.Namespace,
+                        name: str | None = None, **extra) -> None:
+    """Every process contributes its RNG state; the main process writes ``checkpoint-<epoch>.pth``
+    (or ``name``) holding model, optimizer, scaler, epoch, step, args (plain dict) and RNG states."""
+    world_size = dist_util.get_world_size()
+    rng = rng_state()
+    if world_size > 1:
+        gathered = [None] * world_size
+        torch.distributed.all_gather_object(gathered, rng)
+        rng = gathered
+    if dist_util.is_main_process():
+        save_checkpoint(os.path.join(output_dir, name or f"checkpoint-{epoch}.pth"), {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "step": step,
+            "args": json.loads(json.dumps(vars(args), default=str)), "rng": rng, "world_size": world_size,
+            **extra})
+    dist_util.barrier()
+
+
+def resume_training(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
+    """Restore a ``save_training_state`` checkpoint exactly: weights (strict), optimizer, scaler, and
+    this process's RNG states when the world size is unchanged. Returns the checkpoint."""
+    ckpt = load_file(path)
+    model.load_state_dict(ckpt["model"], strict=True)
+    if optimizer is not None and ckpt.get("optimizer"):
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    rng = ckpt.get("rng")
+    if rng is not None and ckpt.get("world_size", 1) == dist_util.get_world_size():
+        set_rng_state(rng[dist_util.get_rank()] if isinstance(rng, list) else rng)
+    return ckpt
 
 
 def extract_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

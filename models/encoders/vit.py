@@ -26,10 +26,17 @@ class EncoderOutput:
 
 
 class VisionTransformer(nn.Module):
-    """ViT with a cls token and a fixed sin-cos position embedding (frozen, as in MAE pretraining)."""
+    """ViT with a cls token and a 2-D sin-cos position embedding.
+
+    Pretraining keeps the position table frozen; fine-tuning makes it learnable (``learnable_pos_embed``,
+    as the official fine-tune model) and, under global pooling, drops the final norm (``final_norm``).
+    """
+
+    num_prefix_tokens = 1
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
-                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0):
+                 depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
+                 learnable_pos_embed: bool = False, final_norm: bool = True):
         super().__init__()
         self.embed_dim = embed_dim
         self.patch_size = patch_size
@@ -38,13 +45,15 @@ class VisionTransformer(nn.Module):
         self.num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         # a Parameter (not a buffer) so the key and the frozen flag match the official checkpoints
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim), requires_grad=False)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim),
+                                      requires_grad=learnable_pos_embed)
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as timm
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i], norm_layer=norm_layer)
             for i in range(depth)])
-        self.norm = norm_layer(embed_dim)
+        self.depth = depth
+        self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -1,0 +1,67 @@
+"""Classification models around any encoder, for fine-tuning and linear probing.
+
+Keys equal the official fine-tune model's (``MAE:models_vit.py``, a timm VisionTransformer): the encoder's
+flat keys, ``fc_norm.*`` under global pooling (where the encoder's final ``norm`` is removed), and
+``head.*``. So official fine-tuned checkpoints load strictly and pretraining checkpoints load with only the
+head (and ``fc_norm``) missing.
+"""
+import torch
+from timm.layers import trunc_normal_
+from torch import nn
+
+from .flat_keys import FlatKeys
+
+
+class Classifier(FlatKeys, nn.Module):
+    """Encoder -> pooled feature [N, D] -> (fc_norm) -> head -> logits [N, num_classes].
+
+    global_pool: average the patch tokens then ``fc_norm`` (LN eps 1e-6); otherwise the final-normed cls
+    token. The head weight starts as trunc_normal(std=2e-5), the official fine-tune initialization.
+    """
+
+    def __init__(self, encoder: nn.Module, num_classes: int = 1000, global_pool: bool = True):
+        super().__init__()
+        self.encoder = encoder
+        self.global_pool = global_pool
+        dim = encoder.embed_dim
+        self.fc_norm = nn.LayerNorm(dim, eps=1e-6) if global_pool else nn.Identity()
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_features, self.num_classes = dim, num_classes
+        if num_classes > 0:
+            trunc_normal_(self.head.weight, std=2e-5)
+            nn.init.zeros_(self.head.bias)
+        self.flatten_keys(["encoder."])
+
+    def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """imgs: [N, 3, H, W] -> pooled features [N, D] (before the head)."""
+        tokens = self.encoder(imgs).tokens
+        prefix = getattr(self.encoder, "num_prefix_tokens", 0)
+        if self.global_pool:
+            return self.fc_norm(tokens[:, prefix:].mean(dim=1))
+        if prefix == 0:
+            raise ValueError("this encoder has no cls token: use global_pool=True")
+        return tokens[:, 0]
+
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(imgs))
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters exempt from weight decay besides 1-D ones (official: pos_embed, cls_token)."""
+        return {name for name, _ in self.named_parameters()
+                if name.split(".")[-1] in {"pos_embed", "cls_token", "dist_token"}}
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's layer grouping for layer-wise LR decay: stem -> 0, block k -> k + 1, the rest -> depth + 1.
+
+        With ``param_groups_layer_decay`` this gives scale decay^(depth + 1 - id), the official formula
+        (METHODS.md §1.7), whatever the encoder's depth. The final group's ordinal must not be timm's
+        99999, which would merge it into the last block's group (and give that block scale 1)."""
+        return {"stem": r"^encoder\.(?:cls_token|pos_embed|patch_embed)",
+                "blocks": [(r"^encoder\.blocks\.(\d+)", None), (r"^(?:encoder\.norm|fc_norm|head)", (1e6,))]}
+
+    def checkpoint_filter_fn(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Keep what the classifier has: pretraining-only weights (decoders, mask tokens) are dropped, and
+        so is a head of another number of classes (re-initialized instead)."""
+        own = self.state_dict()
+        return {k: v for k, v in state_dict.items()
+                if k in own and not (k.startswith("head.") and v.shape != own[k].shape)}
