@@ -59,9 +59,14 @@ class Classifier(FlatKeys, nn.Module):
         return {"stem": r"^encoder\.(?:cls_token|pos_embed|patch_embed)",
                 "blocks": [(r"^encoder\.blocks\.(\d+)", None), (r"^(?:encoder\.norm|fc_norm|head)", (1e6,))]}
 
-    def checkpoint_filter_fn(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Keep what the classifier has: pretraining-only weights (decoders, mask tokens) are dropped, and
-        so is a head of another number of classes (re-initialized instead)."""
-        own = self.state_dict()
-        return {k: v for k, v in state_dict.items()
-                if k in own and not (k.startswith("head.") and v.shape != own[k].shape)}
+
+def to_linear_probe(model: Classifier) -> Classifier:
+    """The official linear-probe surgery: head weight trunc_normal(std=0.01), a ``BatchNorm1d(D,
+    affine=False, eps=1e-6)`` before it, and every parameter outside the head frozen."""
+    head = model.head
+    trunc_normal_(head.weight, std=0.01)
+    nn.init.zeros_(head.bias)
+    model.head = nn.Sequential(nn.BatchNorm1d(head.in_features, affine=False, eps=1e-6), head)
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith("head.")
+    return model

@@ -20,14 +20,18 @@ def _few_threads():
 
 
 def make_image_folder(root: Path, num_classes: int = 2, per_class: int = 16, size: int = 40,
-                      seed: int = 0) -> Path:
-    """An ImageNet-layout tree root/train/<class>/*.png of smooth random images (learnable structure)."""
+                      seed: int = 0, split: str = "train", separable: bool = False) -> Path:
+    """An ImageNet-layout tree root/<split>/<class>/*.png of smooth random images (learnable structure).
+    ``separable``: class c is tinted towards colour channel c, so a classifier can tell them apart."""
     gen = torch.Generator().manual_seed(seed)
     for c in range(num_classes):
-        folder = root / "train" / f"class{c}"
+        folder = root / split / f"class{c}"
         folder.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             low = torch.rand(3, 4, 4, generator=gen)
+            if separable:
+                low = 0.3 * low
+                low[c % 3] += 0.7
             img = torch.nn.functional.interpolate(low[None], size=(size, size), mode="bilinear",
                                                   align_corners=False)[0]
             arr = (img.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()

@@ -160,7 +160,11 @@ class LoadReport:
     mismatched: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
-        parts = [f"{name}: {', '.join(keys)}" for name, keys in vars(self).items() if keys]
+        parts = []
+        for name, keys in vars(self).items():
+            if keys:
+                shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+                parts.append(f"{name} ({len(keys)}): {shown}")
         return "loaded all keys" if not parts else "; ".join(parts)
 
 
