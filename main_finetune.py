@@ -4,7 +4,6 @@
 Also holds what linear probing shares with it (data loaders, weight loading, the fit/evaluate loop).
 """
 import argparse
-import sys
 import time
 from dataclasses import dataclass
 
@@ -23,9 +22,9 @@ from util.checkpoint import latest_checkpoint, load_pretrained, resume_training,
 from util.data import IMAGENET_MEAN, IMAGENET_STD, build_dataset, build_eval_transform
 from util.errors import UsageError
 from util.logging import RunLog
-from util.lr import scaled_lr
-from util.runtime import (add_runtime_args, amp_choice, build_named_model, parse_model_kwargs, select_device,
-                          seed_everything)
+from util.lr import resolve_lr
+from util.runtime import (add_runtime_args, amp_choice, build_named_model, parse_model_kwargs, run_cli,
+                          select_device, seed_everything)
 from util.train_loop import TrainConfig
 
 
@@ -215,10 +214,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.finetune and not args.resume:
         load_encoder(model, args.finetune)
     mixup_fn, criterion = build_mixup_and_criterion(args)
-    if args.lr is None:
-        args.lr, eff_batch = scaled_lr(args.blr, args.batch_size, args.accum_iter, session.world_size)
-    else:
-        eff_batch = args.batch_size * args.accum_iter * session.world_size
+    eff_batch = resolve_lr(args, session.world_size)
     groups = param_groups_layer_decay(model, args.weight_decay, no_weight_decay_list=model.no_weight_decay(),
                                       layer_decay=args.layer_decay)
     optimizer = torch.optim.AdamW(groups, lr=args.lr, fused=session.device.type == "cuda")
@@ -229,16 +225,5 @@ def main(args: argparse.Namespace) -> dict:
     return fit(args, session, model, optimizer, criterion, train_loader, val_loader, mixup_fn, args.model_ema)
 
 
-def cli(run=main, parser=get_args_parser) -> None:
-    args = parser().parse_args()
-    try:
-        run(args)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        dist_util.cleanup()
-
-
 if __name__ == "__main__":
-    cli()
+    run_cli(main, get_args_parser)

@@ -12,8 +12,8 @@ from util import distributed as dist_util
 from util.crop import build_linprobe_transform
 from util.data import build_eval_transform
 from util.lars import LARS
-from util.lr import scaled_lr
-from util.runtime import add_runtime_args
+from util.lr import resolve_lr
+from util.runtime import add_runtime_args, run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,10 +42,7 @@ def main(args: argparse.Namespace) -> dict:
     if args.finetune and not args.resume:
         main_finetune.load_encoder(model, args.finetune)
     model = to_linear_probe(model)
-    if args.lr is None:
-        args.lr, eff_batch = scaled_lr(args.blr, args.batch_size, args.accum_iter, session.world_size)
-    else:
-        eff_batch = args.batch_size * args.accum_iter * session.world_size
+    eff_batch = resolve_lr(args, session.world_size)
     optimizer = LARS(model.head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     if dist_util.is_main_process():
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -56,4 +53,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    main_finetune.cli(main, get_args_parser)
+    run_cli(main, get_args_parser)

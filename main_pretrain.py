@@ -4,7 +4,6 @@ Runs as one process, under torchrun, or under ``python -m torch.distributed.laun
 """
 import argparse
 import os
-import sys
 import time
 
 import torch
@@ -17,9 +16,9 @@ from util.checkpoint import latest_checkpoint, resume_training, save_training_st
 from util.data import build_dataset, build_pretrain_transform
 from util.errors import UsageError
 from util.logging import RunLog
-from util.lr import scaled_lr, weight_decay_groups
-from util.runtime import (add_runtime_args, amp_choice, build_named_model, parse_model_kwargs, select_device,
-                          seed_everything)
+from util.lr import resolve_lr, weight_decay_groups
+from util.runtime import (add_runtime_args, amp_choice, build_named_model, parse_model_kwargs, run_cli,
+                          select_device, seed_everything)
 from util.train_loop import TrainConfig, autocast
 from util.visualize import reconstruction_grid, save_png
 
@@ -87,10 +86,7 @@ def main(args: argparse.Namespace) -> None:
         raise UsageError(f"{len(dataset)} images make no full batch of {args.batch_size} x {world_size} "
                          "processes: lower --batch_size or add data")
     model.to(device)
-    if args.lr is None:
-        args.lr, eff_batch = scaled_lr(args.blr, args.batch_size, args.accum_iter, world_size)
-    else:
-        eff_batch = args.batch_size * args.accum_iter * world_size
+    eff_batch = resolve_lr(args, world_size)
     optimizer = torch.optim.AdamW(weight_decay_groups(model, args.weight_decay), lr=args.lr,
                                   betas=(0.9, 0.95), fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type) if amp_name == "fp16" else None
@@ -132,17 +128,7 @@ def main(args: argparse.Namespace) -> None:
     run_log.close()
     if dist_util.is_main_process():
         print(f"training time {time.time() - start:.0f}s")
-    dist_util.cleanup()
-
-
-def cli() -> None:
-    args = get_args_parser().parse_args()
-    try:
-        main(args)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
-    cli()
+    run_cli(main, get_args_parser)

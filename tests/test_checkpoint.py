@@ -255,7 +255,7 @@ def test_load_pretrained_reports_unexpected_key():
     sd["head.weight"] = torch.zeros(10, 32)
     report = load_pretrained(_tiny(1), sd)
     assert report.unexpected == ["head.weight"]
-    assert report.missing == [] and "unexpected: head.weight" in str(report)
+    assert report.missing == [] and "unexpected (1): head.weight" in str(report)
 
 
 def test_load_pretrained_resizes_pos_embed():

@@ -203,3 +203,17 @@ def test_cli_missing_checkpoint_is_one_line(separable_data, script):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "/no/such.pth" in lines[0], result.stderr
+
+
+def test_probe_report_side_by_side(tmp_path):
+    """The demo's comparison table: best top-1 of each run and the gain over the baseline."""
+    from util.probe_report import report
+    for name, accs in {"pre": [50.0, 70.5], "rand": [40.0, 60.0]}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "log.txt").write_text("".join(
+            f'{{"epoch": {i}, "test_acc1": {a}, "test_acc5": 90.0}}\n' for i, a in enumerate(accs)))
+    table = report([("pretrained", str(tmp_path / "pre")), ("random", str(tmp_path / "rand"))])
+    assert "70.50%" in table and "+10.50" in table and "60.00%" in table
+    with pytest.raises(UsageError, match="no .*log.txt"):
+        report([("missing", str(tmp_path / "nothing"))])

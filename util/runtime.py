@@ -2,6 +2,8 @@
 import argparse
 import ast
 import random
+import sys
+from typing import Callable
 
 import numpy as np
 import torch
@@ -78,3 +80,16 @@ def build_named_model(name: str, **kwargs) -> torch.nn.Module:
         return models.create_model(name, **kwargs)
     except TypeError as err:
         raise UsageError(f"--model {name} does not accept these options: {err}") from err
+
+
+def run_cli(main: Callable[[argparse.Namespace], object], parser: Callable[[], argparse.ArgumentParser]) -> None:
+    """Parse flags and run ``main``; a ``UsageError`` prints one line and exits 2, no traceback."""
+    from util import distributed as dist_util
+    args = parser().parse_args()
+    try:
+        main(args)
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        dist_util.cleanup()
