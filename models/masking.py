@@ -11,11 +11,21 @@ import torch
 
 @dataclass
 class Masks:
-    """mask: [N, L] bool (True = masked); ids_keep: [N, K]; ids_restore: [N, L] (inverse of the shuffle)."""
+    """mask: [B, L] bool (True = masked); ids_keep: [B, K]; ids_restore: [B, L] (inverse of the shuffle).
+
+    With V views of N images, B = V * N rows ordered [view 1 of all images; view 2 of all images; ...]
+    (the official DMJD batch layout); ``view_mask`` gives them as [V, N, L].
+    """
 
     mask: torch.Tensor
     ids_keep: torch.Tensor
     ids_restore: torch.Tensor
+    num_views: int = 1
+
+    @property
+    def view_mask(self) -> torch.Tensor:
+        """[V, N, L] bool."""
+        return self.mask.reshape(self.num_views, -1, self.mask.shape[-1])
 
     @classmethod
     def from_shuffle(cls, ids_shuffle: torch.Tensor, len_keep: int) -> "Masks":
@@ -63,3 +73,112 @@ class RandomMasking:
 
     def __repr__(self) -> str:
         return f"RandomMasking(mask_ratio={self.mask_ratio})"
+
+
+def _square_grid(num_patches: int) -> tuple[int, int]:
+    side = int(round(num_patches ** 0.5))
+    if side * side != num_patches:
+        raise ValueError(f"{num_patches} patches are not a square grid")
+    return side, side
+
+
+def _block_to_patch_order(block_order: torch.Tensor, len_keep: int, grid: tuple[int, int]) -> torch.Tensor:
+    """Expand a per-sample order of 2x2 blocks [N, S] into an order of patches [N, 4S]: the top-left
+    patches of the kept blocks, then their top-right, bottom-left, bottom-right, then the same four
+    groups for the masked blocks (the official DMJD order, METHODS.md §2.3)."""
+    h, w = grid
+    row = torch.div(block_order, w // 2, rounding_mode="floor") * 2
+    col = (block_order % (w // 2)) * 2
+    top_left = row * w + col
+    corners = [top_left, top_left + 1, top_left + w, top_left + w + 1]
+    kept = [c[:, :len_keep] for c in corners]
+    masked = [c[:, len_keep:] for c in corners]
+    return torch.cat(kept + masked, dim=1)
+
+
+class BlockMasking:
+    """Random masking of whole 2x2 groups of patches (32x32 pixels at patch 16), as DMJD/ConvMAE:
+    ``int(S * (1 - ratio))`` of the S = L/4 blocks stay visible, so the realised ratio can be a little
+    above ``mask_ratio`` (61.2% at 0.6 on 14x14 patches)."""
+
+    def __init__(self, mask_ratio: float = 0.6, grid_size: tuple[int, int] | None = None):
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+        self.mask_ratio, self.grid_size = mask_ratio, grid_size
+
+    def grid(self, num_patches: int) -> tuple[int, int]:
+        grid = self.grid_size or _square_grid(num_patches)
+        if grid[0] % 2 or grid[1] % 2:
+            raise ValueError(f"block masking needs an even patch grid, got {grid}")
+        return grid
+
+    def num_visible(self, num_patches: int) -> int:
+        return 4 * int(num_patches // 4 * (1 - self.mask_ratio))
+
+    def __call__(self, batch_size: int, num_patches: int, device: torch.device,
+                 generator: torch.Generator | None = None) -> Masks:
+        grid = self.grid(num_patches)
+        noise = torch.rand(batch_size, num_patches // 4, device=device, generator=generator)
+        blocks_kept = self.num_visible(num_patches) // 4
+        order = _block_to_patch_order(torch.argsort(noise, dim=1), blocks_kept, grid)
+        return Masks.from_shuffle(order, 4 * blocks_kept)
+
+    def __repr__(self) -> str:
+        return f"BlockMasking(mask_ratio={self.mask_ratio})"
+
+
+class DisjointMasking:
+    """DMJD's disjoint multi-view masking (METHODS.md §2.3) over random or 2x2-block masking.
+
+    View 1 is the base masking. Each later view keeps the same number of visible units (patches, or
+    blocks) but swaps ``int(min(pred_ratio - mask_ratio, mask_ratio) * S)`` of them with the previous
+    view: that many of its visible units become masked and as many of its masked units become visible.
+    With pred_ratio 1 and mask_ratio >= 0.5 the visible sets of two views are disjoint and together the
+    views predict every patch. The two random permutations of a step are shared across the batch, as
+    officially (the id lists are already in random order per sample). For V > 2 each view is derived
+    from the one before by the same rule.
+    """
+
+    def __init__(self, base: RandomMasking | BlockMasking, pred_ratio: float = 1.0, num_views: int = 2):
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        if not base.mask_ratio <= pred_ratio <= 1.0:
+            raise ValueError(f"pred_ratio must be in [mask_ratio, 1] = [{base.mask_ratio}, 1], got {pred_ratio}")
+        self.base, self.pred_ratio, self.num_views = base, pred_ratio, num_views
+        self.mask_ratio = base.mask_ratio
+
+    def num_swapped(self, units: int) -> int:
+        return int(min(self.pred_ratio - self.mask_ratio, self.mask_ratio) * units)
+
+    def __call__(self, batch_size: int, num_patches: int, device: torch.device,
+                 generator: torch.Generator | None = None) -> Masks:
+        block = isinstance(self.base, BlockMasking)
+        units = num_patches // 4 if block else num_patches
+        len_keep = int(units * (1 - self.mask_ratio))
+        swapped = self.num_swapped(units)
+        order = torch.argsort(torch.rand(batch_size, units, device=device, generator=generator), dim=1)
+        orders = [order]
+        for _ in range(self.num_views - 1):
+            order = self._next_view(order, len_keep, swapped, generator)
+            orders.append(order)
+        order = torch.cat(orders, dim=0)
+        if block:
+            order = _block_to_patch_order(order, len_keep, self.base.grid(num_patches))
+            len_keep *= 4
+        masks = Masks.from_shuffle(order, len_keep)
+        masks.num_views = self.num_views
+        return masks
+
+    @staticmethod
+    def _next_view(order: torch.Tensor, len_keep: int, swapped: int,
+                   generator: torch.Generator | None) -> torch.Tensor:
+        """order: [N, S] (first len_keep visible) -> the next view's order [N, S]."""
+        visible, masked = order[:, :len_keep], order[:, len_keep:]
+        perm_vis = torch.randperm(len_keep, device=order.device, generator=generator)
+        perm_mask = torch.randperm(masked.shape[1], device=order.device, generator=generator)
+        stay_masked = masked.shape[1] - swapped
+        return torch.cat([visible[:, perm_vis[swapped:]], masked[:, perm_mask[stay_masked:]],
+                          visible[:, perm_vis[:swapped]], masked[:, perm_mask[:stay_masked]]], dim=1)
+
+    def __repr__(self) -> str:
+        return f"DisjointMasking({self.base!r}, pred_ratio={self.pred_ratio}, num_views={self.num_views})"
