@@ -178,3 +178,12 @@ def test_cli_under_distributed_launchers(image_folder, tmp_path, launcher):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in result.stdout
     assert (out / "checkpoint-0.pth").is_file() and len(read_log(out)) == 1
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_official_keys(image_folder, tmp_path):
+    """--compile trains (torch.compile on the CPU) and the checkpoint keeps the plain official keys."""
+    out = tmp_path / "run"
+    main_pretrain.main(pretrain_args(image_folder, out, "--epochs", "1", "--vis_freq", "100", "--compile"))
+    keys = load_file(str(out / "checkpoint-0.pth"))["model"].keys()
+    assert "blocks.0.attn.qkv.weight" in keys and not [k for k in keys if "_orig_mod" in k or "encoder." in k]
