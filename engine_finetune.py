@@ -41,6 +41,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
     unequal size are weighted correctly."""
     model.eval()
     totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, top-1, top-5, count
+    count = 0
     for imgs, targets in loader:
         imgs, targets = imgs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
@@ -48,8 +49,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
         loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top.eq(targets[:, None])
-        totals += torch.stack([loss.double(), hits[:, :1].sum().double(), hits.sum().double(),
-                               torch.tensor(float(len(targets)), device=device, dtype=torch.float64)])
+        totals[:3] += torch.stack([loss.double(), hits[:, :1].sum().double(), hits.sum().double()])
+        count += len(targets)
+    totals[3] = count
     if dist_util.is_distributed() and getattr(loader, "sampler", None) is not None \
             and getattr(loader.sampler, "num_replicas", 1) > 1:
         torch.distributed.all_reduce(totals)

@@ -28,13 +28,13 @@ class Masks:
         return self.mask.reshape(self.num_views, -1, self.mask.shape[-1])
 
     @classmethod
-    def from_shuffle(cls, ids_shuffle: torch.Tensor, len_keep: int) -> "Masks":
+    def from_shuffle(cls, ids_shuffle: torch.Tensor, len_keep: int, num_views: int = 1) -> "Masks":
         """Build from a per-sample permutation [N, L] whose first ``len_keep`` entries stay visible."""
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         mask = torch.ones_like(ids_shuffle, dtype=torch.bool)
         mask[:, :len_keep] = False
         mask = torch.gather(mask, 1, ids_restore)
-        return cls(mask=mask, ids_keep=ids_shuffle[:, :len_keep], ids_restore=ids_restore)
+        return cls(mask=mask, ids_keep=ids_shuffle[:, :len_keep], ids_restore=ids_restore, num_views=num_views)
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor) -> "Masks":
@@ -165,9 +165,7 @@ class DisjointMasking:
         if block:
             order = _block_to_patch_order(order, len_keep, self.base.grid(num_patches))
             len_keep *= 4
-        masks = Masks.from_shuffle(order, len_keep)
-        masks.num_views = self.num_views
-        return masks
+        return Masks.from_shuffle(order, len_keep, self.num_views)
 
     @staticmethod
     def _next_view(order: torch.Tensor, len_keep: int, swapped: int,

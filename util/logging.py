@@ -51,7 +51,8 @@ class MetricLogger:
         Returns whether it did (``self.last`` then holds the running means)."""
         if step % self.print_freq and step != self.num_steps - 1:
             return False
-        current = {k: v.item() / max(self.count, 1) for k, v in self.sums.items()}
+        values = torch.stack(list(self.sums.values())).div(max(self.count, 1)).tolist()  # one host sync
+        current = dict(zip(self.sums, values))
         if any(not math.isfinite(v) for v in current.values()):
             raise NonFiniteLossError(
                 f"loss is not finite at step {step} of {self.header.strip()} ({current}): lower --blr, "

@@ -9,8 +9,7 @@ from torchvision.utils import make_grid
 from models.patches import patchify, unpatchify
 
 # Kept here rather than imported from util.data so that visualization has no dependency on the data pipeline.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from util.data import IMAGENET_MEAN, IMAGENET_STD
 
 _MASK_GREY = 0.5  # fill value of masked patches in the "masked" panel
 
