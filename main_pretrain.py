@@ -11,6 +11,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from engine_pretrain import train_one_epoch
+from models.masking import Masks
+from models.recipes import MASK_TYPES, PRED_TYPES
 from util import distributed as dist_util
 from util.checkpoint import latest_checkpoint, resume_training, save_training_state
 from util.data import build_dataset, build_pretrain_transform
@@ -30,8 +32,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--accum_iter", default=1, type=int, help="accumulate gradients over this many batches")
     p.add_argument("--model", default="mae_vit_large_patch16", type=str, help="a name from models.list_models()")
     p.add_argument("--input_size", default=224, type=int)
-    p.add_argument("--mask_ratio", default=0.75, type=float, help="fraction of patches removed")
+    p.add_argument("--mask_ratio", default=None, type=float,
+                   help="fraction of patches removed (default: the recipe's, MAE 0.75, DMJD 0.6)")
     p.add_argument("--norm_pix_loss", action="store_true", help="per-patch normalized pixel target")
+    p.add_argument("--min_crop_scale", default=None, type=float,
+                   help="RandomResizedCrop lower scale (default: the recipe's, MAE 0.2, DMJD 0.5)")
+    p.add_argument("--official_quirks", action="store_true",
+                   help="reproduce the official code's documented bugs exactly (see PRETRAIN.md)")
+    g = p.add_argument_group("DMJD", "disjoint masking and joint distillation (default: the recipe's)")
+    g.add_argument("--mask_type", default=None, choices=MASK_TYPES, help="random patches or 2x2 blocks")
+    g.add_argument("--pred_ratio", default=None, type=float,
+                   help="target union prediction rate of the views; also scales the LR by pred/mask")
+    g.add_argument("--num_views", default=None, type=int, help="masked views per image (DMJD: 2)")
+    g.add_argument("--pred_type", default=None, choices=PRED_TYPES, help="prediction target")
+    g.add_argument("--mim_loss_type", default=None, choices=["l2", "smooth_l1"], help="masked-branch loss")
+    g.add_argument("--vis_loss_type", default=None, choices=["l2", "smooth_l1"], help="visible-branch loss")
+    g.add_argument("--theta", default=None, type=float, help="weight of the visible-branch loss")
     p.add_argument("--weight_decay", default=0.05, type=float)
     p.add_argument("--lr", default=None, type=float, help="absolute LR (default: blr x eff_batch / 256)")
     p.add_argument("--blr", default=1e-3, type=float, help="base LR: lr = blr x eff_batch / 256")
@@ -44,21 +60,29 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+# flags handed to the recipe only when given, so each recipe keeps its own defaults
+RECIPE_FLAGS = ("mask_ratio", "mask_type", "pred_ratio", "num_views", "pred_type", "mim_loss_type",
+                "vis_loss_type", "theta")
+RECIPE_SWITCHES = ("norm_pix_loss", "official_quirks")
+
+
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
-    kwargs = {"img_size": args.input_size, "mask_ratio": args.mask_ratio, "norm_pix_loss": args.norm_pix_loss}
+    kwargs = {"img_size": args.input_size}
+    kwargs |= {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
+    kwargs |= {k: True for k in RECIPE_SWITCHES if getattr(args, k)}
     return build_named_model(args.model, **kwargs | parse_model_kwargs(args.model_kwargs))
 
 
-def visualize(model, imgs: torch.Tensor, mask: torch.Tensor, args, run_log: RunLog, epoch: int,
+def visualize(model, imgs: torch.Tensor, masks: Masks, args, run_log: RunLog, epoch: int,
               amp_dtype) -> None:
-    """Reconstruct a fixed batch with a fixed mask; PNG in output_dir and an image in TensorBoard."""
+    """Reconstruct a fixed batch with fixed masks (first view); PNG in output_dir and TensorBoard image."""
     model.eval()
     with torch.no_grad(), autocast(imgs.device, amp_dtype):
-        out = model(imgs, mask=mask)
-    pred = next(iter(out.pred.values()))
+        out = model(imgs, mask=masks)
+    pred = next(iter(out.pred.values()))[:len(imgs)]
     if pred.shape[-1] != model.patch_size ** 2 * 3:
         return  # the head predicts features (HOG, CLIP), not pixels: nothing to draw
-    grid = reconstruction_grid(imgs, pred, out.mask, model.patch_size, norm_pix=args.norm_pix_loss)
+    grid = reconstruction_grid(imgs, pred, out.mask[:len(imgs)], model.patch_size, norm_pix=args.norm_pix_loss)
     save_png(grid, os.path.join(args.output_dir, f"reconstruction-{epoch:04d}.png"))
     run_log.image("reconstruction", grid, epoch)
 
@@ -68,13 +92,14 @@ def main(args: argparse.Namespace) -> None:
     if args.accum_iter < 1 or args.batch_size < 1:
         raise UsageError("--batch_size and --accum_iter must be positive")
     model = build_model(args)  # fails fast on an unknown --model, before any data or GPU work
-    dataset = build_dataset(args.data_set, args.data_path, build_pretrain_transform(args.input_size),
+    min_scale = args.min_crop_scale if args.min_crop_scale is not None else model.min_crop_scale
+    dataset = build_dataset(args.data_set, args.data_path, build_pretrain_transform(args.input_size, min_scale),
                             train=True, limit=args.data_limit)
     rank, world_size, device = dist_util.init_distributed(device_name, args.local_rank)
     seed_everything(args.seed + rank)
     # a fixed batch and mask for the reconstruction pictures, drawn before any RNG state is restored
     vis_imgs = torch.stack([dataset[i][0] for i in range(min(8, len(dataset)))]).to(device)
-    vis_mask = model.sample_masks(vis_imgs, torch.Generator(device).manual_seed(args.seed)).mask
+    vis_masks = model.sample_masks(vis_imgs, torch.Generator(device).manual_seed(args.seed))
     amp_name, amp_dtype = amp_choice(args.amp, device)
     args.log_dir = args.log_dir or args.output_dir
 
@@ -86,7 +111,8 @@ def main(args: argparse.Namespace) -> None:
         raise UsageError(f"{len(dataset)} images make no full batch of {args.batch_size} x {world_size} "
                          "processes: lower --batch_size or add data")
     model.to(device)
-    eff_batch = resolve_lr(args, world_size)
+    # DMJD's adaptive rule counts unique images x pred_ratio / mask_ratio (METHODS.md §2.6); MAE's ratio is 1
+    eff_batch = resolve_lr(args, world_size, model.lr_batch_ratio)
     optimizer = torch.optim.AdamW(weight_decay_groups(model, args.weight_decay), lr=args.lr,
                                   betas=(0.9, 0.95), fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type) if amp_name == "fp16" else None
@@ -108,8 +134,9 @@ def main(args: argparse.Namespace) -> None:
     run_log = RunLog(args.output_dir, args.log_dir)
     if dist_util.is_main_process():
         print(f"model {args.model}: {sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M params; "
-              f"{len(dataset)} images; eff. batch {eff_batch:g}; lr {args.lr:.3e}; {amp_name}; "
-              f"{world_size} process(es) on {device}")
+              f"{len(dataset)} images; eff. batch {eff_batch:g} = {args.batch_size} x {args.accum_iter} accum x "
+              f"{world_size} process(es) x {model_without_ddp.lr_batch_ratio:.4g} (pred/mask); lr {args.lr:.3e}; "
+              f"{amp_name} on {device}")
 
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, min_lr=args.min_lr, warmup_epochs=args.warmup_epochs,
                       accum_iter=args.accum_iter, clip_grad=args.clip_grad, amp_dtype=amp_dtype,
@@ -123,7 +150,7 @@ def main(args: argparse.Namespace) -> None:
         if (epoch + 1) % args.save_freq == 0 or last:
             save_training_state(args.output_dir, model_without_ddp, optimizer, scaler, epoch, step, args)
         if dist_util.is_main_process() and ((epoch + 1) % args.vis_freq == 0 or last):
-            visualize(model_without_ddp, vis_imgs, vis_mask, args, run_log, epoch, amp_dtype)
+            visualize(model_without_ddp, vis_imgs, vis_masks, args, run_log, epoch, amp_dtype)
         run_log.json_line({**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch})
     run_log.close()
     if dist_util.is_main_process():

@@ -9,6 +9,8 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
+from util.errors import UsageError
+
 from .flat_keys import FlatKeys
 
 
@@ -21,6 +23,8 @@ class Classifier(FlatKeys, nn.Module):
 
     def __init__(self, encoder: nn.Module, num_classes: int = 1000, global_pool: bool = True):
         super().__init__()
+        if not global_pool and getattr(encoder, "num_prefix_tokens", 0) == 0:
+            raise UsageError(f"{type(encoder).__name__} has no cls token: use --global_pool")
         self.encoder = encoder
         self.global_pool = global_pool
         dim = encoder.embed_dim
@@ -38,8 +42,6 @@ class Classifier(FlatKeys, nn.Module):
         prefix = getattr(self.encoder, "num_prefix_tokens", 0)
         if self.global_pool:
             return self.fc_norm(tokens[:, prefix:].mean(dim=1))
-        if prefix == 0:
-            raise ValueError("this encoder has no cls token: use global_pool=True")
         return tokens[:, 0]
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -53,11 +55,16 @@ class Classifier(FlatKeys, nn.Module):
     def group_matcher(self, coarse: bool = False) -> dict:
         """timm's layer grouping for layer-wise LR decay: stem -> 0, block k -> k + 1, the rest -> depth + 1.
 
+        The encoder names its stem and its numbered blocks (``layer_groups``): for ConViT the stem is every
+        convolutional stage and the blocks are the transformer stage (METHODS.md §2.7).
+
         With ``param_groups_layer_decay`` this gives scale decay^(depth + 1 - id), the official formula
         (METHODS.md §1.7), whatever the encoder's depth. The final group's ordinal must not be timm's
         99999, which would merge it into the last block's group (and give that block scale 1)."""
-        return {"stem": r"^encoder\.(?:cls_token|pos_embed|patch_embed)",
-                "blocks": [(r"^encoder\.blocks\.(\d+)", None), (r"^(?:encoder\.norm|fc_norm|head)", (1e6,))]}
+        stem, blocks = self.encoder.layer_groups()
+        return {"stem": r"^encoder\." + stem.removeprefix("^"),
+                "blocks": [(r"^encoder\." + blocks.removeprefix("^"), None),
+                           (r"^(?:encoder\.norm|fc_norm|head)", (1e6,))]}
 
 
 def to_linear_probe(model: Classifier) -> Classifier:

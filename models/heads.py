@@ -39,18 +39,22 @@ def masked_mean(per_patch: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 class MAEDecoder(nn.Module):
     """MAE decoder (METHODS.md §1.4): embed [cls, visible], append mask tokens, unshuffle to raster
-    order, add fixed sin-cos positions, transformer blocks, LN, linear prediction of every patch."""
+    order, add fixed sin-cos positions, transformer blocks, LN, linear prediction of every patch.
+
+    ``num_prefix_tokens`` follows the encoder: 1 for the ViT's cls token, 0 for ConViT (DMJD's decoder,
+    METHODS.md §2.5, has no cls row in its position table)."""
 
     def __init__(self, grid_size: tuple[int, int], embed_dim: int, out_dim: int, decoder_embed_dim: int = 512,
                  decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
-                 loss_type: str = "l2"):
+                 loss_type: str = "l2", loss_beta: float = 1.0, num_prefix_tokens: int = 1):
         super().__init__()
         self.grid_size = tuple(grid_size)
         num_patches = self.grid_size[0] * self.grid_size[1]
-        self.loss_type = loss_type
+        self.loss_type, self.loss_beta = loss_type, loss_beta
+        self.num_prefix_tokens = num_prefix_tokens
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_embed_dim),
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + num_prefix_tokens, decoder_embed_dim),
                                               requires_grad=False)
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.decoder_blocks = nn.ModuleList([
@@ -61,23 +65,61 @@ class MAEDecoder(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        table = sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size, cls_token=True)
+        table = sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size, cls_token=self.num_prefix_tokens > 0)
         self.decoder_pos_embed.data.copy_(table.unsqueeze(0))
         init_token(self.mask_token)
         self.apply(init_linear_and_norm)
 
     def forward(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
-        """features.tokens: [N, 1 + K, D] -> predictions for every patch [N, L, out_dim]."""
+        """features.tokens: [N, P + K, D] (P prefix tokens) -> predictions for every patch [N, L, out_dim]."""
         x = self.decoder_embed(features.tokens)
+        p = self.num_prefix_tokens
         n, length = masks.ids_restore.shape
-        mask_tokens = self.mask_token.to(x.dtype).expand(n, length + 1 - x.shape[1], -1)
-        patches = torch.cat([x[:, 1:], mask_tokens], dim=1)
+        mask_tokens = self.mask_token.to(x.dtype).expand(n, length + p - x.shape[1], -1)
+        patches = torch.cat([x[:, p:], mask_tokens], dim=1)
         patches = torch.gather(patches, 1, masks.ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
+        x = torch.cat([x[:, :p], patches], dim=1) + self.decoder_pos_embed
         for block in self.decoder_blocks:
             x = block(x)
-        return self.decoder_pred(self.decoder_norm(x))[:, 1:]
+        return self.decoder_pred(self.decoder_norm(x))[:, p:]
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
         """Mean per-patch loss over the masked patches only."""
-        return masked_mean(patch_loss(pred, target, self.loss_type), masks.mask)
+        return masked_mean(patch_loss(pred, target, self.loss_type, self.loss_beta), masks.mask)
+
+
+class VisibleDistillHead(nn.Module):
+    """DMJD's visible-distillation branch (METHODS.md §2.5): the final-normed visible tokens go through a
+    projection MLP (``proj_embed``) and a linear ``predictor`` that regresses the target of their own patch.
+
+    The loss is a plain mean over every element of every visible token (smooth-L1 with beta 2 officially).
+    ``raster_targets`` reproduces the official ordering bug (``--official_quirks``): the targets are taken
+    in raster order while the predictions follow ``ids_keep``, so most pairs belong to different patches.
+    """
+
+    def __init__(self, embed_dim: int, out_dim: int, hidden_dim: int = 512, loss_type: str = "smooth_l1",
+                 loss_beta: float = 2.0, num_prefix_tokens: int = 0, raster_targets: bool = False):
+        super().__init__()
+        self.loss_type, self.loss_beta = loss_type, loss_beta
+        self.num_prefix_tokens, self.raster_targets = num_prefix_tokens, raster_targets
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        # indices 0..7 and the one-layer predictor Sequential keep the official keys
+        self.proj_embed = nn.Sequential(
+            nn.Linear(embed_dim, hidden_dim), norm_layer(hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), norm_layer(hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), norm_layer(hidden_dim, elementwise_affine=False))
+        self.predictor = nn.Sequential(nn.Linear(hidden_dim, out_dim))
+        self.apply(init_linear_and_norm)
+
+    def forward(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
+        """features.tokens: [N, P + K, D] -> predictions for the K visible patches [N, K, out_dim]."""
+        return self.predictor(self.proj_embed(features.tokens[:, self.num_prefix_tokens:]))
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """pred [N, K, C] against the targets [N, L, C] of the visible patches, mean over all elements."""
+        ids = masks.ids_keep.sort(dim=1).values if self.raster_targets else masks.ids_keep
+        visible = torch.gather(target, 1, ids.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
+        return patch_loss(pred, visible, self.loss_type, self.loss_beta).mean()
+
+    def extra_repr(self) -> str:
+        return f"loss_type={self.loss_type}, loss_beta={self.loss_beta}, raster_targets={self.raster_targets}"

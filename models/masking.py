@@ -38,20 +38,31 @@ class Masks:
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor) -> "Masks":
-        """Build from an explicit bool mask [N, L]; visible tokens are kept in raster order.
+        """Build from an explicit bool mask [N, L], or [V, N, L] for V views of N images; visible tokens
+        are kept in raster order.
 
-        Every sample must hide the same number of patches, since the encoder batches visible tokens.
+        Every row must hide the same number of patches, since the encoder batches visible tokens.
         """
-        if mask.dim() != 2:
-            raise ValueError(f"expected a mask of shape [N, L], got {tuple(mask.shape)}")
-        mask = mask.bool()
+        if mask.dim() not in (2, 3):
+            raise ValueError(f"expected a mask of shape [N, L] or [V, N, L], got {tuple(mask.shape)}")
+        num_views = mask.shape[0] if mask.dim() == 3 else 1
+        mask = mask.reshape(-1, mask.shape[-1]).bool()
         counts = mask.sum(1)
         if (counts != counts[0]).any():
             raise ValueError(f"every sample must mask the same number of patches, got {counts.tolist()}")
         len_keep = mask.shape[1] - int(counts[0])
         # stable sort keeps raster order inside the visible and the masked groups
         ids_shuffle = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
-        return cls.from_shuffle(ids_shuffle, len_keep)
+        return cls.from_shuffle(ids_shuffle, len_keep, num_views)
+
+    @classmethod
+    def from_ids_keep(cls, ids_keep: torch.Tensor, num_patches: int, num_views: int = 1) -> "Masks":
+        """Build from the visible patches in the order the encoder should see them, ids_keep [B, K]
+        (e.g. an order recorded from another implementation); masked patches follow in raster order."""
+        hidden = torch.ones(ids_keep.shape[0], num_patches, dtype=torch.bool, device=ids_keep.device)
+        hidden.scatter_(1, ids_keep, False)
+        rest = torch.argsort(hidden.to(torch.uint8), dim=1, stable=True)[:, ids_keep.shape[1]:]
+        return cls.from_shuffle(torch.cat([ids_keep, rest], dim=1), ids_keep.shape[1], num_views)
 
 
 class RandomMasking:

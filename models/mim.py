@@ -14,7 +14,8 @@ from .masking import Masks
 
 @dataclass
 class MIMOutput:
-    """loss: scalar; losses: named terms; mask: [N, L] bool (True = masked); pred: {head: [N, L, C]}."""
+    """loss: scalar; losses: named terms; mask: [B, L] bool (True = masked; B = views x images);
+    pred: {head: [B, L, C] (or [B, K, C] for heads that predict only the visible tokens)}."""
 
     loss: torch.Tensor
     losses: dict[str, torch.Tensor]
@@ -31,7 +32,14 @@ class MaskedImageModel(FlatKeys, nn.Module):
         target: module ``imgs -> [N, L, C]``.
         heads: name -> head with ``forward(features, masks) -> pred`` and ``loss(pred, target, masks)``.
         loss_weights: name -> weight of that head's loss in the total (default 1).
+
+    Recipes may change two training defaults the CLI reads: ``min_crop_scale``, the lower bound of the
+    RandomResizedCrop area (MAE 0.2, DMJD 0.5), and ``lr_batch_ratio``, the factor on the batch size in the
+    LR scaling rule (1, or DMJD's pred_ratio / mask_ratio).
     """
+
+    min_crop_scale: float = 0.2
+    lr_batch_ratio: float = 1.0
 
     def __init__(self, encoder: nn.Module, masking, target: nn.Module, heads: dict[str, nn.Module],
                  loss_weights: dict[str, float] | None = None):
@@ -54,12 +62,25 @@ class MaskedImageModel(FlatKeys, nn.Module):
     def sample_masks(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> Masks:
         return self.masking(imgs.shape[0], self.num_patches, imgs.device, generator)
 
-    def forward(self, imgs: torch.Tensor, mask: torch.Tensor | None = None) -> MIMOutput:
-        """imgs: [N, 3, H, W] ImageNet-normalized; mask: optional [N, L] bool, True = masked."""
-        masks = self.sample_masks(imgs) if mask is None else Masks.from_mask(mask.to(imgs.device))
-        features = self.encoder(imgs, masks.ids_keep)
+    def forward(self, imgs: torch.Tensor, mask: torch.Tensor | Masks | None = None) -> MIMOutput:
+        """imgs: [N, 3, H, W] ImageNet-normalized.
+
+        mask: optional override of the sampler: a bool tensor [N, L] or [V, N, L] (True = masked; visible
+        tokens taken in raster order) or a ready :class:`Masks`. With V views the encoder and heads see a
+        batch of V * N rows, [view 1 of all images; view 2; ...], and the target is computed once per image.
+        """
+        if mask is None:
+            masks = self.sample_masks(imgs)
+        elif isinstance(mask, Masks):
+            masks = mask
+        else:
+            masks = Masks.from_mask(mask.to(imgs.device))
+        views = masks.num_views
+        features = self.encoder(imgs.repeat(views, 1, 1, 1) if views > 1 else imgs, masks.ids_keep)
         with torch.autocast(device_type=imgs.device.type, enabled=False):
             target = self.target(imgs)
+        if views > 1:
+            target = target.repeat(views, 1, 1)
         preds, losses = {}, {}
         for name, head in self.heads.items():
             preds[name] = head(features, masks)

@@ -3,19 +3,27 @@ classification models wrap an encoder for fine-tuning and linear probing."""
 from functools import partial
 from typing import Callable
 
+from torch import nn
+
 from .classifier import Classifier
-from .encoders import vit
-from .heads import MAEDecoder
-from .masking import RandomMasking
+from .encoders import convvit, vit
+from .heads import MAEDecoder, VisibleDistillHead
+from .hog import HogTarget
+from .masking import BlockMasking, DisjointMasking, RandomMasking
 from .mim import MaskedImageModel
 from .registry import register_model
 from .targets import PixelTarget
 
+MASK_TYPES = ("rand", "block")
+PRED_TYPES = ("pixel", "hog")
+
 
 def build_mae(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.75, norm_pix_loss: bool = False,
               decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
-              **encoder_kwargs) -> MaskedImageModel:
-    """MAE: ViT dropping masked tokens, random masking, pixel target, MAE decoder (METHODS.md §1)."""
+              official_quirks: bool = False, **encoder_kwargs) -> MaskedImageModel:
+    """MAE: ViT dropping masked tokens, random masking, pixel target, MAE decoder (METHODS.md §1).
+
+    ``official_quirks`` is accepted so the flag is uniform across methods; MAE has no documented quirk."""
     encoder = encoder_fn(img_size=img_size, **encoder_kwargs)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     decoder = MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
@@ -46,6 +54,97 @@ def mae_vit_large_patch16(**kwargs) -> MaskedImageModel:
 @register_model
 def mae_vit_huge_patch14(**kwargs) -> MaskedImageModel:
     return build_mae(partial(vit.vit_huge, patch_size=14), **kwargs)
+
+
+def build_masking(mask_type: str, mask_ratio: float, pred_ratio: float = 1.0, num_views: int = 1):
+    """``rand`` (MAE) or ``block`` (2x2 groups) masking; with ``num_views`` > 1, DMJD's disjoint views."""
+    if mask_type not in MASK_TYPES:
+        raise ValueError(f"unknown mask_type {mask_type!r}; choose one of {', '.join(MASK_TYPES)}")
+    base = BlockMasking(mask_ratio) if mask_type == "block" else RandomMasking(mask_ratio)
+    return DisjointMasking(base, pred_ratio, num_views) if num_views > 1 else base
+
+
+def build_target(pred_type: str, patch_size: int, norm_pix_loss: bool = False) -> nn.Module:
+    """``pixel`` (optionally norm-pix) or DMJD's ``hog`` (108 values per 16x16 patch)."""
+    if pred_type not in PRED_TYPES:
+        raise ValueError(f"unknown pred_type {pred_type!r}; choose one of {', '.join(PRED_TYPES)}")
+    if pred_type == "hog":
+        if norm_pix_loss:
+            raise ValueError("norm_pix_loss applies to the pixel target, not to HOG")
+        return HogTarget(patch_size)
+    return PixelTarget(patch_size, norm_pix=norm_pix_loss)
+
+
+def build_dmjd(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.6, mask_type: str = "block",
+               pred_ratio: float = 1.0, num_views: int = 2, pred_type: str = "hog", norm_pix_loss: bool = False,
+               mim_loss_type: str = "l2", vis_loss_type: str = "smooth_l1", distill: bool = True,
+               theta: float = 1.0, decoder_embed_dim: int = 512, decoder_depth: int = 8,
+               decoder_num_heads: int = 16, decoder_mlp_ratio: float = 8.0, official_quirks: bool = False,
+               **encoder_kwargs) -> MaskedImageModel:
+    """DMJD (METHODS.md §2): disjoint views of one crop, an MAE-style decoder for the masked patches and,
+    with ``distill``, the visible-distillation branch weighted by ``theta``. With one view and no
+    distillation it is the ConvMAE / MaskFeat-style single-view baseline on the same parts.
+
+    ``official_quirks`` reproduces the official code: the masking ignores ``pred_ratio`` (it only scales
+    the LR), the visible branch takes its targets in raster order, and ``theta`` is 1.
+    """
+    encoder = encoder_fn(img_size=img_size, **encoder_kwargs)
+    masking = build_masking(mask_type, mask_ratio, 1.0 if official_quirks else pred_ratio, num_views)
+    target = build_target(pred_type, encoder.patch_size, norm_pix_loss)
+    prefix = encoder.num_prefix_tokens
+    heads = {"mim": MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
+                               decoder_depth, decoder_num_heads, decoder_mlp_ratio, loss_type=mim_loss_type,
+                               loss_beta=2.0, num_prefix_tokens=prefix)}
+    if distill:
+        heads["vis"] = VisibleDistillHead(encoder.embed_dim, target.out_dim(), decoder_embed_dim, vis_loss_type,
+                                          loss_beta=2.0, num_prefix_tokens=prefix, raster_targets=official_quirks)
+    model = MaskedImageModel(encoder, masking, target, heads, {"vis": 1.0 if official_quirks else theta})
+    model.min_crop_scale = 0.5
+    if num_views > 1:
+        model.lr_batch_ratio = pred_ratio / mask_ratio
+    return model
+
+
+@register_model
+def dmjd_convvit_base_patch16_hog(**kwargs) -> MaskedImageModel:
+    """DMJD ConViT-B with the 8-block decoder (the PRETRAIN.md setting)."""
+    return build_dmjd(convvit.convvit_base, **kwargs)
+
+
+@register_model
+def dmjd_convvit_base_patch16_dec2_hog(**kwargs) -> MaskedImageModel:
+    """DMJD ConViT-B with a 2-block decoder."""
+    return build_dmjd(convvit.convvit_base, **{"decoder_depth": 2, **kwargs})
+
+
+@register_model
+def dmjd_convvit_large_patch16_hog(**kwargs) -> MaskedImageModel:
+    return build_dmjd(convvit.convvit_large, **kwargs)
+
+
+@register_model
+def dmjd_vit_base_patch16_hog(**kwargs) -> MaskedImageModel:
+    """DMJD on a plain ViT-B (the paper's MaskFeat + DMJD row; the official repository has no code for
+    it): the same views, heads and HOG target over the MAE encoder, decoder MLP ratio 4."""
+    return build_dmjd(partial(vit.vit_base, patch_size=16), **{"decoder_mlp_ratio": 4.0, **kwargs})
+
+
+@register_model
+def convmae_convvit_base_patch16(**kwargs) -> MaskedImageModel:
+    """ConvMAE baseline: ConViT-B (MLP ratios 4/4/4), one randomly masked view at 75%, pixel target,
+    MAE decoder, no distillation."""
+    defaults = {"mask_ratio": 0.75, "mask_type": "rand", "num_views": 1, "pred_type": "pixel", "distill": False,
+                "decoder_mlp_ratio": 4.0, "mlp_ratios": (4, 4, 4)}
+    model = build_dmjd(convvit.convvit_base, **{**defaults, **kwargs})
+    model.min_crop_scale = 0.2
+    return model
+
+
+# the official DMJD names, so the official commands run as printed
+for _official, _ours in [("dmjd_convit_base_patch16_dec8_hog", dmjd_convvit_base_patch16_hog),
+                         ("dmjd_convit_base_patch16_dec2_hog", dmjd_convvit_base_patch16_dec2_hog),
+                         ("dmjd_convit_large_patch16_dec8_hog", dmjd_convvit_large_patch16_hog)]:
+    register_model(_ours, name=_official)
 
 
 def build_classifier(encoder_fn: Callable, img_size: int = 224, num_classes: int = 1000, global_pool: bool = True,
@@ -79,3 +178,19 @@ def vit_large_patch16(**kwargs) -> Classifier:
 @register_model
 def vit_huge_patch14(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_huge, patch_size=14), **kwargs)
+
+
+@register_model
+def convvit_base_patch16(**kwargs) -> Classifier:
+    """ConViT-B for fine-tuning / linear probing: no multi-scale fusion, global pooling (METHODS.md §2.7)."""
+    return build_classifier(partial(convvit.convvit_base, fusion=False), **kwargs)
+
+
+@register_model
+def convvit_large_patch16(**kwargs) -> Classifier:
+    return build_classifier(partial(convvit.convvit_large, fusion=False), **kwargs)
+
+
+# the official DMJD fine-tune names (FINETUNE.md)
+register_model(convvit_base_patch16, name="convit_base_patch16")
+register_model(convvit_large_patch16, name="convit_large_patch16")

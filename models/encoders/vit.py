@@ -18,8 +18,9 @@ from ..pos_embed import sincos_2d
 
 @dataclass
 class EncoderOutput:
-    """tokens: [N, 1 + K, D] final-normed (cls first, then the K visible tokens in ids_keep order);
-    layers: {block index counted from 1: [N, 1 + K, D] un-normed output of that block}."""
+    """tokens: [N, P + K, D] final-normed: the encoder's P prefix tokens (the ViT's cls; none for ConViT),
+    then the K visible tokens in ids_keep order;
+    layers: {block index counted from 1: [N, P + K, D] un-normed output of that block}."""
 
     tokens: torch.Tensor
     layers: dict[int, torch.Tensor] = field(default_factory=dict)
@@ -61,6 +62,10 @@ class VisionTransformer(nn.Module):
         init_conv_as_linear(self.patch_embed.proj)
         init_token(self.cls_token)
         self.apply(init_linear_and_norm)
+
+    def layer_groups(self) -> tuple[str, str]:
+        """Regexes over this encoder's parameter names: the stem (layer id 0) and the numbered blocks."""
+        return r"^(?:cls_token|pos_embed|patch_embed)", r"^blocks\.(\d+)"
 
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
                 return_layers: Sequence[int] = ()) -> EncoderOutput:

@@ -1,0 +1,211 @@
+"""ConvMAE's hybrid "ConViT" encoder (METHODS.md §2.4, §2.7): two convolutional stages, then ViT blocks.
+
+Stages at 224 px: ``patch_embed1`` (4x4 conv) -> ``blocks1`` (CBlocks on 56x56) -> ``patch_embed2`` (2x2)
+-> ``blocks2`` (28x28) -> ``patch_embed3`` (2x2, 14x14) -> flatten -> ``patch_embed4`` (Linear) + fixed
+sin-cos ``pos_embed`` (no cls token) -> keep the visible tokens -> ``blocks3`` (timm ViT blocks)
+-> + multi-scale fusion (``stage{1,2}_output_decode``, pretraining only) -> ``norm``.
+
+Under masking the convolutional stages see the whole image, but every CBlock multiplies its features by
+the visibility map (1 = visible, the 14x14 mask nearest-upsampled to the stage's resolution) before the
+depthwise 5x5 conv, so nothing from a masked 16x16 patch reaches a visible one.
+
+State-dict keys are those of the official DMJD/ConvMAE models (``models_dmjd.py`` encoder part,
+``models_convit.py`` without the fusion convs).
+"""
+from functools import partial
+from math import prod
+from typing import Sequence
+
+import torch
+from timm.layers import DropPath, to_2tuple
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from ..init import init_conv_as_linear, init_linear_and_norm
+from ..pos_embed import sincos_2d
+from .vit import EncoderOutput
+
+
+class ChannelLayerNorm(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (applied channels-last); keys ``weight``/``bias``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvPatchEmbed(nn.Module):
+    """conv (kernel = stride = patch) -> channel LN (eps 1e-5) -> GELU; NCHW in, NCHW out."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = ChannelLayerNorm(embed_dim, eps=1e-5)
+        self.act = nn.GELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.proj(x)))
+
+
+class CMlp(nn.Module):
+    """1x1 conv -> GELU -> 1x1 conv."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden_dim, 1)
+        self.act = nn.GELU()
+        self.fc2 = nn.Conv2d(hidden_dim, dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CBlock(nn.Module):
+    """Convolutional block: x + DropPath(conv2(DW5x5(vis * conv1(LN(x))))), then x + DropPath(CMlp(LN(x)))."""
+
+    def __init__(self, dim: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = ChannelLayerNorm(dim, eps=1e-5)
+        self.conv1 = nn.Conv2d(dim, dim, 1)
+        self.attn = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
+        self.conv2 = nn.Conv2d(dim, dim, 1)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = ChannelLayerNorm(dim, eps=1e-5)
+        self.mlp = CMlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, vis: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [N, C, h, w]; vis: [N, 1, h, w] visibility (1 = visible), or None for no masking."""
+        y = self.conv1(self.norm1(x))
+        if vis is not None:
+            y = y * vis.to(y.dtype)
+        x = x + self.drop_path(self.conv2(self.attn(y)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def upsample_visibility(vis: torch.Tensor, factor: int) -> torch.Tensor:
+    """Nearest-upsample a [N, 1, h, w] map by an integer factor (each cell becomes a factor x factor block)."""
+    return vis.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
+
+
+class ConvViT(nn.Module):
+    """ConvMAE ConViT for masked pretraining (``ids_keep`` given, ``fusion``) and classification.
+
+    Pretraining keeps the sin-cos position table frozen; fine-tuning makes it learnable
+    (``learnable_pos_embed``, trunc-normal 0.02 like the official fine-tune model, which the checkpoint
+    then overwrites), drops the fusion convs (``fusion=False``) and, under global pooling, the final norm.
+    """
+
+    num_prefix_tokens = 0
+
+    def __init__(self, img_size: int | tuple[int, int] = 224, patch_sizes: Sequence[int] = (4, 2, 2),
+                 in_chans: int = 3, embed_dims: Sequence[int] = (256, 384, 768), depths: Sequence[int] = (2, 2, 11),
+                 num_heads: int = 12, mlp_ratios: Sequence[float] = (8, 8, 4), drop_path_rate: float = 0.0,
+                 learnable_pos_embed: bool = False, final_norm: bool = True, fusion: bool = True):
+        super().__init__()
+        if not (len(patch_sizes) == len(embed_dims) == len(depths) == len(mlp_ratios) == 3):
+            raise ValueError("patch_sizes, embed_dims, depths and mlp_ratios need one entry per stage (3)")
+        img_size = to_2tuple(img_size)
+        self.patch_sizes = tuple(patch_sizes)
+        self.patch_size = prod(self.patch_sizes)
+        if img_size[0] % self.patch_size or img_size[1] % self.patch_size:
+            raise ValueError(f"img_size {img_size} is not divisible by the total patch size {self.patch_size}")
+        self.img_size = img_size
+        self.grid_size = (img_size[0] // self.patch_size, img_size[1] // self.patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.embed_dims = tuple(embed_dims)
+        c1, c2, c3 = self.embed_dims
+        self.embed_dim = c3
+        self.learnable_pos_embed = learnable_pos_embed
+
+        total = sum(depths)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear over all stages
+        d1, d2, d3 = depths
+
+        self.patch_embed1 = ConvPatchEmbed(patch_sizes[0], in_chans, c1)
+        self.patch_embed2 = ConvPatchEmbed(patch_sizes[1], c1, c2)
+        self.patch_embed3 = ConvPatchEmbed(patch_sizes[2], c2, c3)
+        self.patch_embed4 = nn.Linear(c3, c3)
+        if fusion:
+            # the stage maps downsampled to the token grid (kernel = stride = the remaining patch size)
+            s1, s2 = patch_sizes[1] * patch_sizes[2], patch_sizes[2]
+            self.stage1_output_decode = nn.Conv2d(c1, c3, s1, stride=s1)
+            self.stage2_output_decode = nn.Conv2d(c2, c3, s2, stride=s2)
+        self.fusion = fusion
+        # a Parameter (not a buffer) so the key and the frozen flag match the official checkpoints
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches, c3), requires_grad=learnable_pos_embed)
+
+        self.blocks1 = nn.ModuleList([CBlock(c1, mlp_ratios[0], dpr[i]) for i in range(d1)])
+        self.blocks2 = nn.ModuleList([CBlock(c2, mlp_ratios[1], dpr[d1 + i]) for i in range(d2)])
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks3 = nn.ModuleList([
+            Block(c3, num_heads, mlp_ratios[2], qkv_bias=True, drop_path=dpr[d1 + d2 + i], norm_layer=norm_layer)
+            for i in range(d3)])
+        self.depth = d3
+        self.norm = norm_layer(c3) if final_norm else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.learnable_pos_embed:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        else:
+            self.pos_embed.data.copy_(sincos_2d(self.embed_dim, self.grid_size, cls_token=False).unsqueeze(0))
+        init_conv_as_linear(self.patch_embed3.proj)
+        self.apply(init_linear_and_norm)  # Linear + LN only: the other convs keep PyTorch's default init
+
+    def layer_groups(self) -> tuple[str, str]:
+        """(stem, blocks) regexes over this encoder's parameter names for layer-wise LR decay: the stem
+        (everything before ``blocks3``) gets layer id 0, ``blocks3.k`` gets k + 1 (the group), the rest
+        (``norm``) the last id."""
+        return r"^(?:pos_embed|patch_embed\d|blocks1|blocks2|stage\d_output_decode)", r"^blocks3\.(\d+)"
+
+    def visibility(self, ids_keep: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """ids_keep [N, K] -> visibility map [N, 1, gh, gw] on the token grid (1 = visible)."""
+        vis = torch.zeros(ids_keep.shape[0], self.num_patches, dtype=dtype, device=ids_keep.device)
+        vis.scatter_(1, ids_keep, 1.0)
+        return vis.reshape(-1, 1, *self.grid_size)
+
+    def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
+                return_layers: Sequence[int] = ()) -> EncoderOutput:
+        """imgs: [N, C, H, W]; ids_keep: [N, K] visible patch indices on the token grid (None keeps all L).
+
+        tokens: [N, K, C3] final-normed, in ids_keep order; layers: un-normed blocks3 outputs (before fusion).
+        """
+        vis1 = vis2 = None
+        if ids_keep is not None:
+            vis = self.visibility(ids_keep, imgs.dtype)
+            vis1 = upsample_visibility(vis, self.patch_sizes[1] * self.patch_sizes[2])
+            vis2 = upsample_visibility(vis, self.patch_sizes[2])
+
+        x = self.patch_embed1(imgs)
+        for block in self.blocks1:
+            x = block(x, vis1)
+        stage1 = self.stage1_output_decode(x).flatten(2).transpose(1, 2) if self.fusion else None
+        x = self.patch_embed2(x)
+        for block in self.blocks2:
+            x = block(x, vis2)
+        stage2 = self.stage2_output_decode(x).flatten(2).transpose(1, 2) if self.fusion else None
+        x = self.patch_embed3(x).flatten(2).transpose(1, 2)
+        x = self.patch_embed4(x) + self.pos_embed
+
+        if ids_keep is not None:
+            index = ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])
+            x = torch.gather(x, 1, index)
+            if self.fusion:
+                stage1, stage2 = torch.gather(stage1, 1, index), torch.gather(stage2, 1, index)
+        layers = {}
+        for i, block in enumerate(self.blocks3, start=1):
+            x = block(x)
+            if i in return_layers:
+                layers[i] = x
+        if self.fusion:
+            x = x + stage1 + stage2
+        return EncoderOutput(tokens=self.norm(x), layers=layers)
+
+
+def convvit_base(**kwargs) -> ConvViT:
+    return ConvViT(**{"embed_dims": (256, 384, 768), "depths": (2, 2, 11), "num_heads": 12,
+                      "mlp_ratios": (8, 8, 4), **kwargs})
+
+
+def convvit_large(**kwargs) -> ConvViT:
+    return ConvViT(**{"embed_dims": (384, 768, 1024), "depths": (2, 2, 23), "num_heads": 16,
+                      "mlp_ratios": (8, 8, 4), **kwargs})

@@ -1,0 +1,425 @@
+"""ConvMAE ConViT encoder (models/encoders/convvit.py): shapes, official keys, masked convolution, init."""
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import GOLDEN, requires_golden
+from models.encoders.convvit import ConvViT, convvit_base, convvit_large, upsample_visibility
+from models.masking import BlockMasking
+from models.pos_embed import sincos_2d
+
+# the golden DMJD config's encoder sizes
+TINY = dict(patch_sizes=(4, 2, 2), embed_dims=(16, 24, 32), depths=(1, 1, 2), num_heads=2, mlp_ratios=(8, 8, 4))
+ENCODER_KEY = re.compile(r"^(?:pos_embed|patch_embed\d|stage\d_output_decode|blocks[123]\.|norm\.)")
+
+
+def tiny(**kwargs) -> ConvViT:
+    torch.manual_seed(0)
+    return ConvViT(**{**TINY, **kwargs}).eval()
+
+
+def random_ids_keep(n: int, num_patches: int, k: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, num_patches, generator=gen).argsort(1)[:, :k]
+
+
+def images(n: int, size: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def repeat_and_permute(mask: torch.Tensor, grid: int, factor: int) -> torch.Tensor:
+    """The official-style upsampling of a [N, grid*grid] mask to [N, 1, grid*f, grid*f]."""
+    n = mask.shape[0]
+    up = mask.reshape(n, grid, grid).unsqueeze(-1).repeat(1, 1, 1, factor * factor)
+    up = up.reshape(n, grid, grid, factor, factor).permute(0, 1, 3, 2, 4)
+    return up.reshape(n, grid * factor, grid * factor).unsqueeze(1)
+
+
+def patch_pixels(index: int, grid: int, patch: int = 16) -> tuple[slice, slice]:
+    r, c = divmod(index, grid)
+    return slice(r * patch, (r + 1) * patch), slice(c * patch, (c + 1) * patch)
+
+
+# ----------------------------------------------------------------------------------------------- shapes
+def test_shapes_and_attributes_at_224():
+    m = tiny()
+    assert (m.patch_size, m.grid_size, m.num_patches, m.embed_dim, m.depth, m.num_prefix_tokens) == \
+        (16, (14, 14), 196, 32, 2, 0)
+    imgs = images(2, 224)
+    assert m.patch_embed1(imgs).shape == (2, 16, 56, 56)
+    assert m.patch_embed2(torch.zeros(2, 16, 56, 56)).shape == (2, 24, 28, 28)
+    assert m.patch_embed3(torch.zeros(2, 24, 28, 28)).shape == (2, 32, 14, 14)
+    ids_keep = random_ids_keep(2, 196, 49)
+    with torch.no_grad():
+        out = m(imgs, ids_keep)
+        full = m(imgs)
+    assert out.tokens.shape == (2, 49, 32) and out.layers == {}
+    assert full.tokens.shape == (2, 196, 32)
+    assert torch.isfinite(out.tokens).all() and torch.isfinite(full.tokens).all()
+
+
+def test_all_visible_equals_unmasked():
+    """ids_keep = every patch in raster order is the same computation as no masking (vis == 1)."""
+    m = tiny(img_size=64)
+    imgs = images(2, 64)
+    with torch.no_grad():
+        a = m(imgs, torch.arange(16).expand(2, -1)).tokens
+        b = m(imgs).tokens
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_other_img_size():
+    m = tiny(img_size=64)
+    assert m.grid_size == (4, 4) and m.num_patches == 16 and m.pos_embed.shape == (1, 16, 32)
+    torch.testing.assert_close(m.pos_embed[0], sincos_2d(32, (4, 4)))
+    with torch.no_grad():
+        out = m(images(3, 64), random_ids_keep(3, 16, 5))
+    assert out.tokens.shape == (3, 5, 32)
+    r = tiny(img_size=(32, 64))
+    assert r.grid_size == (2, 4) and r.num_patches == 8
+    with torch.no_grad():
+        assert r(torch.randn(1, 3, 32, 64)).tokens.shape == (1, 8, 32)
+    with pytest.raises(ValueError):
+        tiny(img_size=72)
+
+
+def test_tokens_follow_ids_keep_order():
+    m = tiny(img_size=64)
+    imgs = images(2, 64)
+    ids_keep = random_ids_keep(2, 16, 7)
+    perm = torch.tensor([[3, 0, 6, 1, 5, 2, 4], [6, 5, 4, 3, 2, 1, 0]])
+    with torch.no_grad():
+        a = m(imgs, ids_keep, return_layers=(1,))
+        b = m(imgs, torch.gather(ids_keep, 1, perm), return_layers=(1,))
+        full = m(imgs, return_layers=(1,))
+    expected = torch.gather(a.tokens, 1, perm.unsqueeze(-1).expand(-1, -1, 32))
+    torch.testing.assert_close(b.tokens, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.layers[1], torch.gather(a.layers[1], 1, perm.unsqueeze(-1).expand(-1, -1, 32)),
+                               rtol=0, atol=1e-5)
+    # and masking changes the result (the visible tokens do not attend to, or convolve with, the rest)
+    assert not torch.allclose(a.tokens, torch.gather(full.tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, 32)),
+                              atol=1e-3)
+
+
+def test_factories():
+    with torch.device("meta"):
+        base, large = convvit_base(), convvit_large(fusion=False)
+    for m, dims, depths, heads in ((base, (256, 384, 768), (2, 2, 11), 12), (large, (384, 768, 1024), (2, 2, 23), 16)):
+        assert (m.embed_dims, m.embed_dim, m.depth, m.grid_size) == (dims, dims[2], depths[2], (14, 14))
+        assert (len(m.blocks1), len(m.blocks2), len(m.blocks3)) == depths
+        assert m.blocks3[0].attn.num_heads == heads
+        assert m.blocks1[0].mlp.fc1.out_channels == 8 * dims[0] and m.blocks2[0].mlp.fc1.out_channels == 8 * dims[1]
+        assert m.blocks3[0].mlp.fc1.out_features == 4 * dims[2]
+    assert hasattr(base, "stage1_output_decode") and not hasattr(large, "stage1_output_decode")
+    # ConvMAE-B is reported at ~88M parameters (the fine-tune model, no fusion convs)
+    with torch.device("meta"):
+        ft = convvit_base(fusion=False)
+    assert 87e6 < sum(p.numel() for p in ft.parameters()) < 89e6
+
+
+# ------------------------------------------------------------------------------------------ golden keys
+@requires_golden
+def test_golden_encoder_keys_and_shapes():
+    case = torch.load(GOLDEN / "dmjd_tiny_block_official.pt", weights_only=True)
+    cfg = case["config"]
+    golden = {k: v for k, v in case["state_dict"].items() if ENCODER_KEY.match(k)}
+    rest = set(case["state_dict"]) - set(golden)
+    assert all(k.startswith(("mask_token", "decoder_", "proj_embed", "predictor")) for k in rest), rest
+    m = ConvViT(img_size=cfg["img_size"][0], patch_sizes=tuple(cfg["patch_size"]), embed_dims=tuple(cfg["embed_dim"]),
+                depths=tuple(cfg["depth"]), num_heads=cfg["num_heads"], mlp_ratios=tuple(cfg["mlp_ratio"]))
+    ours = m.state_dict()
+    assert set(ours) == set(golden)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in golden.items()}
+    m.load_state_dict(golden, strict=True)
+    torch.testing.assert_close(m.blocks3[1].attn.qkv.weight, golden["blocks3.1.attn.qkv.weight"])
+    # the official (fixed) pos_embed is the same sin-cos table as ours
+    torch.testing.assert_close(golden["pos_embed"][0], sincos_2d(32, (14, 14)))
+    # the fine-tune model is the same keys minus the fusion convs
+    ft = ConvViT(img_size=224, **TINY, fusion=False, learnable_pos_embed=True)
+    result = ft.load_state_dict(golden, strict=False)
+    assert result.missing_keys == []
+    assert sorted(result.unexpected_keys) == sorted(k for k in golden if k.startswith("stage"))
+
+
+# ---------------------------------------------------------------------------------- masked convolution
+MASKINGS = [
+    pytest.param(64, lambda n, L, g: random_ids_keep(n, L, L // 2, seed=3), id="random"),
+    pytest.param(128, lambda n, L, g: BlockMasking(0.5)(n, L, torch.device("cpu"), generator=g).ids_keep,
+                 id="block2x2"),
+]
+
+
+@pytest.mark.parametrize("depth3", [2, 0], ids=["full", "conv-only"])
+@pytest.mark.parametrize("size,draw", MASKINGS)
+def test_masked_patches_leak_nothing(size, draw, depth3):
+    m = tiny(img_size=size, depths=(1, 1, depth3))
+    grid = m.grid_size[0]
+    L = m.num_patches
+    ids_keep = draw(2, L, torch.Generator().manual_seed(5))
+    imgs = images(2, size)
+    visible = torch.zeros(2, L, dtype=torch.bool).scatter_(1, ids_keep, True)
+    perturbed = imgs.clone()
+    for n in range(2):
+        for p in (~visible[n]).nonzero().flatten().tolist():
+            rows, cols = patch_pixels(p, grid)
+            perturbed[n, :, rows, cols] += 3 * torch.randn(3, 16, 16)
+    layers = tuple(range(1, depth3 + 1))
+    with torch.no_grad():
+        a = m(imgs, ids_keep, return_layers=layers)
+        b = m(perturbed, ids_keep, return_layers=layers)
+        # without the visibility map the same perturbation does reach the visible positions
+        full_a, full_b = m(imgs).tokens, m(perturbed).tokens
+    torch.testing.assert_close(b.tokens, a.tokens, rtol=0, atol=1e-6)
+    for i in layers:
+        torch.testing.assert_close(b.layers[i], a.layers[i], rtol=0, atol=1e-6)
+    index = ids_keep.unsqueeze(-1).expand(-1, -1, 32)
+    assert (torch.gather(full_b, 1, index) - torch.gather(full_a, 1, index)).abs().amax() > 1e-2
+
+    # perturbing one visible patch changes the visible tokens next to it (the test can see leaks)
+    n = 0
+    kept = ids_keep[n].tolist()
+    target = next(p for p in kept if any(q in kept for q in _neighbours(p, grid)))
+    neighbour_ids = [i for i, q in enumerate(kept) if q in _neighbours(target, grid)]
+    far_ids = [i for i, q in enumerate(kept) if q != target and q not in _neighbours(target, grid, radius=2)]
+    poked = imgs.clone()
+    rows, cols = patch_pixels(target, grid)
+    poked[n, :, rows, cols] += 3 * torch.randn(3, 16, 16)
+    with torch.no_grad():
+        c = m(poked, ids_keep)
+    delta = (c.tokens[n] - a.tokens[n]).abs().amax(-1)
+    assert delta[neighbour_ids].min() > 1e-3
+    if depth3 == 0 and far_ids:
+        # without attention the convolutional receptive field is local: far tokens are untouched
+        assert delta[far_ids].max() < 1e-6
+    torch.testing.assert_close(c.tokens[1], a.tokens[1], rtol=0, atol=1e-6)
+
+
+def _neighbours(p: int, grid: int, radius: int = 1) -> set[int]:
+    r, c = divmod(p, grid)
+    return {rr * grid + cc for rr in range(r - radius, r + radius + 1) for cc in range(c - radius, c + radius + 1)
+            if 0 <= rr < grid and 0 <= cc < grid and (rr, cc) != (r, c)}
+
+
+def test_visibility_upsampling_matches_repeat_and_permute():
+    m = tiny()
+    ids_keep = random_ids_keep(3, 196, 78, seed=7)
+    mask = torch.ones(3, 196).scatter_(1, ids_keep, 0.0)  # 1 = masked, as the official code's input
+    vis = m.visibility(ids_keep)
+    assert vis.shape == (3, 1, 14, 14)
+    torch.testing.assert_close(vis, 1 - mask.reshape(3, 1, 14, 14))
+    for factor in (4, 2):
+        expected = 1 - repeat_and_permute(mask, 14, factor)
+        assert torch.equal(upsample_visibility(vis, factor), expected)
+        assert torch.equal(F.interpolate(vis, scale_factor=factor, mode="nearest"), expected)
+
+    # and those are the maps the CBlocks of each stage receive
+    seen = {}
+    m.blocks1[0].register_forward_pre_hook(lambda mod, args: seen.__setitem__(1, args[1]))
+    m.blocks2[0].register_forward_pre_hook(lambda mod, args: seen.__setitem__(2, args[1]))
+    with torch.no_grad():
+        m(images(3, 224), ids_keep)
+    assert torch.equal(seen[1], 1 - repeat_and_permute(mask, 14, 4))
+    assert torch.equal(seen[2], 1 - repeat_and_permute(mask, 14, 2))
+    with torch.no_grad():
+        m(images(3, 224))
+    assert seen[1] is None and seen[2] is None
+
+
+# ------------------------------------------------------------------------------------ fusion and groups
+def test_fusion_off_has_no_decode_convs_and_matches_zeroed_fusion():
+    off = tiny(img_size=64, fusion=False)
+    on = tiny(img_size=64)
+    assert not any("output_decode" in k for k in off.state_dict())
+    assert {k for k in on.state_dict() if "output_decode" in k} == {
+        f"stage{s}_output_decode.{p}" for s in (1, 2) for p in ("weight", "bias")}
+    off.load_state_dict({k: v for k, v in on.state_dict().items() if "output_decode" not in k}, strict=True)
+    imgs, ids_keep = images(2, 64), random_ids_keep(2, 16, 6)
+    with torch.no_grad():
+        with_fusion = on(imgs, ids_keep).tokens
+        without = off(imgs, ids_keep).tokens
+        assert (with_fusion - without).abs().amax() > 1e-3
+        for conv in (on.stage1_output_decode, on.stage2_output_decode):
+            conv.weight.zero_()
+            conv.bias.zero_()
+        torch.testing.assert_close(on(imgs, ids_keep).tokens, without, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("fusion", [True, False])
+def test_layer_groups_cover_all_parameters(fusion):
+    m = tiny(fusion=fusion)
+    stem, blocks = (re.compile(r) for r in m.layer_groups())
+    groups = {"stem": set(), "blocks": {}, "rest": set()}
+    for name, _ in m.named_parameters():
+        s, b = stem.match(name), blocks.match(name)
+        assert not (s and b), name
+        if s:
+            groups["stem"].add(name.split(".")[0])
+        elif b:
+            groups["blocks"].setdefault(int(b.group(1)), 0)
+            groups["blocks"][int(b.group(1))] += 1
+        else:
+            groups["rest"].add(name)
+    expected_stem = {"pos_embed", "patch_embed1", "patch_embed2", "patch_embed3", "patch_embed4", "blocks1", "blocks2"}
+    if fusion:
+        expected_stem |= {"stage1_output_decode", "stage2_output_decode"}
+    assert groups["stem"] == expected_stem
+    assert sorted(groups["blocks"]) == [0, 1] and all(v == 12 for v in groups["blocks"].values())
+    assert groups["rest"] == {"norm.weight", "norm.bias"}
+
+
+# --------------------------------------------------------------------------------------- drop path, init
+def test_drop_path_linear_over_all_blocks():
+    m = ConvViT(img_size=64, **{**TINY, "depths": (2, 2, 3)}, drop_path_rate=0.3)
+
+    def rate(module):
+        return getattr(module, "drop_prob", 0.0)
+
+    got = [rate(b.drop_path) for b in m.blocks1] + [rate(b.drop_path) for b in m.blocks2]
+    got += [rate(b.drop_path1) for b in m.blocks3]
+    assert got == pytest.approx([0.3 * i / 6 for i in range(7)])
+    assert [rate(b.drop_path2) for b in m.blocks3] == got[4:]
+    assert isinstance(m.blocks1[0].drop_path, torch.nn.Identity)
+    # stochastic depth is active in train mode only
+    m.train()
+    x = images(2, 64)
+    with torch.no_grad():
+        assert not torch.equal(m(x).tokens, m(x).tokens)
+        m.eval()
+        assert torch.equal(m(x).tokens, m(x).tokens)
+
+
+def test_init():
+    m = tiny()
+    # pretraining: fixed sin-cos, frozen, no cls row
+    assert m.pos_embed.shape == (1, 196, 32) and not m.pos_embed.requires_grad
+    torch.testing.assert_close(m.pos_embed[0], sincos_2d(32, (14, 14), cls_token=False))
+    # linear layers: xavier-uniform, zero bias
+    for name, mod in m.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            fan_out, fan_in = mod.weight.shape
+            bound = (6 / (fan_in + fan_out)) ** 0.5
+            assert mod.weight.abs().max() <= bound + 1e-6 and mod.weight.abs().max() > 0.8 * bound, name
+            assert torch.count_nonzero(mod.bias) == 0, name
+        elif isinstance(mod, torch.nn.LayerNorm):
+            assert torch.all(mod.weight == 1) and torch.all(mod.bias == 0), name
+    # patch_embed3.proj: xavier over [out, in*k*k] (wider than PyTorch's default bound 1/sqrt(fan_in))
+    w = m.patch_embed3.proj.weight
+    xavier = (6 / (w[0].numel() + w.shape[0])) ** 0.5
+    assert 1 / w[0].numel() ** 0.5 < w.abs().max() <= xavier + 1e-6
+    # the other convs keep PyTorch's default init: kaiming-uniform(a=sqrt 5) -> bound 1/sqrt(fan_in), biases too
+    for conv in (m.patch_embed1.proj, m.patch_embed2.proj, m.blocks1[0].conv1, m.blocks1[0].attn,
+                 m.blocks2[0].mlp.fc2, m.stage1_output_decode):
+        bound = 1 / conv.weight[0].numel() ** 0.5
+        assert conv.weight.abs().max() <= bound + 1e-6
+        assert conv.bias.abs().max() <= bound + 1e-6 and torch.count_nonzero(conv.bias) == conv.bias.numel()
+    # fine-tuning: learnable, trunc-normal 0.02 (overwritten by the checkpoint)
+    ft = tiny(learnable_pos_embed=True, fusion=False, final_norm=False)
+    assert ft.pos_embed.requires_grad
+    assert 0.015 < ft.pos_embed.std() < 0.025 and abs(ft.pos_embed.mean()) < 0.002
+    assert isinstance(ft.norm, torch.nn.Identity)
+    assert any(p is ft.pos_embed for p in ft.parameters())
+
+
+# ---------------------------------------------------------------------------------------- return_layers
+@pytest.mark.parametrize("masked", [True, False])
+def test_return_layers_match_blocks_run_by_hand(masked):
+    m = tiny(img_size=64, depths=(1, 1, 3))
+    imgs = images(2, 64)
+    ids_keep = random_ids_keep(2, 16, 6) if masked else None
+    with torch.no_grad():
+        out = m(imgs, ids_keep, return_layers=(1, 3))
+        # by hand
+        v1 = v2 = None
+        if masked:
+            vis = torch.zeros(2, 16).scatter_(1, ids_keep, 1.0).reshape(2, 1, 4, 4)
+            v1, v2 = F.interpolate(vis, scale_factor=4.0), F.interpolate(vis, scale_factor=2.0)
+        x = m.blocks1[0](m.patch_embed1(imgs), v1)
+        s1 = m.stage1_output_decode(x).flatten(2).transpose(1, 2)
+        x = m.blocks2[0](m.patch_embed2(x), v2)
+        s2 = m.stage2_output_decode(x).flatten(2).transpose(1, 2)
+        x = m.patch_embed4(m.patch_embed3(x).flatten(2).transpose(1, 2)) + m.pos_embed
+        if masked:
+            index = ids_keep.unsqueeze(-1).expand(-1, -1, 32)
+            x, s1, s2 = (torch.gather(t, 1, index) for t in (x, s1, s2))
+        hand = []
+        for block in m.blocks3:
+            x = block(x)
+            hand.append(x)
+        tokens = m.norm(x + s1 + s2)
+    assert set(out.layers) == {1, 3}
+    torch.testing.assert_close(out.layers[1], hand[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.layers[3], hand[2], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.tokens, tokens, rtol=0, atol=1e-6)
+    # layers are un-normed and before fusion
+    assert not torch.allclose(out.layers[3], out.tokens, atol=1e-3)
+
+
+def test_cblock_masks_after_first_pointwise_conv():
+    """CBlock = x + conv2(DW5x5(vis * conv1(LN(x)))), then x + fc2(GELU(fc1(LN(x)))); LNs over channels, eps 1e-5.
+    The map multiplies conv1's output (bias included), so masked positions feed exact zeros to the DW conv."""
+    torch.manual_seed(0)
+    m = tiny(img_size=64)
+    block = m.blocks1[0]
+    for p in (block.norm1.weight, block.norm1.bias, block.norm2.weight, block.norm2.bias):
+        p.data.normal_()  # non-trivial affine LNs
+    x = torch.randn(2, 16, 16, 16)
+    vis = upsample_visibility(m.visibility(random_ids_keep(2, 16, 8)), 4)
+
+    def ln(t, norm):
+        return F.layer_norm(t.permute(0, 2, 3, 1), (16,), norm.weight, norm.bias, eps=1e-5).permute(0, 3, 1, 2)
+
+    with torch.no_grad():
+        h = x + block.conv2(F.conv2d(vis * block.conv1(ln(x, block.norm1)), block.attn.weight, block.attn.bias,
+                                     padding=2, groups=16))
+        expected = h + block.mlp.fc2(F.gelu(block.mlp.fc1(ln(h, block.norm2))))
+        torch.testing.assert_close(block(x, vis), expected, rtol=0, atol=1e-5)
+        # masking the LN output instead (before conv1) would let conv1's bias through: a different result
+        h_wrong = x + block.conv2(block.attn(block.conv1(vis * ln(x, block.norm1))))
+        assert (h_wrong - h).abs().amax() > 1e-3
+        # no map: no multiplication
+        h = x + block.conv2(block.attn(block.conv1(ln(x, block.norm1))))
+        torch.testing.assert_close(block(x), h + block.mlp.fc2(F.gelu(block.mlp.fc1(ln(h, block.norm2)))),
+                                   rtol=0, atol=1e-5)
+
+
+def test_convvit_classifier_loads_dmjd_pretraining_and_fine_tunes():
+    """The fine-tune ConViT (official name ``convit_base_patch16``) takes a DMJD pretraining state dict:
+    every encoder weight found, the fusion convs and heads ignored; global pooling only; the conv stages
+    form layer 0 of the layer decay and blocks3.k layer k + 1; a training step runs."""
+    from timm.optim import param_groups_layer_decay
+
+    from models import create_model
+    from util.checkpoint import load_pretrained
+    from util.errors import UsageError
+
+    tiny = dict(embed_dims=(16, 24, 32), depths=(1, 1, 2), num_heads=2, num_classes=5, drop_path_rate=0.1)
+    pretrain = create_model("dmjd_convvit_base_patch16_hog", embed_dims=(16, 24, 32), depths=(1, 1, 2),
+                            num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    clf = create_model("convit_base_patch16", **tiny)
+    report = load_pretrained(clf, pretrain.state_dict(), allow_missing=["head.*", "fc_norm.*"])
+    assert sorted(report.missing) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert "stage1_output_decode.weight" in report.unexpected and "decoder_pred.weight" in report.unexpected
+    torch.testing.assert_close(clf.encoder.blocks3[1].mlp.fc2.weight, pretrain.encoder.blocks3[1].mlp.fc2.weight)
+    torch.testing.assert_close(clf.encoder.pos_embed, pretrain.encoder.pos_embed)
+    assert clf.encoder.pos_embed.requires_grad and not hasattr(clf.encoder, "stage1_output_decode")
+    with pytest.raises(UsageError, match="no cls token"):
+        create_model("convvit_base_patch16", global_pool=False, **tiny)
+
+    groups = param_groups_layer_decay(clf, 0.05, no_weight_decay_list=clf.no_weight_decay(), layer_decay=0.65)
+    scale = {name: g["lr_scale"] for g in groups for name in g["params"]}
+    by_name = {p: n for n, p in clf.named_parameters()}
+    scale = {by_name[p]: s for p, s in scale.items()}
+    assert scale["encoder.blocks1.0.attn.weight"] == pytest.approx(0.65 ** 3)
+    assert scale["encoder.patch_embed4.weight"] == pytest.approx(0.65 ** 3)
+    assert scale["encoder.blocks3.0.attn.qkv.weight"] == pytest.approx(0.65 ** 2)
+    assert scale["encoder.blocks3.1.attn.qkv.weight"] == pytest.approx(0.65)
+    assert scale["head.weight"] == 1.0 and scale["fc_norm.weight"] == 1.0
+
+    clf.train()
+    imgs, labels = torch.randn(2, 3, 224, 224), torch.tensor([0, 3])
+    logits = clf(imgs)
+    assert logits.shape == (2, 5)
+    torch.nn.functional.cross_entropy(logits, labels).backward()
+    assert clf.encoder.blocks1[0].conv1.weight.grad is not None

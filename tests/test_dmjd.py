@@ -1,0 +1,180 @@
+"""DMJD as a composition: golden cases of the official code, the two branches, the LR rule, the CLI."""
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import main_pretrain
+from conftest import GOLDEN, requires_golden
+from models import create_model, list_models
+from models.heads import VisibleDistillHead
+from models.masking import BlockMasking, DisjointMasking, Masks, RandomMasking
+from util.checkpoint import load_pretrained
+from util.lr import resolve_lr
+
+# the golden cases' official config: img_size [224, 56, 28], patch [4, 2, 2], decoder 16 x 1
+TINY_CONVVIT = dict(embed_dims=(16, 24, 32), depths=(1, 1, 2), num_heads=2, mlp_ratios=(8, 8, 4),
+                    decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+CASES = [f"{kind}_{variant}" for kind in ("block", "rand") for variant in ("official", "fixed")]
+
+
+def _golden_model(case: dict, **kwargs):
+    cfg = case["config"]
+    model = create_model("dmjd_convvit_base_patch16_hog", mask_ratio=cfg["mask_ratio"],
+                         mask_type=cfg["mask_type"], **TINY_CONVVIT, **kwargs)
+    report = load_pretrained(model, case["state_dict"])
+    assert not report.missing and not report.unexpected and not report.resized, report
+    return model.eval()
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+
+@requires_golden
+@pytest.mark.parametrize("name", CASES)
+def test_official_dmjd_golden(name):
+    """Same weights, images and kept-token order as the official DMJDConViT: the same HOG target, masked
+    predictions, visible predictions and both losses; `_official` under --official_quirks, `_fixed` without."""
+    case = torch.load(GOLDEN / f"dmjd_tiny_{name}.pt", weights_only=True)
+    official = name.endswith("official")
+    model = _golden_model(case, official_quirks=official)
+    masks = Masks.from_ids_keep(case["ids_keep"], 196, num_views=2)
+    assert torch.equal(masks.view_mask, case["masks"])
+    with torch.no_grad():
+        _assert_close(model.target(case["imgs"]), case["target"], atol=1e-5)
+        out = model(case["imgs"], mask=masks)
+    _assert_close(out.pred["mim"], case["pred"], atol=1e-5)
+    _assert_close(out.pred["vis"], case["pred_vis"], atol=1e-5)
+    _assert_close(out.losses["mim"], case["loss_mim"])
+    _assert_close(out.losses["vis"], case["loss_vis"])
+    _assert_close(out.loss, case["loss"])
+
+
+@requires_golden
+@pytest.mark.parametrize("kind", ["block", "rand"])
+def test_fixed_loss_does_not_depend_on_the_kept_order(kind):
+    """With targets gathered in the predictions' order, raster-ordered visible tokens give the same loss."""
+    case = torch.load(GOLDEN / f"dmjd_tiny_{kind}_fixed.pt", weights_only=True)
+    model = _golden_model(case)
+    with torch.no_grad():
+        out = model(case["imgs"], mask=case["masks"])
+    _assert_close(out.loss, case["loss"])
+
+
+@requires_golden
+def test_official_quirk_changes_the_visible_loss_only():
+    """The ordering quirk moves loss_vis and leaves loss_mim alone (same weights, masks, order)."""
+    case = torch.load(GOLDEN / "dmjd_tiny_rand_official.pt", weights_only=True)
+    masks = Masks.from_ids_keep(case["ids_keep"], 196, num_views=2)
+    with torch.no_grad():
+        quirky = _golden_model(case, official_quirks=True)(case["imgs"], mask=masks)
+        fixed = _golden_model(case)(case["imgs"], mask=masks)
+    _assert_close(quirky.losses["mim"], fixed.losses["mim"])
+    assert not torch.allclose(quirky.losses["vis"], fixed.losses["vis"])
+
+
+def test_official_quirks_ignore_pred_ratio_in_the_masking():
+    """The official code never hands --pred_ratio to the masking; by default it reaches it."""
+    kwargs = dict(mask_ratio=0.6, pred_ratio=0.8, **TINY_CONVVIT)
+    default = create_model("dmjd_convvit_base_patch16_hog", **kwargs)
+    quirky = create_model("dmjd_convvit_base_patch16_hog", official_quirks=True, **kwargs)
+    assert isinstance(default.masking, DisjointMasking) and isinstance(default.masking.base, BlockMasking)
+    assert default.masking.pred_ratio == 0.8 and quirky.masking.pred_ratio == 1.0
+    assert default.lr_batch_ratio == quirky.lr_batch_ratio == pytest.approx(0.8 / 0.6)
+
+
+def test_visible_branch_sees_only_visible_tokens():
+    """The distillation head predicts exactly the K kept tokens; perturbing masked pixels changes neither
+    its predictions nor its loss, and its loss reads only the visible patches' targets."""
+    torch.manual_seed(0)
+    model = create_model("dmjd_convvit_base_patch16_hog", img_size=64, **TINY_CONVVIT).eval()
+    imgs = torch.randn(2, 3, 64, 64)
+    masks = model.sample_masks(imgs, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model(imgs, mask=masks)
+        hidden = masks.view_mask[0].reshape(2, 4, 4).repeat_interleave(16, 1).repeat_interleave(16, 2)
+        # perturb only pixels masked in view 1; compare view 1's rows (the first N)
+        noisy = imgs + 5 * torch.randn_like(imgs) * hidden[:, None]
+        again = model(noisy, mask=masks)
+    n, k = 2, masks.ids_keep.shape[1]
+    assert out.pred["vis"].shape == (2 * n, k, 108)
+    _assert_close(again.pred["vis"][:n], out.pred["vis"][:n])
+
+    head: VisibleDistillHead = model.heads["vis"]
+    target = torch.randn(2 * n, 16, 108)
+    changed = torch.where(masks.mask[..., None], torch.randn_like(target), target)
+    pred = out.pred["vis"]
+    assert torch.equal(head.loss(pred, target, masks), head.loss(pred, changed, masks))
+
+
+def test_smooth_l1_beta_two_by_hand():
+    """0.5 x^2 / 2 below |x| = 2 and |x| - 1 above, averaged over every element."""
+    head = VisibleDistillHead(8, 2, hidden_dim=8)
+    masks = Masks.from_mask(torch.tensor([[False, True]]))
+    pred = torch.tensor([[[1.0, 3.0]]])
+    target = torch.zeros(1, 2, 2)
+    assert head.loss(pred, target, masks).item() == pytest.approx((0.25 + 2.0) / 2)
+
+
+def test_adaptive_lr_rule():
+    """eff = batch x accum x world x pred / mask: the PRETRAIN.md run (64 x 8 GPUs, m 0.6, p 1, blr 6e-4)
+    gives 853.3 and lr 2.0e-3; MAE recipes keep ratio 1."""
+    model = create_model("dmjd_convvit_base_patch16_hog", **TINY_CONVVIT)
+    args = argparse.Namespace(blr=6e-4, lr=None, batch_size=64, accum_iter=1)
+    eff = resolve_lr(args, 8, model.lr_batch_ratio)
+    assert eff == pytest.approx(853.333, abs=1e-3) and args.lr == pytest.approx(2.0e-3)
+    assert create_model("mae_vit_tiny_patch16", img_size=32).lr_batch_ratio == 1.0
+
+
+def test_recipes_and_official_names():
+    names = set(list_models("*"))
+    assert {"dmjd_convvit_base_patch16_hog", "dmjd_convvit_base_patch16_dec2_hog", "dmjd_convvit_large_patch16_hog",
+            "dmjd_vit_base_patch16_hog", "convmae_convvit_base_patch16", "dmjd_convit_base_patch16_dec8_hog",
+            "dmjd_convit_base_patch16_dec2_hog", "dmjd_convit_large_patch16_dec8_hog"} <= names
+    dec2 = create_model("dmjd_convit_base_patch16_dec2_hog", **{**TINY_CONVVIT, "decoder_depth": 2})
+    assert len(dec2.heads["mim"].decoder_blocks) == 2
+    convmae = create_model("convmae_convvit_base_patch16", img_size=64, embed_dims=(16, 24, 32), depths=(1, 1, 2),
+                           num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    assert isinstance(convmae.masking, RandomMasking) and set(convmae.heads) == {"mim"}
+    assert convmae.heads["mim"].decoder_pred.out_features == 16 * 16 * 3
+    vit = create_model("dmjd_vit_base_patch16_hog", img_size=64, embed_dim=32, depth=2, num_heads=2,
+                       decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    out = vit(torch.randn(2, 3, 64, 64))
+    assert out.pred["mim"].shape == (4, 16, 108) and out.pred["vis"].shape == (4, 4, 108)
+    assert torch.isfinite(out.loss)
+
+
+def test_short_dmjd_pretrain_learns():
+    """A tiny DMJD ConViT on a fixed batch: the joint loss falls by a clear margin in a few AdamW steps."""
+    torch.manual_seed(0)
+    model = create_model("dmjd_convvit_base_patch16_hog", img_size=64, **TINY_CONVVIT)
+    low = torch.rand(4, 3, 8, 8)
+    imgs = (torch.nn.functional.interpolate(low, size=64, mode="bilinear") - 0.45) / 0.25
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for step in range(40):
+        out = model(imgs, mask=model.sample_masks(imgs, torch.Generator().manual_seed(step % 3)))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
+
+
+@pytest.mark.slow
+def test_official_pretrain_command_runs(image_folder, tmp_path):
+    """The PRETRAIN.md command of the official repository, at full ConViT-B size, for one tiny epoch."""
+    out = tmp_path / "run"
+    argv = ["--batch_size", "2", "--model", "dmjd_convit_base_patch16_dec8_hog", "--mask_ratio", "0.6",
+            "--mask_type", "block", "--pred_type", "hog", "--mim_loss_type", "l2", "--vis_loss_type", "smooth_l1",
+            "--epochs", "1", "--warmup_epochs", "20", "--blr", "6e-4", "--weight_decay", "0.05",
+            "--data_path", str(image_folder), "--output_dir", str(out), "--data_limit", "4",
+            "--num_workers", "0", "--device", "cpu", "--print_freq", "1"]
+    main_pretrain.main(main_pretrain.get_args_parser().parse_args(argv))
+    records = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["train_loss"] > 0
+    assert {"train_loss_mim", "train_loss_vis"} <= set(records[0])
+    assert Path(out / "checkpoint-0.pth").is_file()
