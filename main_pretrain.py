@@ -39,6 +39,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="RandomResizedCrop lower scale (default: the recipe's, MAE 0.2, DMJD 0.5)")
     p.add_argument("--official_quirks", action="store_true",
                    help="reproduce the official code's documented bugs exactly (see PRETRAIN.md)")
+    g = p.add_argument_group("DeepMIM", "deep supervision (default: the recipe's)")
+    g.add_argument("--clip_path", default=None, help="CLIP checkpoint (OpenAI .pt, state dict or open_clip)")
+    g.add_argument("--ds_layers", default=None, type=int, nargs="+",
+                   help="encoder blocks that get a decoder (the depth = the final output); default 6 8 10 12")
     g = p.add_argument_group("DMJD", "disjoint masking and joint distillation (default: the recipe's)")
     g.add_argument("--mask_type", default=None, choices=MASK_TYPES, help="random patches or 2x2 blocks")
     g.add_argument("--pred_ratio", default=None, type=float,
@@ -62,11 +66,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # flags handed to the recipe only when given, so each recipe keeps its own defaults
 RECIPE_FLAGS = ("mask_ratio", "mask_type", "pred_ratio", "num_views", "pred_type", "mim_loss_type",
-                "vis_loss_type", "theta")
+                "vis_loss_type", "theta", "clip_path", "ds_layers")
 RECIPE_SWITCHES = ("norm_pix_loss", "official_quirks")
 
 
+# the official DeepMIM repository names its model mae_vit_base_patch16; with --clip_path its command means DeepMIM
+DEEPMIM_NAMES = {"mae_vit_base_patch16": "deepmim_vit_base_patch16_clip"}
+
+
 def build_model(args: argparse.Namespace) -> torch.nn.Module:
+    if args.clip_path and args.model in DEEPMIM_NAMES:
+        print(f"--clip_path with --model {args.model}: training {DEEPMIM_NAMES[args.model]}, as the official "
+              "DeepMIM command does")
+        args.model = DEEPMIM_NAMES[args.model]
     kwargs = {"img_size": args.input_size}
     kwargs |= {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
     kwargs |= {k: True for k in RECIPE_SWITCHES if getattr(args, k)}

@@ -1,6 +1,7 @@
 """Pretraining throughput and peak memory of a recipe on synthetic data.
 
     python benchmarks/pretrain_throughput.py --model mae_vit_base_patch16 --batch_size 256 [--compile]
+    python benchmarks/pretrain_throughput.py --model deepmim_vit_base_patch16_clip --synthetic_clip
 
 Times full optimizer steps (forward, backward, fused AdamW) after warm-up, in the precision the
 trainer uses, and prints one JSON line with the device, date and command so results can be recorded.
@@ -10,6 +11,7 @@ import datetime
 import json
 import os
 import sys
+import tempfile
 import time
 
 import torch
@@ -17,6 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
+from models.clip_teacher import CLIPVisualEncoder  # noqa: E402
 from util.lr import weight_decay_groups  # noqa: E402
 from util.runtime import AMP_DTYPES, parse_model_kwargs  # noqa: E402
 from util.train_loop import autocast  # noqa: E402
@@ -54,6 +57,16 @@ def measure(model_name: str, batch_size: int, steps: int, warmup: int, device: t
     return {"img_per_s": round(batch_size * steps / elapsed, 1), "peak_mem_gib": round(peak, 2)}
 
 
+def synthetic_clip_file(folder: str, input_size: int) -> str:
+    """A random-weight CLIP ViT-B/16 image tower (the DeepMIM teacher's shape) saved as a state dict:
+    the timing does not depend on the weights, and no download is needed."""
+    clip = CLIPVisualEncoder(input_resolution=input_size, patch_size=16, width=768, layers=12, heads=12,
+                             output_dim=512)
+    path = os.path.join(folder, "clip_vit_b16_random.pt")
+    torch.save({f"visual.{k}": v for k, v in clip.state_dict().items()}, path)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mae_vit_base_patch16")
@@ -65,13 +78,19 @@ def main() -> None:
     p.add_argument("--amp", default=None, choices=sorted(AMP_DTYPES))
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default=None)
+    p.add_argument("--synthetic_clip", action="store_true",
+                   help="give the recipe a random-weight CLIP ViT-B/16 teacher (DeepMIM-CLIP)")
     args = p.parse_args()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     amp = args.amp or ("bf16" if device.type == "cuda" else "fp32")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    result = measure(args.model, args.batch_size, args.steps, args.warmup, device, amp, args.compile,
-                     args.input_size, parse_model_kwargs(args.model_kwargs))
+    model_kwargs = parse_model_kwargs(args.model_kwargs)
+    with tempfile.TemporaryDirectory() as folder:
+        if args.synthetic_clip:
+            model_kwargs["clip_path"] = synthetic_clip_file(folder, args.input_size)
+        result = measure(args.model, args.batch_size, args.steps, args.warmup, device, amp, args.compile,
+                         args.input_size, model_kwargs)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(json.dumps({"model": args.model, "batch_size": args.batch_size, "amp": amp, "compile": args.compile,
                       **result, "device": name, "torch": torch.__version__,

@@ -4,6 +4,8 @@ Composed models hold their parts as children (``encoder``, ``heads.<name>``), bu
 name every weight without such prefixes. A module using :class:`FlatKeys` drops the listed prefixes on
 save and puts them back on load, so it reads and writes official checkpoints with ``strict=True``.
 Components must use distinct parameter names (the official ones already do); a clash is refused.
+A rule may also append a suffix to the first name component, for official checkpoints that number
+repeated components (DeepMIM: ``heads.ds6.decoder_embed.weight`` <-> ``decoder_embed1.weight``).
 """
 from torch import nn
 
@@ -11,8 +13,9 @@ from torch import nn
 class FlatKeys:
     """Mixin for an ``nn.Module``: call ``self.flatten_keys(prefixes)`` at the end of ``__init__``."""
 
-    def flatten_keys(self, prefixes: list[str]) -> None:
-        self._flat_prefixes = list(prefixes)
+    def flatten_keys(self, prefixes: list[str | tuple[str, str]]) -> None:
+        """prefixes: module-path prefixes to drop, each a string or a (prefix, suffix) pair."""
+        self._flat_rules = [(p, "") if isinstance(p, str) else tuple(p) for p in prefixes]
         self._to_full: dict[str, str] = {}
         for key in nn.Module.state_dict(self):
             flat = self.flat_key(key)
@@ -25,9 +28,10 @@ class FlatKeys:
 
     def flat_key(self, key: str) -> str:
         """The saved name of the module path ``key`` (e.g. ``encoder.blocks.0.x`` -> ``blocks.0.x``)."""
-        for prefix in self._flat_prefixes:
+        for prefix, suffix in self._flat_rules:
             if key.startswith(prefix):
-                return key[len(prefix):]
+                first, dot, rest = key[len(prefix):].partition(".")
+                return first + suffix + dot + rest
         return key
 
 

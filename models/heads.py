@@ -5,6 +5,7 @@ patches it is responsible for. Parameter names follow the official checkpoints (
 ``mask_token``) so that composed models keep the official flat state-dict keys.
 """
 from functools import partial
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,8 @@ from .pos_embed import sincos_2d
 
 
 def patch_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2", beta: float = 1.0) -> torch.Tensor:
-    """Per-patch loss [N, L] from pred/target [N, L, C]: the elementwise loss averaged over C."""
+    """Per-patch loss [N, L] from pred/target [N, L, C]: the elementwise loss averaged over C, or for
+    ``cosine`` 2 - 2 cos(pred, target) over C."""
     pred = pred.float()
     if kind == "l2":
         err = (pred - target) ** 2
@@ -26,8 +28,11 @@ def patch_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2", beta:
         err = (pred - target).abs()
     elif kind == "smooth_l1":
         err = F.smooth_l1_loss(pred, target, reduction="none", beta=beta)
+    elif kind == "cosine":
+        # DeepMIM: 2 - 2 cos = squared distance of the unit vectors, one value per patch
+        return 2 - 2 * (F.normalize(pred, dim=-1) * F.normalize(target, dim=-1)).sum(dim=-1)
     else:
-        raise ValueError(f"unknown loss type {kind!r}; choose l2, l1 or smooth_l1")
+        raise ValueError(f"unknown loss type {kind!r}; choose l2, l1, smooth_l1 or cosine")
     return err.mean(dim=-1)
 
 
@@ -88,6 +93,25 @@ class MAEDecoder(nn.Module):
         return masked_mean(patch_loss(pred, target, self.loss_type, self.loss_beta), masks.mask)
 
 
+class LinearHead(nn.Module):
+    """A linear prediction of every patch from the encoder's own token (SimMIM / MaskFeat: the encoder
+    saw mask tokens in place of the masked patches); the loss covers the masked patches only."""
+
+    def __init__(self, embed_dim: int, out_dim: int, loss_type: str = "l2", loss_beta: float = 1.0,
+                 num_prefix_tokens: int = 1):
+        super().__init__()
+        self.loss_type, self.loss_beta, self.num_prefix_tokens = loss_type, loss_beta, num_prefix_tokens
+        self.decoder_pred = nn.Linear(embed_dim, out_dim)
+        self.apply(init_linear_and_norm)
+
+    def forward(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
+        """features.tokens: [N, P + L, D] (all patches, raster order) -> [N, L, out_dim]."""
+        return self.decoder_pred(features.tokens[:, self.num_prefix_tokens:])
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
+        return masked_mean(patch_loss(pred, target, self.loss_type, self.loss_beta), masks.mask)
+
+
 class VisibleDistillHead(nn.Module):
     """DMJD's visible-distillation branch (METHODS.md §2.5): the final-normed visible tokens go through a
     projection MLP (``proj_embed``) and a linear ``predictor`` that regresses the target of their own patch.
@@ -123,3 +147,44 @@ class VisibleDistillHead(nn.Module):
 
     def extra_repr(self) -> str:
         return f"loss_type={self.loss_type}, loss_beta={self.loss_beta}, raster_targets={self.raster_targets}"
+
+
+class TappedHead(nn.Module):
+    """Deep supervision (DeepMIM, METHODS.md §3.1): ``head`` reads the un-normed output of encoder block
+    ``layer`` (counted from 1) instead of the final-normed tokens; ``layer=None`` reads the final tokens.
+
+    ``key_suffix`` numbers the head's weights in checkpoints (``decoder_embed`` -> ``decoder_embed1``),
+    as the official DeepMIM keys do; the model reads it, with ``inner_prefix``, to flatten the keys.
+    """
+
+    inner_prefix = "head."
+
+    def __init__(self, head: nn.Module, layer: int | None, key_suffix: str = ""):
+        super().__init__()
+        self.head, self.layer, self.key_suffix = head, layer, key_suffix
+
+    def forward(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
+        tokens = features.tokens if self.layer is None else features.layers[self.layer]
+        return self.head(EncoderOutput(tokens=tokens), masks)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
+        return self.head.loss(pred, target, masks)
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer if self.layer is not None else 'final'}"
+
+
+def default_ds_layers(depth: int) -> tuple[int, ...]:
+    """DeepMIM's taps: after blocks 6, 8 and 10 of 12 and the final output, scaled to ``depth``."""
+    return tuple(sorted({max(1, round(depth * k / 12)) for k in (6, 8, 10)} | {depth}))
+
+
+def deep_supervision_heads(make_head: Callable[[], nn.Module], layers: Sequence[int],
+                           depth: int) -> dict[str, TappedHead]:
+    """One independent head per tap: ``ds<k>`` reads block k's un-normed output, and the tap at ``depth``
+    the final-normed tokens, as the official code. Weights are numbered 1.. in tap order."""
+    layers = sorted(set(layers))
+    if not layers or layers[0] < 1 or layers[-1] > depth:
+        raise ValueError(f"ds_layers must lie in 1..{depth} (the encoder's depth), got {list(layers)}")
+    return {f"ds{k}": TappedHead(make_head(), None if k == depth else k, str(i))
+            for i, k in enumerate(layers, start=1)}

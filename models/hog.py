@@ -153,3 +153,175 @@ class HogTarget(nn.Module):
     def extra_repr(self) -> str:
         return (f"patch_size={self.patch_size}, cell_size={self.cell_size}, nbins={self.nbins}, "
                 f"in_chans={self.in_chans}")
+
+
+# ============================================================================ MaskFeat's HOG target
+#
+# Facts from facebookresearch/SlowFast (read, not copied):
+#   slowfast/models/operators.py, class HOGLayerC (~l.63-113 at 198bf9de): Sobel + reflect pad, atan2(gx, gy),
+#     floor(phase / pi * nbins) % nbins, optional Gaussian window, sum pool by unfold, F.normalize(p=2) over bins.
+#   slowfast/models/masked.py, MaskMViT.__init__ (adc55ca): HOGLayerC(nbins=9, pool=8), no gaussian_window;
+#     head size nbins * (16 // 8)**2 * 3 = 108; loss "mse". MaskMViT._get_hog_label_2d: hog(x).flatten(1, 2)
+#     -> permute(0, 2, 3, 1).unfold(1, k, k).unfold(2, k, k).flatten(1, 2).flatten(2), k = cells per patch side.
+#   slowfast/models/utils.py get_gkern; configs/masked_ssl/in1k_VIT_B_MaskFeat_PT.yaml (224 px, patch 16,
+#     ImageNet mean/std); slowfast/datasets/imagenet.py: the model input is ToTensor + Normalize(mean, std), and
+#     _maskfeat_forward passes that same tensor (x.detach()) to the HOG.
+
+
+def sobel_gradients(img: torch.Tensor) -> tuple:
+    """HOGLayerC's per-channel 3x3 Sobel responses with reflect padding (mirror without repeating the edge).
+
+    img: ``[N, C, H, W]`` float (H, W >= 2). Returns ``(gx, gy)``, each ``[N, C, H, W]``, the cross-correlations
+    (``F.conv2d``) with ``wx = [[1, 0, -1], [2, 0, -2], [1, 0, -1]]`` and ``wy = wx.T``:
+
+    - ``gx[i, j] = sum_u s[u] * (I[i+u-1, j-1] - I[i+u-1, j+1])``, s = (1, 2, 1): left minus right, so a
+      brightness increase to the right gives gx < 0;
+    - ``gy[i, j] = sum_v s[v] * (I[i-1, j+v-1] - I[i+1, j+v-1])``: top minus bottom.
+
+    Written as differences, not a conv: exact for integer pixels (no TF32 / Winograd rounding on the device)
+    and exactly 0 wherever the compared neighbours are equal. Reflect padding makes gx = 0 on the first and
+    last column and gy = 0 on the first and last row.
+    """
+    xp = F.pad(img, (1, 1, 1, 1), mode="reflect")
+    dx = xp[..., :, :-2] - xp[..., :, 2:]  # [N, C, H+2, W]: left - right
+    dy = xp[..., :-2, :] - xp[..., 2:, :]  # [N, C, H, W+2]: top - bottom
+    gx = dx[..., :-2, :] + 2 * dx[..., 1:-1, :] + dx[..., 2:, :]
+    gy = dy[..., :, :-2] + 2 * dy[..., :, 1:-1] + dy[..., :, 2:]
+    return gx, gy
+
+
+def gaussian_window_2d(window: int) -> torch.Tensor:
+    """SlowFast's ``get_gkern(window, window // 2)``: ``[window, window]`` float32, summing to 1.
+
+    1-D taps ``exp(-0.5 * ((n - (window-1)/2) / (window // 2))**2)``, n = 0..window-1, outer product, / sum.
+    """
+    n = torch.arange(window, dtype=torch.float32)
+    w = torch.exp(-0.5 * ((n - n.mean()) / (window // 2)) ** 2)
+    k = torch.outer(w, w)
+    return k / k.sum()
+
+
+def maskfeat_hog_cells(img: torch.Tensor, pool: int = 8, nbins: int = 9, gaussian_window: int = 0,
+                       normalize: bool = True) -> torch.Tensor:
+    """HOGLayerC.forward, batched: per-channel cell histograms, ``[N, C, H, W] -> [N, C, nbins, H//pool, W//pool]``.
+
+    - gradients: :func:`sobel_gradients` (3x3 Sobel, reflect padding), float32 outside autocast;
+    - magnitude ``hypot(gx, gy)``; phase ``atan2(gx, gy) / pi * nbins`` in [-nbins, nbins], bin
+      ``floor(phase) mod nbins`` (Python/floor modulo): hard assignment, unsigned orientation in pi/nbins bins.
+      Note the argument order: a brightness change along the columns (vertical edge, gy = 0) gives
+      phase -+nbins/2 -> bin nbins//2 (4 of 9); along the rows (horizontal edge, gx = 0) phase 0 or nbins ->
+      bin 0, which sits on the edge between bins 0 and nbins-1. The phase is taken in float64: float32 atan2
+      already bins every integer-valued gradient pair as float64 does on the CPU, but the closest pair lies
+      under one float32 ulp from an edge (gx, gy = -297, -816: phase 8 - 9e-7), too close for a device
+      atan2 that may err by a few ulps.
+    - ``gaussian_window`` k > 0: magnitudes times ``gaussian_window_2d(k)`` tiled over the image (one Gaussian
+      per k x k tile; H, W must be multiples of k). MaskFeat's image model uses 0 (off).
+    - cells: sum (not mean) of the magnitudes per bin over pool x pool pixels; trailing partial cells are
+      dropped (unfold); gradients still see the whole image.
+    - ``normalize``: each cell's nbins vector / max(L2 norm, 1e-12) (``F.normalize``), per channel; a cell
+      without gradient stays all-zero. ``False`` returns the raw sums (for tests).
+    """
+    n, c, h, w = img.shape
+    hc, wc = h // pool, w // pool
+    with torch.autocast(device_type=img.device.type, enabled=False):
+        gx, gy = sobel_gradients(img.float().contiguous())  # one memory layout -> one summation order
+        magnitude = torch.hypot(gx, gy)
+        phase = torch.atan2(gx.double(), gy.double()) / torch.pi * nbins
+        bins = torch.remainder(torch.floor(phase), nbins).to(torch.uint8 if nbins <= 256 else torch.int64)
+        del phase, gx, gy
+        if gaussian_window:
+            if h % gaussian_window or w % gaussian_window:
+                raise ValueError(f"image {h}x{w} is not tiled by the {gaussian_window}-px Gaussian window")
+            g = gaussian_window_2d(gaussian_window).to(img.device)
+            magnitude = magnitude * g.repeat(h // gaussian_window, w // gaussian_window)
+        magnitude = magnitude[..., :hc * pool, :wc * pool]
+        bins = bins[..., :hc * pool, :wc * pool]
+        hist = torch.empty(n, c, nbins, hc, wc, dtype=torch.float32, device=img.device)
+        for b in range(nbins):  # one bin at a time: no 9x one-hot map; a fixed summation order (deterministic)
+            hist[:, :, b] = (magnitude * (bins == b)).reshape(n, c, hc, pool, wc, pool).sum((3, 5))
+        if normalize:
+            hist = F.normalize(hist, p=2.0, dim=2, eps=1e-12)
+    return hist
+
+
+def maskfeat_cells_to_patches(hist: torch.Tensor, cells_per_patch: int) -> torch.Tensor:
+    """MaskMViT._get_hog_label_2d's layout: ``[N, C, nbins, ph*k, pw*k] -> [N, ph*pw, C*nbins*k*k]``.
+
+    Patches in raster order; inside a patch, channel c, bin d, cell (dh, dw) sits at
+    ``((c*nbins + d)*k + dh)*k + dw``: channel slowest, the cell fastest (DMJD's order is the reverse:
+    cell slowest, channel fastest). From ``hog(x).flatten(1, 2)`` (index c*nbins + d), permute to channels
+    last, then two ``unfold``s that append dh, then dw, after it.
+    """
+    n, c, nbins, hc, wc = hist.shape
+    k = cells_per_patch
+    if hc % k or wc % k:
+        raise ValueError(f"{hc}x{wc} cells do not group into patches of {k}x{k} cells")
+    ph, pw = hc // k, wc // k
+    # [N, C, d, ph, dh, pw, dw] -> [N, ph, pw, C, d, dh, dw]
+    x = hist.reshape(n, c, nbins, ph, k, pw, k).permute(0, 3, 5, 1, 2, 4, 6)
+    return x.reshape(n, ph * pw, c * nbins * k * k)
+
+
+class MaskFeatHogTarget(nn.Module):
+    """MaskFeat's HOG regression target per patch, for images (SlowFast ``HOGLayerC`` + ``MaskMViT``).
+
+    ``forward(imgs [N, C, H, W]) -> [N, L, out_dim]`` float32 (computed outside autocast), L = (H/p)(W/p) in
+    raster order, ``out_dim = C * nbins * (p/pool)^2`` (108 at the defaults: 3 channels x 9 bins x 2x2 cells);
+    index ``((c*nbins + d)*k + dh)*k + dw`` with k = p/pool (see :func:`maskfeat_cells_to_patches`).
+    Defaults are MaskFeat's ImageNet ViT-B setting: nbins 9, pool (cell) 8, no Gaussian window, patch 16.
+
+    Input: the ImageNet-normalized model input, which is what MaskFeat feeds its HOG (``_maskfeat_forward``
+    calls ``hog(x.detach())`` on the loader's ``Normalize(mean, std)`` tensor). Every step of the target is
+    unchanged by a per-channel ``a*x + b`` with a > 0 (the Sobel taps sum to 0 and reflect padding keeps a
+    constant constant; the phase depends on gx/gy only; each cell's vector is one channel's and is
+    L2-normalized), so HOG of the normalized input equals HOG of its 0..255 pixels. With ``from_uint8``
+    (default) the exact 0..255 integers are recovered first (:func:`denormalize_to_uint8`, needs a float32
+    input made from a uint8 image): integer gradients make every bin exact and reproducible. On the literal
+    float input (``from_uint8=False``, the official computation) a gx that should cancel to 0 (say 1 - 2 + 1
+    grey levels) comes out as +-1e-8, and since gx = 0 is the edge between bins 0 and nbins-1, such pixels
+    land in either bin depending on rounding. The official targets are noisy exactly there (measured on
+    skimage images: ~0.6% of pixels, 0.15% of the gradient mass, but ~25-30% of the cell vectors move by >1e-5).
+
+    Unlike DMJD's :class:`HogTarget`: Sobel (not central differences), reflect padding (no zeroed border),
+    ``atan2(gx, gy)`` orientation with horizontal edges at the 0/nbins-1 bin edge, sum pooling, per-cell L2
+    normalization (no LayerNorm), channel-slowest layout. No parameters or buffers.
+    """
+
+    def __init__(self, patch_size: int = 16, pool: int = 8, nbins: int = 9, gaussian_window: int = 0,
+                 in_chans: int = 3, *, from_uint8: bool = True, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD):
+        super().__init__()
+        if patch_size % pool:
+            raise ValueError(f"patch size {patch_size} is not a multiple of the HOG cell size {pool}")
+        if from_uint8 and (len(mean) != in_chans or len(std) != in_chans):
+            raise ValueError(f"mean/std need {in_chans} values (in_chans), got {len(mean)}/{len(std)}")
+        self.patch_size = patch_size
+        self.pool = pool
+        self.nbins = nbins
+        self.gaussian_window = gaussian_window
+        self.in_chans = in_chans
+        self.from_uint8 = from_uint8
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    def out_dim(self, in_chans: Optional[int] = None) -> int:
+        """Length of one patch's target: in_chans * nbins * (patch/pool)^2 (108 at 3/9/16/8)."""
+        in_chans = self.in_chans if in_chans is None else in_chans
+        return in_chans * self.nbins * (self.patch_size // self.pool) ** 2
+
+    def forward(self, imgs: torch.Tensor) -> torch.Tensor:
+        """imgs: ``[N, C, H, W]`` normalized float -> ``[N, L, out_dim]`` float32, no grad."""
+        c, h, w = imgs.shape[1:]
+        p = self.patch_size
+        if c != self.in_chans:
+            raise ValueError(f"MaskFeatHogTarget expects {self.in_chans} channels, got {c}")
+        if h % p or w % p:
+            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+        with torch.no_grad(), torch.autocast(device_type=imgs.device.type, enabled=False):
+            x = denormalize_to_uint8(imgs, self.mean, self.std) if self.from_uint8 else imgs.float()
+            hist = maskfeat_hog_cells(x, self.pool, self.nbins, self.gaussian_window)
+            return maskfeat_cells_to_patches(hist, p // self.pool)
+
+    def extra_repr(self) -> str:
+        return (f"patch_size={self.patch_size}, pool={self.pool}, nbins={self.nbins}, "
+                f"gaussian_window={self.gaussian_window}, in_chans={self.in_chans}, from_uint8={self.from_uint8}")

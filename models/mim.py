@@ -49,7 +49,10 @@ class MaskedImageModel(FlatKeys, nn.Module):
         self.target = target
         self.heads = nn.ModuleDict(heads)
         self.loss_weights = {name: 1.0 for name in heads} | (loss_weights or {})
-        self.flatten_keys(["encoder."] + [f"heads.{name}." for name in heads])
+        # blocks whose un-normed outputs the heads read (deep supervision); the encoder runs once
+        self.tapped_layers = sorted({h.layer for h in heads.values() if getattr(h, "layer", None) is not None})
+        self.flatten_keys(["encoder."] + [(f"heads.{name}.{getattr(head, 'inner_prefix', '')}",
+                                           getattr(head, "key_suffix", "")) for name, head in heads.items()])
 
     @property
     def patch_size(self) -> int:
@@ -58,6 +61,16 @@ class MaskedImageModel(FlatKeys, nn.Module):
     @property
     def num_patches(self) -> int:
         return self.encoder.num_patches
+
+    def checkpoint_filter_fn(self, state_dict: dict) -> dict:
+        """Official DeepMIM checkpoints hold one fixed ``decoder_pos_embed`` shared by the numbered decoders;
+        each of ours keeps its own copy (``decoder_pos_embed1``, ...)."""
+        if "decoder_pos_embed" in state_dict and "decoder_pos_embed" not in self._to_full:
+            shared = state_dict.pop("decoder_pos_embed")
+            for key in self._to_full:
+                if key.startswith("decoder_pos_embed") and key not in state_dict:
+                    state_dict[key] = shared
+        return state_dict
 
     def sample_masks(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> Masks:
         return self.masking(imgs.shape[0], self.num_patches, imgs.device, generator)
@@ -76,7 +89,8 @@ class MaskedImageModel(FlatKeys, nn.Module):
         else:
             masks = Masks.from_mask(mask.to(imgs.device))
         views = masks.num_views
-        features = self.encoder(imgs.repeat(views, 1, 1, 1) if views > 1 else imgs, masks.ids_keep)
+        features = self.encoder(imgs.repeat(views, 1, 1, 1) if views > 1 else imgs, masks.ids_keep,
+                                return_layers=self.tapped_layers)
         with torch.autocast(device_type=imgs.device.type, enabled=False):
             target = self.target(imgs)
         if views > 1:

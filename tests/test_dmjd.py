@@ -178,3 +178,21 @@ def test_official_pretrain_command_runs(image_folder, tmp_path):
     assert len(records) == 1 and records[0]["train_loss"] > 0
     assert {"train_loss_mim", "train_loss_vis"} <= set(records[0])
     assert Path(out / "checkpoint-0.pth").is_file()
+
+
+def test_maskfeat_baseline():
+    """MaskFeat: every patch encoded (mask tokens), a linear HOG head, loss on masked patches only; the
+    official float-input HOG only under --official_quirks."""
+    kwargs = dict(img_size=64, embed_dim=32, depth=2, num_heads=2)
+    model = create_model("maskfeat_vit_base_patch16", **kwargs)
+    assert model.encoder.masked_tokens == "token" and model.masking.mask_ratio == 0.4
+    assert model.target.from_uint8 and not create_model("maskfeat_vit_base_patch16", official_quirks=True,
+                                                        **kwargs).target.from_uint8
+    imgs = torch.randn(2, 3, 64, 64)
+    masks = model.sample_masks(imgs, torch.Generator().manual_seed(0))
+    out = model(imgs, mask=masks)
+    assert out.pred["mim"].shape == (2, 16, 108) and torch.isfinite(out.loss)
+    target = model.target(imgs)
+    expected = (((out.pred["mim"] - target) ** 2).mean(-1) * masks.mask).sum() / masks.mask.sum()
+    torch.testing.assert_close(out.loss, expected)
+    assert {"mask_token", "decoder_pred.weight", "cls_token"} <= set(model.state_dict())

@@ -191,3 +191,24 @@ def test_official_mae_golden(norm_pix):
     # the official shuffle order gives the same result: the order of visible tokens does not matter
     masks = Masks.from_shuffle(case["ids_shuffle"], int((~case["mask"]).sum(1)[0]))
     assert torch.equal(masks.mask, case["mask"])
+
+
+def test_mask_token_encoder_replaces_masked_patches():
+    """masked_tokens="token" (SimMIM / MaskFeat): all L tokens in raster order, a masked patch's pixels
+    never matter (its embedding is the mask token), a visible patch's do; "drop" keeps only K tokens."""
+    from models.encoders.vit import VisionTransformer
+    torch.manual_seed(0)
+    enc = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, masked_tokens="token")
+    masks = RandomMasking(0.5)(2, 16, torch.device("cpu"), torch.Generator().manual_seed(0))
+    imgs = torch.randn(2, 3, 32, 32)
+    hidden = masks.mask.reshape(2, 4, 4).repeat_interleave(8, 1).repeat_interleave(8, 2)[:, None]
+    with torch.no_grad():
+        out = enc(imgs, masks.ids_keep).tokens
+        same = enc(imgs + 3 * torch.randn_like(imgs) * hidden, masks.ids_keep).tokens
+        moved = enc(imgs + 3 * torch.randn_like(imgs) * ~hidden, masks.ids_keep).tokens
+    assert out.shape == (2, 17, 32)
+    torch.testing.assert_close(same, out)
+    assert not torch.allclose(moved, out)
+    assert "mask_token" in enc.state_dict()
+    with pytest.raises(ValueError, match="masked_tokens"):
+        VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, masked_tokens="zero")
