@@ -39,6 +39,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="RandomResizedCrop lower scale (default: the recipe's, MAE 0.2, DMJD 0.5)")
     p.add_argument("--official_quirks", action="store_true",
                    help="reproduce the official code's documented bugs exactly (see PRETRAIN.md)")
+    g = p.add_argument_group("UM-MAE", "uniform masking for pyramid encoders")
+    g.add_argument("--mask_regular", action="store_true", help="uniform masking: one visible patch per 2x2 group")
+    g.add_argument("--vis_mask_ratio", default=None, type=float,
+                   help="secondary masking: fraction of the visible patches replaced by a learned token")
+    g.add_argument("--token_size", default=None, type=int,
+                   help="the mask grid's side (input_size / 16); checked against the model's patch grid")
     g = p.add_argument_group("DeepMIM", "deep supervision (default: the recipe's)")
     g.add_argument("--clip_path", default=None, help="CLIP checkpoint (OpenAI .pt, state dict or open_clip)")
     g.add_argument("--ds_layers", default=None, type=int, nargs="+",
@@ -66,8 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 # flags handed to the recipe only when given, so each recipe keeps its own defaults
 RECIPE_FLAGS = ("mask_ratio", "mask_type", "pred_ratio", "num_views", "pred_type", "mim_loss_type",
-                "vis_loss_type", "theta", "clip_path", "ds_layers")
-RECIPE_SWITCHES = ("norm_pix_loss", "official_quirks")
+                "vis_loss_type", "theta", "clip_path", "ds_layers", "vis_mask_ratio")
+RECIPE_SWITCHES = ("norm_pix_loss", "official_quirks", "mask_regular")
 
 
 # the official DeepMIM repository names its model mae_vit_base_patch16; with --clip_path its command means DeepMIM
@@ -82,7 +88,12 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     kwargs = {"img_size": args.input_size}
     kwargs |= {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
     kwargs |= {k: True for k in RECIPE_SWITCHES if getattr(args, k)}
-    return build_named_model(args.model, **kwargs | parse_model_kwargs(args.model_kwargs))
+    model = build_named_model(args.model, **kwargs | parse_model_kwargs(args.model_kwargs))
+    if args.token_size is not None and tuple(model.encoder.grid_size) != (args.token_size, args.token_size):
+        raise UsageError(f"--token_size {args.token_size} does not match {args.model}'s "
+                         f"{model.encoder.grid_size[0]}x{model.encoder.grid_size[1]} patch grid at "
+                         f"--input_size {args.input_size}")
+    return model
 
 
 def visualize(model, imgs: torch.Tensor, masks: Masks, args, run_log: RunLog, epoch: int,

@@ -15,12 +15,16 @@ class Masks:
 
     With V views of N images, B = V * N rows ordered [view 1 of all images; view 2 of all images; ...]
     (the official DMJD batch layout); ``view_mask`` gives them as [V, N, L].
+
+    ``secondary`` [B, L] bool (UM-MAE): patches that are visible under ``mask`` (so in ``ids_keep``) but
+    whose content the encoder replaces by a learned token; they are not reconstructed.
     """
 
     mask: torch.Tensor
     ids_keep: torch.Tensor
     ids_restore: torch.Tensor
     num_views: int = 1
+    secondary: torch.Tensor | None = None
 
     @property
     def view_mask(self) -> torch.Tensor:
@@ -191,3 +195,49 @@ class DisjointMasking:
 
     def __repr__(self) -> str:
         return f"DisjointMasking({self.base!r}, pred_ratio={self.pred_ratio}, num_views={self.num_views})"
+
+
+class UniformMasking:
+    """UM-MAE's uniform sampling (METHODS.md §4.1) + secondary masking (§4.2), batched on the device.
+
+    Exactly one visible patch per 2x2 group (mask ratio 0.75). As officially, the kept corner of each group
+    is drawn without replacement from a balanced pool holding each of the 4 corners equally often, L/2
+    entries in all (so the corners are not i.i.d. per group). ``ids_keep`` lists the visible patches group
+    by group in raster order of the groups: the raster order of the compact grid of pyramid encoders.
+    With ``vis_mask_ratio`` r, all but ``int(K * (1 - r))`` of the K visible patches of every sample are
+    drawn at random as ``secondary`` (16 of 64 at 256 px and r = 0.25).
+    """
+
+    mask_ratio = 0.75
+
+    def __init__(self, vis_mask_ratio: float = 0.0, grid_size: tuple[int, int] | None = None):
+        if not 0.0 <= vis_mask_ratio < 1.0:
+            raise ValueError(f"vis_mask_ratio must be in [0, 1), got {vis_mask_ratio}")
+        self.vis_mask_ratio, self.grid_size = vis_mask_ratio, grid_size
+
+    def __call__(self, batch_size: int, num_patches: int, device: torch.device,
+                 generator: torch.Generator | None = None) -> Masks:
+        h, w = self.grid_size or _square_grid(num_patches)
+        if h % 2 or w % 2:
+            raise ValueError(f"uniform masking needs an even patch grid, got {(h, w)}")
+        groups = num_patches // 4
+        # the pool [0, 1, 2, 3, 0, 1, ...] of >= L/2 entries, shuffled per sample; its first `groups`
+        # entries give the groups their kept corners
+        pool = torch.arange(4 * -(-num_patches // 8), device=device) % 4
+        perm = torch.argsort(torch.rand(batch_size, pool.numel(), device=device, generator=generator), dim=1)
+        corner = pool[perm[:, :groups]]
+        g = torch.arange(groups, device=device)
+        row = torch.div(g, w // 2, rounding_mode="floor") * 2 + torch.div(corner, 2, rounding_mode="floor")
+        col = (g % (w // 2)) * 2 + corner % 2
+        ids_keep = row * w + col
+        masks = Masks.from_ids_keep(ids_keep, num_patches)
+        if self.vis_mask_ratio > 0:
+            keep = int(groups * (1 - self.vis_mask_ratio))
+            order = torch.argsort(torch.rand(batch_size, groups, device=device, generator=generator), dim=1)
+            hidden = torch.zeros(batch_size, num_patches, dtype=torch.bool, device=device)
+            hidden.scatter_(1, torch.gather(ids_keep, 1, order[:, keep:]), True)
+            masks.secondary = hidden
+        return masks
+
+    def __repr__(self) -> str:
+        return f"UniformMasking(vis_mask_ratio={self.vis_mask_ratio})"

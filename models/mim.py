@@ -89,8 +89,10 @@ class MaskedImageModel(FlatKeys, nn.Module):
         else:
             masks = Masks.from_mask(mask.to(imgs.device))
         views = masks.num_views
+        # secondary masking (UM-MAE) only reaches encoders that implement it
+        extra = {} if masks.secondary is None else {"secondary": masks.secondary}
         features = self.encoder(imgs.repeat(views, 1, 1, 1) if views > 1 else imgs, masks.ids_keep,
-                                return_layers=self.tapped_layers)
+                                return_layers=self.tapped_layers, **extra)
         with torch.autocast(device_type=imgs.device.type, enabled=False):
             target = self.target(imgs)
         if views > 1:

@@ -12,7 +12,7 @@ from .encoders import convvit, vit
 from .clip_teacher import load_clip_teacher
 from .heads import LinearHead, MAEDecoder, VisibleDistillHead, deep_supervision_heads, default_ds_layers
 from .hog import HogTarget, MaskFeatHogTarget
-from .masking import BlockMasking, DisjointMasking, RandomMasking
+from .masking import BlockMasking, DisjointMasking, RandomMasking, UniformMasking
 from .mim import MaskedImageModel
 from .registry import register_model
 from .targets import CLIPTarget, PixelTarget
@@ -23,15 +23,30 @@ PRED_TYPES = ("pixel", "hog")
 
 def build_mae(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.75, norm_pix_loss: bool = False,
               decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
-              official_quirks: bool = False, **encoder_kwargs) -> MaskedImageModel:
+              mask_regular: bool = False, vis_mask_ratio: float = 0.0, official_quirks: bool = False,
+              **encoder_kwargs) -> MaskedImageModel:
     """MAE: ViT dropping masked tokens, random masking, pixel target, MAE decoder (METHODS.md §1).
 
+    ``mask_regular`` switches to UM-MAE's uniform masking (one visible patch per 2x2 group, mask ratio
+    0.75) with ``vis_mask_ratio`` of the visible patches behind a learned token (the paper's ViT row).
     ``official_quirks`` is accepted so the flag is uniform across methods; MAE has no documented quirk."""
-    encoder = encoder_fn(img_size=img_size, **encoder_kwargs)
+    encoder = encoder_fn(img_size=img_size, vis_mask_token=vis_mask_ratio > 0, **encoder_kwargs)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     decoder = MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
                          decoder_depth, decoder_num_heads)
-    return MaskedImageModel(encoder, RandomMasking(mask_ratio), target, {"mim": decoder})
+    return MaskedImageModel(encoder, _mae_masking(mask_ratio, mask_regular, vis_mask_ratio), target,
+                            {"mim": decoder})
+
+
+def _mae_masking(mask_ratio: float, mask_regular: bool, vis_mask_ratio: float):
+    """Random masking, or with ``mask_regular`` UM-MAE's uniform masking (which fixes the ratio at 0.75)."""
+    if not mask_regular:
+        if vis_mask_ratio:
+            raise ValueError("vis_mask_ratio (secondary masking) needs mask_regular (uniform masking)")
+        return RandomMasking(mask_ratio)
+    if mask_ratio != 0.75:
+        raise ValueError(f"uniform masking keeps one patch in four: mask_ratio must be 0.75, got {mask_ratio}")
+    return UniformMasking(vis_mask_ratio)
 
 
 @register_model

@@ -80,6 +80,8 @@ def build_named_model(name: str, **kwargs) -> torch.nn.Module:
         return models.create_model(name, **kwargs)
     except TypeError as err:
         raise UsageError(f"--model {name} does not accept these options: {err}") from err
+    except ValueError as err:  # a recipe refusing a combination of options
+        raise UsageError(f"--model {name}: {err}") from err
 
 
 def run_cli(main: Callable[[argparse.Namespace], object], parser: Callable[[], argparse.ArgumentParser]) -> None:

@@ -37,7 +37,8 @@ class VisionTransformer(nn.Module):
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
-                 learnable_pos_embed: bool = False, final_norm: bool = True, masked_tokens: str = "drop"):
+                 learnable_pos_embed: bool = False, final_norm: bool = True, masked_tokens: str = "drop",
+                 vis_mask_token: bool = False):
         super().__init__()
         if masked_tokens not in ("drop", "token"):
             raise ValueError(f"masked_tokens must be 'drop' or 'token', got {masked_tokens!r}")
@@ -60,14 +61,17 @@ class VisionTransformer(nn.Module):
         self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
         if masked_tokens == "token":
             self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        if vis_mask_token:  # UM-MAE's secondary masking
+            self.vis_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.pos_embed.data.copy_(sincos_2d(self.embed_dim, self.grid_size, cls_token=True).unsqueeze(0))
         init_conv_as_linear(self.patch_embed.proj)
         init_token(self.cls_token)
-        if self.masked_tokens == "token":
-            init_token(self.mask_token)
+        for token in ("mask_token", "vis_mask_token"):
+            if hasattr(self, token):
+                init_token(getattr(self, token))
         self.apply(init_linear_and_norm)
 
     def layer_groups(self) -> tuple[str, str]:
@@ -75,8 +79,9 @@ class VisionTransformer(nn.Module):
         return r"^(?:cls_token|pos_embed|patch_embed)", r"^blocks\.(\d+)"
 
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
-                return_layers: Sequence[int] = ()) -> EncoderOutput:
-        """imgs: [N, C, H, W]; ids_keep: [N, K] visible patch indices (None keeps all L).
+                return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None) -> EncoderOutput:
+        """imgs: [N, C, H, W]; ids_keep: [N, K] visible patch indices (None keeps all L); secondary: [N, L]
+        bool, visible patches whose embedding UM-MAE replaces by ``vis_mask_token`` (positions kept).
 
         ``masked_tokens="drop"`` (MAE) encodes only the K visible tokens, in ids_keep order;
         ``"token"`` (SimMIM, MaskFeat) replaces the masked patches' embeddings by the learned ``mask_token``
@@ -86,6 +91,8 @@ class VisionTransformer(nn.Module):
         if ids_keep is not None and self.masked_tokens == "token":
             visible = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device).scatter_(1, ids_keep, True)
             x = torch.where(visible.unsqueeze(-1), x, self.mask_token.to(x.dtype))
+        if secondary is not None:
+            x = torch.where(secondary.unsqueeze(-1), self.vis_mask_token.to(x.dtype), x)
         x = x + self.pos_embed[:, 1:]
         if ids_keep is not None and self.masked_tokens == "drop":
             x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
