@@ -196,3 +196,13 @@ def test_official_command_runs_and_learns(image_folder, clip_file, tmp_path):
     assert {"train_loss_ds2", "train_loss_ds3", "train_loss_ds4"} <= set(records[0])
     state = load_file(str(out / "checkpoint-5.pth"))["model"]
     assert "decoder_embed1.weight" in state and not [k for k in state if "resblocks" in k or "conv1" in k]
+
+
+def test_fine_tuning_loads_only_the_encoder():
+    """A DeepMIM checkpoint fine-tunes as a plain ViT: the numbered decoders are unexpected and ignored."""
+    pretrain = create_model("deepmim_vit_base_patch16", img_size=64, **TINY)
+    clf = create_model("vit_base_patch16", img_size=64, num_classes=3, embed_dim=32, depth=12, num_heads=2)
+    report = load_pretrained(clf, pretrain.state_dict(), allow_missing=["head.*", "fc_norm.*"])
+    assert {"decoder_embed1.weight", "mask_token4", "decoder_pred2.bias"} <= set(report.unexpected)
+    assert not [k for k in report.unexpected if not k.startswith(("decoder", "mask_token", "norm."))]
+    torch.testing.assert_close(clf.encoder.blocks[7].attn.qkv.weight, pretrain.encoder.blocks[7].attn.qkv.weight)
