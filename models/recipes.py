@@ -8,12 +8,13 @@ from torch import nn
 from util.errors import UsageError
 
 from .classifier import Classifier
-from .encoders import convvit, vit
+from .encoders import convvit, pvt, swin, vit
 from .clip_teacher import load_clip_teacher
 from .heads import LinearHead, MAEDecoder, VisibleDistillHead, deep_supervision_heads, default_ds_layers
 from .hog import HogTarget, MaskFeatHogTarget
 from .masking import BlockMasking, DisjointMasking, RandomMasking, UniformMasking
 from .mim import MaskedImageModel
+from .pyramid_heads import SimMIMHead, UMDecoder
 from .registry import register_model
 from .targets import CLIPTarget, PixelTarget
 
@@ -228,6 +229,87 @@ def deepmim_vit_base_patch16(**kwargs) -> MaskedImageModel:
     return build_deepmim(partial(vit.vit_base, patch_size=16), **kwargs)
 
 
+def build_ummae(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0.75, mask_regular: bool = True,
+                vis_mask_ratio: float = 0.25, norm_pix_loss: bool = False, decoder_embed_dim: int = 512,
+                decoder_depth: int = 2, decoder_num_heads: int = 16, official_quirks: bool = False,
+                **encoder_kwargs) -> MaskedImageModel:
+    """UM-MAE on a pyramid encoder (METHODS.md §4): uniform masking, the visible quarter packed into a compact
+    grid, secondary masking by ``vis_mask_ratio``, the pixel-shuffle decoder, MAE's pixel loss on the 75%.
+
+    ``official_quirks`` gives the decoder's visible tokens the official (raster-order) positions, which
+    mostly belong to other patches (§4.5); by default each token gets its own patch's position."""
+    if not mask_regular:
+        raise ValueError("UM-MAE on a pyramid encoder needs uniform masking (--mask_regular); random masking "
+                         "with every token encoded is SimMIM (simmim_* recipes)")
+    masking = _mae_masking(mask_ratio, True, vis_mask_ratio)
+    encoder = encoder_fn(img_size=img_size, masked_tokens="compact", vis_mask_token=vis_mask_ratio > 0,
+                         **encoder_kwargs)
+    target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
+    decoder = UMDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim, decoder_depth,
+                        decoder_num_heads, raster_positions=official_quirks)
+    return MaskedImageModel(encoder, masking, target, {"mim": decoder})
+
+
+def build_simmim(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0.75, mask_type: str = "rand",
+                 norm_pix_loss: bool = False, official_quirks: bool = False, **encoder_kwargs) -> MaskedImageModel:
+    """SimMIM as UM-MAE compares to it (METHODS.md §4.8): a learned mask token for every masked patch inside
+    the encoder, all tokens encoded, a linear + pixel-shuffle head, L1 on the masked patches; random 75%
+    masking at 16 px (``mask_type="block", mask_ratio=0.6`` gives SimMIM's own 32-px blocks at 0.6).
+
+    ``official_quirks`` is accepted so the flag is uniform; SimMIM has no documented quirk."""
+    encoder = encoder_fn(img_size=img_size, masked_tokens="token", **encoder_kwargs)
+    target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
+    if encoder.num_prefix_tokens:  # ViT: one token per patch already (SimMIM's stride-16 head)
+        head = LinearHead(encoder.embed_dim, target.out_dim(), loss_type="l1")
+    else:  # pyramid encoders end at stride 32: PixelShuffle(2) gives one prediction per 16-px patch
+        head = SimMIMHead(encoder.embed_dim, target.out_dim(), upscale=2)
+    return MaskedImageModel(encoder, build_masking(mask_type, mask_ratio), target, {"mim": head})
+
+
+@register_model
+def ummae_swin_tiny_256(**kwargs) -> MaskedImageModel:
+    """UM-MAE Swin-T at 256 px: window 8 on the compact grid, decoder 512 x 2."""
+    return build_ummae(swin.swin_tiny, **kwargs)
+
+
+@register_model
+def ummae_swin_large_256(**kwargs) -> MaskedImageModel:
+    """UM-MAE Swin-L at 256 px: window 8 on the compact grid, decoder 512 x 8."""
+    return build_ummae(swin.swin_large, **{"decoder_depth": 8, **kwargs})
+
+
+@register_model
+def ummae_pvt_small_256(**kwargs) -> MaskedImageModel:
+    """UM-MAE PVT-S at 256 px: spatial reduction 4/2/1/1 on the compact grid, decoder 512 x 2."""
+    return build_ummae(pvt.pvt_small, **kwargs)
+
+
+@register_model
+def simmim_swin_tiny_256(**kwargs) -> MaskedImageModel:
+    """SimMIM Swin-T at 256 px (UM-MAE's baseline): the full 64x64 grid, window 16."""
+    return build_simmim(partial(swin.swin_tiny, window_size=16, vis_mask_token=False), **kwargs)
+
+
+@register_model
+def simmim_pvt_small_256(**kwargs) -> MaskedImageModel:
+    """SimMIM PVT-S at 256 px (UM-MAE's baseline): the full grid, spatial reduction 8/4/2/1."""
+    return build_simmim(pvt.pvt_small, **kwargs)
+
+
+@register_model
+def simmim_vit_base_patch16(**kwargs) -> MaskedImageModel:
+    """SimMIM ViT-B/16 at 224 px: SimMIM's own 32-px blocks at 0.6, a linear head per patch (its 1x1 conv +
+    PixelShuffle(16) on a stride-16 map)."""
+    defaults = {"img_size": 224, "mask_type": "block", "mask_ratio": 0.6}
+    return build_simmim(partial(vit.vit_base, patch_size=16), **{**defaults, **kwargs})
+
+
+# the official UM-MAE names (Makefile), so the official commands run as printed
+register_model(ummae_swin_tiny_256, name="mae_swin_tiny_256")
+register_model(ummae_swin_large_256, name="mae_swin_large_256")
+register_model(ummae_pvt_small_256, name="mae_pvt_small_256")
+
+
 def build_classifier(encoder_fn: Callable, img_size: int = 224, num_classes: int = 1000, global_pool: bool = True,
                      drop_path_rate: float = 0.1, **encoder_kwargs) -> Classifier:
     """Fine-tune / linear-probe model: learnable position table, no final norm under global pooling."""
@@ -275,3 +357,22 @@ def convvit_large_patch16(**kwargs) -> Classifier:
 # the official DMJD fine-tune names (FINETUNE.md)
 register_model(convvit_base_patch16, name="convit_base_patch16")
 register_model(convvit_large_patch16, name="convit_large_patch16")
+
+
+@register_model
+def swin_tiny_256(**kwargs) -> Classifier:
+    """Swin-T for fine-tuning at 256 px (UM-MAE FINETUNE.md): the full grid, window 16."""
+    return build_classifier(partial(swin.swin_tiny, masked_tokens="none", window_size=16, vis_mask_token=False),
+                            **{"img_size": 256, **kwargs})
+
+
+@register_model
+def swin_large_256(**kwargs) -> Classifier:
+    return build_classifier(partial(swin.swin_large, masked_tokens="none", window_size=16, vis_mask_token=False),
+                            **{"img_size": 256, **kwargs})
+
+
+@register_model
+def pvt_small_256(**kwargs) -> Classifier:
+    """PVT-S for fine-tuning at 256 px: spatial reduction 8/4/2/1, learnable position table."""
+    return build_classifier(pvt.pvt_small, **{"img_size": 256, **kwargs})

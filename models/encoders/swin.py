@@ -1,0 +1,362 @@
+"""UM-MAE's Swin Transformer (METHODS.md §4.3-4.4): one encoder for UM-MAE pretraining on the compact grid,
+the SimMIM baseline (mask token on the full grid) and fine-tuning (full grid, no masking).
+
+Differences from the original Swin: the relative-position bias table is a small MLP (``posmlp``) of the
+log-spaced differences of the tokens' *true* coordinates, so it stays correct on the compacted grid where
+neighbours are not evenly spaced and does not depend on the window size; patch merging is LN + a 2x2
+stride-2 conv; every block sits in one flat ``blocks`` list and the first block of stages 2.. owns the
+``downsample``. There is no absolute position embedding.
+
+LayerNorm eps (verified on the golden cases): 1e-6 for ``patch_embed.norm``, ``downsample.norm`` and the
+final ``norm``, but 1e-5 for the blocks' ``norm1``/``norm2``: the official models build their blocks without
+passing their ``norm_layer``, so those keep ``nn.LayerNorm``'s default.
+Stages that are not a multiple of the window (e.g. 56 cells at 224 px, window 16) are padded at the
+bottom/right with the padded keys masked out (the official code supports only exact multiples).
+
+Grids: the image is cut into ``patch_size`` cells (4 px) by ``patch_embed``; masks live on the
+``stride`` token grid (16 px, ``grid_size``), each token covering K x K cells (K = stride / patch_size).
+State-dict keys are the official ones (``patch_embed.{proj,norm}``, ``blocks.{i}.{norm1,attn.{qkv,proj,
+posmlp.{0,2}},norm2,mlp.{fc1,fc2},downsample.{norm,proj}}``, ``norm``, ``vis_mask_token`` / ``mask_token``).
+"""
+import math
+from functools import partial
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from torch import nn
+
+from ..init import init_conv_as_linear, init_linear_and_norm, init_token
+from ..pyramid_heads import group_visible_ids
+from .vit import EncoderOutput
+
+MASKED_TOKENS = ("compact", "token", "none")
+_MASK_VALUE = -100.0  # the official additive mask of the shifted windows (not -inf)
+
+
+def _windows(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """[B, H, W, C] -> [B * nW, ws * ws, C], windows in raster order per sample."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, c)
+
+
+def _unwindows(x: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
+    """[B * nW, ws * ws, C] -> [B, H, W, C]."""
+    c = x.shape[-1]
+    x = x.reshape(-1, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
+
+
+class PatchEmbed(nn.Module):
+    """Conv p x p stride p, then LN over channels: [N, 3, H, W] -> [N, H/p, W/p, C]."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int, norm_layer):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.norm = norm_layer(embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerge(nn.Module):
+    """LN, then a 2x2 stride-2 conv; coordinates are subsampled [::2, ::2] and halved (METHODS.md §4.4)."""
+
+    def __init__(self, in_dim: int, out_dim: int, norm_layer):
+        super().__init__()
+        self.norm = norm_layer(in_dim)
+        self.proj = nn.Conv2d(in_dim, out_dim, kernel_size=2, stride=2)
+
+    def forward(self, x: torch.Tensor, pos_hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [B, H, W, C]; pos_hw: [B or 1, H, W, 2] -> [B, H/2, W/2, C'], [., H/2, W/2, 2]."""
+        x = self.proj(self.norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x, pos_hw[:, 0::2, 0::2] / 2.0
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows with the posMLP bias: Conv1x1(2 -> posmlp_dim) -> ReLU ->
+    Conv1x1(-> heads) of sign(d) log(1 + |d|), d = (key - query) true (h, w) coordinates."""
+
+    def __init__(self, dim: int, num_heads: int, posmlp_dim: int = 32, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.posmlp = nn.Sequential(nn.Conv2d(2, posmlp_dim, 1), nn.ReLU(inplace=True),
+                                    nn.Conv2d(posmlp_dim, num_heads, 1))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def position_bias(self, pos_windows: torch.Tensor) -> torch.Tensor:
+        """pos_windows: [B' * nW, M, 2] -> bias [B' * nW, heads, M(query), M(key)]."""
+        delta = pos_windows.unsqueeze(1) - pos_windows.unsqueeze(2)  # [., i, j, 2] = p_j - p_i
+        delta = delta.permute(0, 3, 1, 2)
+        return self.posmlp(torch.sign(delta) * torch.log(1.0 + delta.abs()))
+
+    def forward(self, x: torch.Tensor, pos_windows: torch.Tensor, batch: int,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B * nW, M, C]; pos_windows: [B' * nW, M, 2] with B' in {1, B}; mask: [nW, M, M] additive."""
+        bnw, m, c = x.shape
+        nw, h = bnw // batch, self.num_heads
+        qkv = self.qkv(x).reshape(batch, nw, m, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)
+        q, k, v = (t.reshape(batch, nw * h, m, c // h) for t in qkv.unbind(0))
+        bias = self.position_bias(pos_windows).reshape(-1, nw, h, m, m)
+        if mask is not None:
+            bias = bias + mask.unsqueeze(1).to(bias.dtype)
+        # windows x heads folded into one axis so a bias shared by the batch broadcasts without a copy
+        bias = bias.reshape(-1, nw * h, m, m).to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.reshape(batch, nw, h, m, c // h).permute(0, 1, 3, 2, 4).reshape(bnw, m, c)
+        return self.proj(out)
+
+
+class SwinBlock(nn.Module):
+    """(Optional downsample), then pre-norm (shifted-)window attention and MLP with residuals.
+
+    ``window_size`` and ``shift_size`` are the nominal ones; at run time a stage no larger than the window
+    gets one global window and no shift (as officially), and other stages are padded at the bottom/right to
+    a multiple of the window (padded keys are masked out).
+    """
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, mlp_ratio: float,
+                 posmlp_dim: int, drop_path: float, norm_layer, downsample: nn.Module | None = None):
+        super().__init__()
+        self.window_size, self.shift_size = window_size, shift_size
+        self.downsample = downsample
+        self.norm1 = norm_layer(dim)
+        self.attn = WindowAttention(dim, num_heads, posmlp_dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self._mask_cache: dict = {}
+
+    def window_and_shift(self, h: int, w: int) -> tuple[int, int]:
+        """The window and shift used on an h x w stage."""
+        if min(h, w) <= self.window_size:
+            return min(h, w), 0
+        return self.window_size, self.shift_size
+
+    def attention_mask(self, h: int, w: int, ws: int, shift: int, device: torch.device) -> torch.Tensor | None:
+        """[nW, M, M] additive: -100 between tokens of different regions of a shifted window, and on keys
+        that are padding; None when neither occurs."""
+        hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+        if not shift and (hp, wp) == (h, w):
+            return None
+        key = (h, w, ws, shift, device)
+        if key not in self._mask_cache:
+            region = torch.zeros(hp, wp, device=device)
+            if shift:  # the official labelling of the rolled map: 3 bands per axis
+                bands = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+                for i, hs in enumerate(bands):
+                    for j, wsl in enumerate(bands):
+                        region[hs, wsl] = 3 * i + j
+            pad = torch.ones(hp, wp, device=device)
+            pad[:h, :w] = 0
+            pad = torch.roll(pad, shifts=(-shift, -shift), dims=(0, 1))
+            region = _windows(region[None, :, :, None], ws).squeeze(-1)  # [nW, M]
+            pad = _windows(pad[None, :, :, None], ws).squeeze(-1)
+            blocked = (region.unsqueeze(1) != region.unsqueeze(2)) | (pad.unsqueeze(1) > 0)
+            self._mask_cache[key] = torch.zeros(blocked.shape, device=device).masked_fill(blocked, _MASK_VALUE)
+        return self._mask_cache[key]
+
+    def forward(self, x: torch.Tensor, pos_hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [B, H, W, C]; pos_hw: [B or 1, H, W, 2] true (h, w) cell coordinates."""
+        if self.downsample is not None:
+            x, pos_hw = self.downsample(x, pos_hw)
+        b, h, w, c = x.shape
+        ws, shift = self.window_and_shift(h, w)
+        shortcut = x
+        x = self.norm1(x)
+        pos = pos_hw
+        pad_h, pad_w = -h % ws, -w % ws
+        if pad_h or pad_w:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+            pos = F.pad(pos, (0, 0, 0, pad_w, 0, pad_h))
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+            pos = torch.roll(pos, shifts=(-shift, -shift), dims=(1, 2))
+        hp, wp = h + pad_h, w + pad_w
+        mask = self.attention_mask(h, w, ws, shift, x.device)
+        x = self.attn(_windows(x, ws), _windows(pos, ws), b, mask)
+        x = _unwindows(x, ws, hp, wp)
+        if shift:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        x = x[:, :h, :w]
+        x = shortcut + self.drop_path(x)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, pos_hw
+
+
+class SwinMIM(nn.Module):
+    """UM-MAE's Swin with the three ways of treating a mask (``masked_tokens``):
+
+    - ``"compact"`` (UM-MAE pretraining): the one visible 16-px patch of each 2x2 group is gathered into a
+      dense grid of half the side (32x32 cells at 256 px) that keeps the groups' arrangement, with the true
+      coordinates of its cells; ``secondary`` patches get ``patch_embed.norm(vis_mask_token)`` in place of
+      their embedding (but keep their coordinates). Tokens: the final stage of the compact grid,
+      (H/64) x (W/64) in raster order.
+    - ``"token"`` (SimMIM): the full cell grid, the raw learned ``mask_token`` in place of the (normed)
+      embedding of every cell of a masked patch. Tokens: the final stage, (H/32) x (W/32).
+    - ``"none"`` (fine-tuning): no masking parameters; ``ids_keep`` must be None.
+
+    With ``ids_keep=None`` every mode runs on the full grid without masking. The window is 8 for UM-MAE
+    pretraining and 16 for SimMIM and fine-tuning (METHODS.md §4.4, §4.7).
+    """
+
+    num_prefix_tokens = 0
+
+    def __init__(self, img_size: int | tuple[int, int] = 256, patch_size: int = 4, stride: int = 16,
+                 in_chans: int = 3, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
+                 num_heads: Sequence[int] = (3, 6, 12, 24), mlp_ratio: float = 4.0, window_size: int = 8,
+                 posmlp_dim: int = 32, drop_path_rate: float = 0.0, masked_tokens: str = "compact",
+                 vis_mask_token: bool = True, final_norm: bool = True, learnable_pos_embed: bool = False):
+        super().__init__()
+        if masked_tokens not in MASKED_TOKENS:
+            raise ValueError(f"masked_tokens must be one of {MASKED_TOKENS}, got {masked_tokens!r}")
+        if stride % patch_size:
+            raise ValueError(f"stride {stride} must be a multiple of patch_size {patch_size}")
+        del learnable_pos_embed  # accepted for the classifier recipe; this encoder has no position table
+        img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        if img_size[0] % stride or img_size[1] % stride:
+            raise ValueError(f"image size {img_size} is not a multiple of the token stride {stride}")
+        self.masked_tokens = masked_tokens
+        self.img_size, self.cell_size, self.patch_size = img_size, patch_size, stride
+        self.cells_per_patch = stride // patch_size
+        self.grid_size = (img_size[0] // stride, img_size[1] // stride)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.num_stages = len(depths)
+        self.embed_dim = embed_dim * 2 ** (self.num_stages - 1)
+        self.depth = sum(depths)
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim, norm_layer)
+        dpr = torch.linspace(0, drop_path_rate, self.depth).tolist()
+        self.blocks = nn.ModuleList()
+        for stage, (depth, heads) in enumerate(zip(depths, num_heads)):
+            dim = embed_dim * 2 ** stage
+            for j in range(depth):
+                down = PatchMerge(dim // 2, dim, norm_layer) if stage > 0 and j == 0 else None
+                # officially the blocks are built without the model's norm_layer: their LNs keep eps 1e-5
+                self.blocks.append(SwinBlock(dim, heads, window_size, window_size // 2 if j % 2 else 0, mlp_ratio,
+                                             posmlp_dim, dpr[len(self.blocks)], nn.LayerNorm, down))
+        self.norm = norm_layer(self.embed_dim) if final_norm else nn.Identity()
+        if masked_tokens == "compact" and vis_mask_token:
+            self.vis_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        if masked_tokens == "token":
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Linear xavier / LN 1-0, convs normal(0, sqrt(2 / fan_out)), then the patch conv xavier as a
+        matrix (pretraining; the official fine-tune model keeps the conv init), tokens normal(0.02)."""
+        def init(m: nn.Module) -> None:
+            init_linear_and_norm(m)
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.apply(init)
+        if self.masked_tokens != "none":
+            init_conv_as_linear(self.patch_embed.proj)
+        for name in ("vis_mask_token", "mask_token"):
+            if hasattr(self, name):
+                init_token(getattr(self, name))
+
+    def layer_groups(self) -> tuple[str, str]:
+        """Regexes over this encoder's parameter names: the stem (layer id 0) and the flat blocks."""
+        return r"^(?:patch_embed|vis_mask_token|mask_token)", r"^blocks\.(\d+)"
+
+    def stage_sizes(self, img_size: tuple[int, int] | None = None, compact: bool = False) -> list[tuple[int, int]]:
+        """(h, w) of every block's input grid after its downsample, for an image of ``img_size``."""
+        h, w = img_size or self.img_size
+        h, w = h // self.cell_size, w // self.cell_size
+        if compact:
+            h, w = h // 2, w // 2
+        sizes = []
+        for block in self.blocks:
+            if block.downsample is not None:
+                h, w = h // 2, w // 2
+            sizes.append((h, w))
+        return sizes
+
+    def _cell_coords(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """[1, h, w, 2] float (row, col) cell coordinates."""
+        rows, cols = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+        return torch.stack([rows, cols], dim=-1).float().unsqueeze(0)
+
+    def _compact(self, imgs: torch.Tensor, ids_keep: torch.Tensor,
+                 secondary: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed the visible patches laid out as the compact grid -> x [N, Hc, Wc, C], pos [N, Hc, Wc, 2]."""
+        n, c = imgs.shape[:2]
+        gh, gw = imgs.shape[2] // self.patch_size, imgs.shape[3] // self.patch_size
+        merges = 2 ** (self.num_stages - 1)
+        if (gh // 2 * self.cells_per_patch) % merges or (gw // 2 * self.cells_per_patch) % merges or gh % 2 or gw % 2:
+            raise ValueError(f"UM-MAE's compact grid ({self.num_stages} stages on half the token grid) does not fit "
+                             f"an image of {tuple(imgs.shape[2:])}: use a multiple of 64 px")
+        visible = torch.zeros(n, gh * gw, dtype=torch.bool, device=imgs.device).scatter_(1, ids_keep, True)
+        ids = group_visible_ids(visible, (gh, gw))  # [N, G], compact raster order
+        s, k = self.patch_size, self.cells_per_patch
+        # gather the visible 16-px patches' pixels: a conv of stride 4 inside each patch gives the same cells
+        patches = imgs.reshape(n, c, gh, s, gw, s).permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c * s * s)
+        patches = torch.gather(patches, 1, ids.unsqueeze(-1).expand(-1, -1, c * s * s))
+        compact = patches.reshape(n, gh // 2, gw // 2, c, s, s).permute(0, 3, 1, 4, 2, 5)
+        x = self.patch_embed(compact.reshape(n, c, gh // 2 * s, gw // 2 * s))  # [N, Hc, Wc, C]
+        hc, wc = x.shape[1:3]
+        if secondary is not None and hasattr(self, "vis_mask_token"):
+            sec = torch.gather(secondary.bool(), 1, ids).reshape(n, gh // 2, 1, gw // 2, 1)
+            sec = sec.expand(-1, -1, k, -1, k).reshape(n, hc, wc, 1)
+            x = torch.where(sec, self.patch_embed.norm(self.vis_mask_token).to(x.dtype), x)
+        elif secondary is not None and bool(secondary.any()):
+            raise ValueError("secondary masking needs vis_mask_token=True")
+        # true cell coordinates of the gathered cells
+        rows = torch.div(ids, gw, rounding_mode="floor").reshape(n, gh // 2, 1, gw // 2, 1)
+        cols = (ids % gw).reshape(n, gh // 2, 1, gw // 2, 1)
+        offset = torch.arange(k, device=imgs.device)
+        pos_h = (rows * k + offset.view(1, 1, k, 1, 1)).expand(-1, -1, -1, -1, k)
+        pos_w = (cols * k + offset.view(1, 1, 1, 1, k)).expand(-1, -1, k, -1, -1)
+        pos = torch.stack([pos_h.reshape(n, hc, wc), pos_w.reshape(n, hc, wc)], dim=-1).float()
+        return x, pos
+
+    def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None, return_layers: Sequence[int] = (),
+                secondary: torch.Tensor | None = None) -> EncoderOutput:
+        """imgs: [N, C, H, W]; ids_keep: [N, K] visible patches of the 16-px token grid (any order; for
+        ``"compact"`` exactly one per 2x2 group); secondary: [N, L] bool, visible patches to hide behind
+        ``vis_mask_token`` (``"compact"`` only).
+
+        Returns tokens [N, h * w, embed_dim] of the final stage in raster order, and the un-normed outputs
+        [N, h_i * w_i, C_i] of the requested blocks (counted from 1).
+        """
+        if ids_keep is not None and self.masked_tokens == "none":
+            raise ValueError("this encoder was built without masking (masked_tokens='none')")
+        if ids_keep is not None and self.masked_tokens == "compact":
+            x, pos_hw = self._compact(imgs, ids_keep, secondary)
+        else:
+            x = self.patch_embed(imgs)
+            n, h, w, _ = x.shape
+            if ids_keep is not None:  # "token": the mask token replaces every cell of a masked patch
+                k = self.cells_per_patch
+                visible = torch.zeros(n, h // k * (w // k), dtype=torch.bool, device=x.device)
+                visible = visible.scatter_(1, ids_keep, True).reshape(n, h // k, 1, w // k, 1)
+                visible = visible.expand(-1, -1, k, -1, k).reshape(n, h, w, 1)
+                x = torch.where(visible, x, self.mask_token.to(x.dtype))
+            pos_hw = self._cell_coords(h, w, x.device)
+        layers = {}
+        for i, block in enumerate(self.blocks, start=1):
+            x, pos_hw = block(x, pos_hw)
+            if i in return_layers:
+                layers[i] = x.flatten(1, 2)
+        return EncoderOutput(tokens=self.norm(x.flatten(1, 2)), layers=layers)
+
+
+def swin_tiny(**kwargs) -> SwinMIM:
+    """Swin-T of UM-MAE: 96 -> 768, depths 2/2/6/2, heads 3/6/12/24, posMLP 32."""
+    return SwinMIM(**{"embed_dim": 96, "depths": (2, 2, 6, 2), "num_heads": (3, 6, 12, 24), "posmlp_dim": 32,
+                      **kwargs})
+
+
+def swin_large(**kwargs) -> SwinMIM:
+    """Swin-L of UM-MAE: 192 -> 1536, depths 2/2/18/2, heads 6/12/24/48, posMLP 64."""
+    return SwinMIM(**{"embed_dim": 192, "depths": (2, 2, 18, 2), "num_heads": (6, 12, 24, 48), "posmlp_dim": 64,
+                      **kwargs})

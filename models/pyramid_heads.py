@@ -1,0 +1,155 @@
+"""Heads for pyramid (multi-stage) encoders pretrained with UM-MAE or SimMIM (METHODS.md §4.3-4.5, §4.8).
+
+A pyramid encoder ends at a coarse final stage: with UM-MAE's compact grid (one visible 16-px patch per 2x2
+group, gathered group by group) the final map has half the side of the group grid (4x4 at 256 px); on the
+full grid (SimMIM) it has half the side of the patch grid (8x8). Both heads expand it by a linear layer and
+a PixelShuffle(2) to one token per group (UM) or per patch (SimMIM). Parameter names are the official ones.
+"""
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .encoders.vit import EncoderOutput
+from .heads import masked_mean, patch_loss
+from .init import init_linear_and_norm, init_token
+from .masking import Masks
+from .pos_embed import sincos_2d
+
+
+def group_visible_ids(visible: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """The visible patch of every 2x2 group, groups in raster order: [N, L] bool -> [N, L/4] patch ids.
+
+    This is the raster order of UM-MAE's compact grid. Every group must hold exactly one visible patch.
+    """
+    n = visible.shape[0]
+    gh, gw = grid_size
+    if gh % 2 or gw % 2 or visible.shape[1] != gh * gw:
+        raise ValueError(f"uniform masking needs an even patch grid of {gh}x{gw} patches, "
+                         f"got {visible.shape[1]} patches")
+    corners = visible.reshape(n, gh // 2, 2, gw // 2, 2).permute(0, 1, 3, 2, 4).reshape(n, -1, 4)
+    if not bool((corners.sum(-1) == 1).all()):
+        raise ValueError("the compact grid needs exactly one visible patch in every 2x2 group (uniform masking)")
+    corner = corners.to(torch.uint8).argmax(-1)
+    g = torch.arange(corners.shape[1], device=visible.device)
+    row = torch.div(g, gw // 2, rounding_mode="floor") * 2 + torch.div(corner, 2, rounding_mode="floor")
+    col = (g % (gw // 2)) * 2 + corner % 2
+    return row * gw + col
+
+
+def _shuffle_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """[N, h * w, 4 D] tokens of an (h, w) map -> PixelShuffle(2) -> [N, 2h * 2w, D] in raster order;
+    output (2y + i, 2x + j) takes channels 4 c + 2 i + j (the official layout)."""
+    n, length, dim = x.shape
+    h, w = size
+    if length != h * w:
+        raise ValueError(f"expected the final stage as {h}x{w} = {h * w} tokens, got {length}")
+    x = F.pixel_shuffle(x.transpose(1, 2).reshape(n, dim, h, w), 2)
+    return x.flatten(2).transpose(1, 2)
+
+
+class UMDecoder(nn.Module):
+    """UM-MAE's decoder for pyramid encoders (METHODS.md §4.5).
+
+    ``decoder_embed`` Linear(C_out -> 4 D) + PixelShuffle(2) turns the final compact map into one token per
+    UM-visible patch, in raster order of the 2x2 groups; fixed 2-D sin-cos positions are added; the
+    ``mask_token`` (+ its position) is appended for every masked patch in raster order; transformer blocks,
+    LN and ``decoder_pred``. The prediction is returned for every patch in raster order.
+
+    ``raster_positions`` reproduces the official ordering bug (``--official_quirks``): the visible tokens get
+    the positions of the visible patches in *raster* order (``decoder_pos_embed[~mask]``) although they come
+    in group order, so most get the position of another patch of the same two-row band. By default each gets
+    its own patch's position.
+    """
+
+    def __init__(self, grid_size: tuple[int, int], embed_dim: int, out_dim: int, decoder_embed_dim: int = 512,
+                 decoder_depth: int = 2, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
+                 raster_positions: bool = False, loss_type: str = "l2"):
+        super().__init__()
+        self.grid_size = tuple(grid_size)
+        if self.grid_size[0] % 4 or self.grid_size[1] % 4:
+            raise ValueError(f"the UM decoder needs a patch grid divisible by 4, got {self.grid_size}")
+        self.raster_positions, self.loss_type = raster_positions, loss_type
+        num_patches = self.grid_size[0] * self.grid_size[1]
+        self.decoder_embed = nn.Linear(embed_dim, 4 * decoder_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches, decoder_embed_dim), requires_grad=False)
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.decoder_blocks = nn.ModuleList([
+            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(decoder_depth)])
+        self.decoder_norm = norm_layer(decoder_embed_dim)
+        self.decoder_pred = nn.Linear(decoder_embed_dim, out_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        self.decoder_pos_embed.data.copy_(sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size).unsqueeze(0))
+        init_token(self.mask_token)
+        self.apply(init_linear_and_norm)
+
+    def sequence_order(self, masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patches behind the decoder's sequence: visible [N, G] in group order, masked [N, L - G] in
+        raster order (the official order of the sequence and of ``pred``)."""
+        visible = group_visible_ids(~masks.mask, self.grid_size)
+        masked = torch.argsort((~masks.mask).to(torch.uint8), dim=1, stable=True)[:, :-visible.shape[1]]
+        return visible, masked
+
+    def forward(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
+        """features.tokens: [N, (h/4) * (w/4), C_out] final compact map -> predictions [N, L, out_dim]."""
+        gh, gw = self.grid_size
+        x = _shuffle_up(self.decoder_embed(features.tokens), (gh // 4, gw // 4))  # [N, G, D]
+        n, _, dim = x.shape
+        vis_ids, mask_ids = self.sequence_order(masks)
+        pos = self.decoder_pos_embed.to(x.dtype).expand(n, -1, -1)
+        pos_ids = vis_ids.sort(dim=1).values if self.raster_positions else vis_ids
+        pos_vis = torch.gather(pos, 1, pos_ids.unsqueeze(-1).expand(-1, -1, dim))
+        pos_mask = torch.gather(pos, 1, mask_ids.unsqueeze(-1).expand(-1, -1, dim))
+        x = torch.cat([x + pos_vis, self.mask_token.to(x.dtype) + pos_mask], dim=1)
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_pred(self.decoder_norm(x))
+        order = torch.cat([vis_ids, mask_ids], dim=1)
+        return torch.empty_like(x).scatter_(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
+        """Mean per-patch loss over the masked patches (secondary-masked patches are not reconstructed)."""
+        return masked_mean(patch_loss(pred, target, self.loss_type), masks.mask)
+
+    def extra_repr(self) -> str:
+        return f"raster_positions={self.raster_positions}, loss_type={self.loss_type}"
+
+
+class SimMIMHead(nn.Module):
+    """UM-MAE's SimMIM "decoder" (METHODS.md §4.8): ``decoder_pred`` Linear(C_out -> upscale^2 * P) and
+    PixelShuffle(upscale) give one P-dim prediction per patch from the final stage (P = 16 * 16 * 3).
+
+    The loss is L1 over the masked patches (the official mean over their elements)."""
+
+    def __init__(self, embed_dim: int, out_dim_per_patch: int = 768, upscale: int = 2,
+                 grid_size: tuple[int, int] | None = None, loss_type: str = "l1"):
+        super().__init__()
+        self.upscale, self.loss_type = upscale, loss_type
+        self.grid_size = tuple(grid_size) if grid_size is not None else None
+        self.decoder_pred = nn.Linear(embed_dim, upscale ** 2 * out_dim_per_patch)
+        self.apply(init_linear_and_norm)
+
+    def forward(self, features: EncoderOutput, masks: Masks | None = None) -> torch.Tensor:
+        """features.tokens: [N, h * w, C_out] final stage -> [N, (u h) * (u w), P] in raster order."""
+        x = self.decoder_pred(features.tokens)
+        n, length, dim = x.shape
+        if self.grid_size is not None:
+            h, w = self.grid_size[0] // self.upscale, self.grid_size[1] // self.upscale
+        else:
+            h = w = int(round(length ** 0.5))
+        if h * w != length:
+            raise ValueError(f"cannot lay {length} tokens out as a {h}x{w} map; pass grid_size")
+        x = F.pixel_shuffle(x.transpose(1, 2).reshape(n, dim, h, w), self.upscale)
+        return x.flatten(2).transpose(1, 2)
+
+    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
+        return masked_mean(patch_loss(pred, target, self.loss_type), masks.mask)
+
+    def extra_repr(self) -> str:
+        return f"upscale={self.upscale}, loss_type={self.loss_type}"

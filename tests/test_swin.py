@@ -1,0 +1,279 @@
+"""UM-MAE's Swin (compact grid, posMLP, windows), its pyramid heads, and the official golden cases."""
+import re
+
+import pytest
+import torch
+
+from conftest import GOLDEN, requires_golden
+from models.classifier import Classifier
+from models.encoders.swin import SwinMIM
+from models.masking import Masks, RandomMasking, UniformMasking
+from models.mim import MaskedImageModel
+from models.pyramid_heads import SimMIMHead, UMDecoder, group_visible_ids
+from models.targets import PixelTarget
+from util.checkpoint import load_pretrained
+
+GOLDEN_SWIN = dict(img_size=256, patch_size=4, stride=16, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
+                   posmlp_dim=8)
+# 128 px: 8x8 patches, a 16x16 compact cell grid, stages 16/8/4/2
+TINY_SWIN = dict(img_size=128, embed_dim=8, depths=(2, 2, 1, 1), num_heads=(1, 2, 2, 2), posmlp_dim=4, window_size=4)
+
+
+def um_model(encoder_kw: dict, decoder_dim: int = 16, raster_positions: bool = False,
+             vis_mask_ratio: float = 0.25) -> MaskedImageModel:
+    encoder = SwinMIM(**encoder_kw)
+    target = PixelTarget(16, norm_pix=True)
+    decoder = UMDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim=decoder_dim,
+                        decoder_depth=1, decoder_num_heads=2, raster_positions=raster_positions)
+    return MaskedImageModel(encoder, UniformMasking(vis_mask_ratio), target, {"mim": decoder})
+
+
+def load_case(name: str) -> dict:
+    return torch.load(GOLDEN / name, weights_only=True)
+
+
+def um_masks(case: dict) -> Masks:
+    """The case's uniform mask as ``Masks`` with the visible patches in group order, and its secondary mask."""
+    mask = case["mask"].bool()
+    masks = Masks.from_ids_keep(group_visible_ids(~mask, (16, 16)), mask.shape[1])
+    masks.secondary = case["secondary_mask"].bool()
+    return masks
+
+
+@requires_golden
+def test_golden_ummae_swin():
+    """Official MaskedAutoencoderSwin (decoder position quirk included): same keys, loss and predictions."""
+    case = load_case("ummae_swin_tiny.pt")
+    cfg = case["config"]
+    assert cfg["window_size"] == 8 and cfg["vis_mask_ratio"] == 0.25 and cfg["norm_pix_loss"]
+    model = um_model({**GOLDEN_SWIN, "window_size": 8}, cfg["decoder_embed_dim"], raster_positions=True).eval()
+    report = load_pretrained(model, case["state_dict"])
+    assert not report.missing and not report.unexpected and not report.mismatched
+    assert set(model.state_dict()) == set(case["state_dict"])
+    masks = um_masks(case)
+    assert torch.equal(masks.mask, case["mask"].bool())
+    assert torch.equal(case["new_mask"].bool(), masks.mask | masks.secondary)
+    with torch.no_grad():
+        out = model(case["imgs"], masks)
+    torch.testing.assert_close(out.loss, case["loss"], rtol=1e-5, atol=0)
+    head = model.heads["mim"]
+    vis, hidden = head.sequence_order(masks)
+    order = torch.cat([vis, hidden], dim=1)  # official: [visible in group order; masked in raster order]
+    pred = torch.gather(out.pred["mim"], 1, order.unsqueeze(-1).expand(-1, -1, 768))
+    torch.testing.assert_close(pred, case["pred"], rtol=1e-5, atol=1e-5)
+
+
+@requires_golden
+def test_golden_simmim_swin():
+    """Official (UM-MAE) SimMIMSwin: mask token in the encoder, window 16, L1 on raw pixels."""
+    case = load_case("simmim_swin_tiny.pt")
+    assert case["config"]["window_size"] == 16 and not case["config"]["norm_pix_loss"]
+    encoder = SwinMIM(**GOLDEN_SWIN, window_size=16, masked_tokens="token")
+    model = MaskedImageModel(encoder, RandomMasking(0.75), PixelTarget(16),
+                             {"mim": SimMIMHead(encoder.embed_dim, 768, 2)}).eval()
+    report = load_pretrained(model, case["state_dict"])
+    assert not report.missing and not report.unexpected and not report.mismatched
+    with torch.no_grad():
+        out = model(case["imgs"], case["mask"].bool())
+    torch.testing.assert_close(out.loss, case["loss"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(out.pred["mim"], case["pred"], rtol=1e-5, atol=1e-5)
+
+
+@requires_golden
+def test_raster_positions_only_change_positions():
+    """The fix (each visible token gets its own patch's position) changes the loss, and only through the
+    decoder positions: with the position table zeroed both orders give the same loss."""
+    case = load_case("ummae_swin_tiny.pt")
+    models = [um_model({**GOLDEN_SWIN, "window_size": 8}, raster_positions=quirk).eval() for quirk in (True, False)]
+    for model in models:
+        load_pretrained(model, case["state_dict"])
+    masks = um_masks(case)
+    with torch.no_grad():
+        quirk, fixed = (model(case["imgs"], masks) for model in models)
+        # the golden loss matches to ~1e-7; the fix moves it by ~3e-5 here (tiny random decoder)
+        assert not torch.allclose(quirk.loss, fixed.loss, rtol=2e-6, atol=0)
+        assert (quirk.pred["mim"] - fixed.pred["mim"]).abs().max() > 1e-2
+        for model in models:
+            model.heads["mim"].decoder_pos_embed.zero_()
+        quirk, fixed = (model(case["imgs"], masks) for model in models)
+    torch.testing.assert_close(quirk.pred["mim"], fixed.pred["mim"], rtol=1e-6, atol=1e-6)
+
+
+def test_group_visible_ids_is_group_order():
+    masks = UniformMasking()(3, 64, torch.device("cpu"), torch.Generator().manual_seed(0))
+    ids = group_visible_ids(~masks.mask, (8, 8))
+    assert torch.equal(ids, masks.ids_keep)  # UniformMasking lists the groups in raster order
+    rows, cols = ids // 8, ids % 8
+    assert torch.equal(rows // 2 * 4 + cols // 2, torch.arange(16).expand(3, -1))
+    with pytest.raises(ValueError, match="exactly one visible patch"):
+        group_visible_ids(torch.ones(1, 64, dtype=torch.bool), (8, 8))
+
+
+def test_compact_grid_round_trip():
+    """The compact map holds the visible patches' own cells (as embedded on the full grid) at their true
+    coordinates, group by group; secondary patches hold the normed vis_mask_token."""
+    torch.manual_seed(0)
+    encoder = SwinMIM(**TINY_SWIN).eval()
+    imgs = torch.randn(2, 3, 128, 128)
+    masks = UniformMasking(0.25)(2, 64, torch.device("cpu"), torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        x, pos = encoder._compact(imgs, masks.ids_keep, None)
+        x_sec, pos_sec = encoder._compact(imgs, masks.ids_keep, masks.secondary)
+        full = encoder.patch_embed(imgs)  # [N, 32, 32, C]
+        token = encoder.patch_embed.norm(encoder.vis_mask_token)[0, 0]
+    assert x.shape == (2, 16, 16, 8) and pos.shape == (2, 16, 16, 2)
+    assert torch.equal(pos, pos_sec)
+    ids = group_visible_ids(~masks.mask, (8, 8))
+    for n in range(2):
+        for g in range(16):
+            gy, gx = divmod(g, 4)
+            ty, tx = divmod(int(ids[n, g]), 8)
+            cells = (slice(4 * gy, 4 * gy + 4), slice(4 * gx, 4 * gx + 4))
+            rows, cols = torch.meshgrid(torch.arange(4 * ty, 4 * ty + 4), torch.arange(4 * tx, 4 * tx + 4),
+                                        indexing="ij")
+            assert torch.equal(pos[n][cells], torch.stack([rows, cols], -1).float())
+            torch.testing.assert_close(x[n][cells], full[n, 4 * ty:4 * ty + 4, 4 * tx:4 * tx + 4])
+            expected = token.expand(4, 4, -1) if masks.secondary[n, ids[n, g]] else x[n][cells]
+            torch.testing.assert_close(x_sec[n][cells], expected)
+
+
+def test_ids_keep_order_does_not_matter():
+    torch.manual_seed(0)
+    encoder = SwinMIM(**TINY_SWIN).eval()
+    imgs = torch.randn(2, 3, 128, 128)
+    masks = UniformMasking(0.25)(2, 64, torch.device("cpu"), torch.Generator().manual_seed(2))
+    perm = torch.randperm(16)
+    with torch.no_grad():
+        a = encoder(imgs, masks.ids_keep, secondary=masks.secondary).tokens
+        b = encoder(imgs, masks.ids_keep[:, perm], secondary=masks.secondary).tokens
+    torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("img_size,window,compact,expected", [
+    (256, 8, True, [(32, 8, 0), (32, 8, 4), (16, 8, 0), (16, 8, 4), (8, 8, 0), (8, 8, 0), (4, 4, 0), (4, 4, 0)]),
+    (256, 16, False, [(64, 16, 0), (64, 16, 8), (32, 16, 0), (32, 16, 8), (16, 16, 0), (16, 16, 0),
+                      (8, 8, 0), (8, 8, 0)]),
+    (224, 16, False, [(56, 16, 0), (56, 16, 8), (28, 16, 0), (28, 16, 8), (14, 14, 0), (14, 14, 0),
+                      (7, 7, 0), (7, 7, 0)]),
+    (192, 8, True, [(24, 8, 0), (24, 8, 4), (12, 8, 0), (12, 8, 4), (6, 6, 0), (6, 6, 0), (3, 3, 0), (3, 3, 0)]),
+])
+def test_window_and_shift(img_size, window, compact, expected):
+    """Stage sizes, windows and shifts; a stage no larger than the window is one global window, unshifted."""
+    encoder = SwinMIM(img_size=img_size, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), posmlp_dim=4,
+                      window_size=window, masked_tokens="compact" if compact else "none")
+    got = [(h, *block.window_and_shift(h, w))
+           for (h, w), block in zip(encoder.stage_sizes(compact=compact), encoder.blocks)]
+    assert got == expected
+    imgs = torch.randn(1, 3, img_size, img_size)
+    ids_keep = None
+    if compact:
+        ids_keep = UniformMasking()(1, encoder.num_patches, torch.device("cpu")).ids_keep
+    with torch.no_grad():
+        out = encoder(imgs, ids_keep, return_layers=(1, 8))
+    side = img_size // (64 if compact else 32)
+    assert out.tokens.shape == (1, side * side, 64)
+    assert out.layers[1].shape == (1, (img_size // (8 if compact else 4)) ** 2, 8)
+
+
+def test_padded_windows_mask_padding(monkeypatch):
+    """A stage that is not a multiple of the window is padded at the bottom/right; padded keys are masked
+    out, so the padding's content (features and coordinates) does not reach the real tokens."""
+    import models.encoders.swin as swin
+    torch.manual_seed(0)
+    encoder = SwinMIM(img_size=224, embed_dim=8, depths=(2, 1, 1, 1), num_heads=(1, 1, 1, 1), posmlp_dim=4,
+                      window_size=16, masked_tokens="none").eval()
+    block = encoder.blocks[1]
+    mask = block.attention_mask(56, 56, 16, 8, torch.device("cpu"))
+    assert mask.shape == (16, 256, 256)
+    pad = torch.ones(64, 64)
+    pad[:56, :56] = 0
+    pad = torch.roll(pad, (-8, -8), (0, 1)).reshape(4, 16, 4, 16).permute(0, 2, 1, 3).reshape(16, 256)
+    assert (mask.permute(0, 2, 1)[pad > 0] == -100).all()  # every query ignores every padded key
+    assert block.attention_mask(64, 64, 16, 0, torch.device("cpu")) is None
+    imgs = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        zeros = encoder(imgs, return_layers=(1, 2)).layers
+        pad_fn = torch.nn.functional.pad
+        monkeypatch.setattr(swin.F, "pad", lambda x, p: pad_fn(x, p, value=7.0))
+        sevens = encoder(imgs, return_layers=(1, 2)).layers
+    for i in (1, 2):
+        torch.testing.assert_close(zeros[i], sevens[i])
+
+
+def test_no_leakage_from_masked_patches():
+    """UM-MAE: changing the pixels of masked (and of secondary-masked) patches changes nothing."""
+    torch.manual_seed(0)
+    model = um_model(TINY_SWIN).eval()
+    imgs = torch.randn(2, 3, 128, 128)
+    masks = model.masking(2, 64, torch.device("cpu"), torch.Generator().manual_seed(3))
+    hidden = (masks.mask | masks.secondary).reshape(2, 1, 8, 1, 8, 1).expand(-1, 3, -1, 16, -1, 16)
+    changed = torch.where(hidden.reshape(2, 3, 128, 128), torch.randn_like(imgs), imgs)
+    with torch.no_grad():
+        a = model.encoder(imgs, masks.ids_keep, secondary=masks.secondary).tokens
+        b = model.encoder(changed, masks.ids_keep, secondary=masks.secondary).tokens
+        pa = model.heads["mim"](model.encoder(imgs, masks.ids_keep, secondary=masks.secondary), masks)
+        pb = model.heads["mim"](model.encoder(changed, masks.ids_keep, secondary=masks.secondary), masks)
+    assert torch.equal(a, b) and torch.equal(pa, pb)
+    # but the visible, not secondary-masked, patches are seen
+    seen = (~hidden).reshape(2, 3, 128, 128)
+    with torch.no_grad():
+        c = model.encoder(torch.where(seen, torch.randn_like(imgs), imgs), masks.ids_keep,
+                          secondary=masks.secondary).tokens
+    assert not torch.allclose(a, c)
+
+
+def test_simmim_head_and_mask_token():
+    """SimMIM: one prediction per patch in raster order; the masked patches' pixels do not leak."""
+    torch.manual_seed(0)
+    encoder = SwinMIM(**{**TINY_SWIN, "window_size": 8}, masked_tokens="token").eval()
+    head = SimMIMHead(encoder.embed_dim, 768, 2)
+    imgs = torch.randn(2, 3, 128, 128)
+    masks = RandomMasking(0.75)(2, 64, torch.device("cpu"), torch.Generator().manual_seed(0))
+    hidden = masks.mask.reshape(2, 1, 8, 1, 8, 1).expand(-1, 3, -1, 16, -1, 16).reshape(2, 3, 128, 128)
+    with torch.no_grad():
+        pred = head(encoder(imgs, masks.ids_keep), masks)
+        again = head(encoder(torch.where(hidden, torch.randn_like(imgs), imgs), masks.ids_keep), masks)
+    assert pred.shape == (2, 64, 768)
+    assert torch.equal(pred, again)
+    target = PixelTarget(16)(imgs)
+    expected = ((pred - target).abs().mean(-1) * masks.mask).sum() / masks.mask.sum()
+    torch.testing.assert_close(head.loss(pred, target, masks), expected)
+
+
+def test_pretraining_steps_reduce_loss():
+    torch.manual_seed(0)
+    model = um_model(TINY_SWIN)
+    imgs = torch.randn(2, 3, 128, 128).cumsum(-1).cumsum(-2) / 50  # smooth images
+    masks = model.masking(2, 64, torch.device("cpu"), torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95))
+    losses = []
+    for _ in range(5):
+        loss = model(imgs, masks).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    # every trainable parameter got a gradient (vis_mask_token through the secondary-masked patches)
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_classification_forward():
+    torch.manual_seed(0)
+    encoder = SwinMIM(**{**TINY_SWIN, "window_size": 8}, masked_tokens="none", final_norm=False,
+                      drop_path_rate=0.1)
+    model = Classifier(encoder, num_classes=5)
+    assert not any("mask_token" in k for k in model.state_dict())
+    assert encoder.depth == len(encoder.blocks) == 6 and encoder.num_patches == 64
+    logits = model(torch.randn(2, 3, 128, 128))
+    assert logits.shape == (2, 5)
+    logits.sum().backward()
+    # a pretraining checkpoint loads: only the classifier's head and fc_norm are new
+    pretrained = um_model(TINY_SWIN)
+    report = load_pretrained(model, pretrained.state_dict(), allow_missing=["head.*", "fc_norm.*"])
+    assert report.unexpected and all(
+        k.startswith(("decoder_", "mask_token", "vis_mask_token", "norm.")) for k in report.unexpected)
+    stem, blocks = encoder.layer_groups()
+    names = [n for n, _ in encoder.named_parameters()]
+    assert {int(re.match(blocks, n).group(1)) for n in names if re.match(blocks, n)} == set(range(6))
+    assert all(re.match(stem, n) or re.match(blocks, n) for n in names)
