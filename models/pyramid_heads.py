@@ -30,8 +30,9 @@ def group_visible_ids(visible: torch.Tensor, grid_size: tuple[int, int]) -> torc
         raise ValueError(f"uniform masking needs an even patch grid of {gh}x{gw} patches, "
                          f"got {visible.shape[1]} patches")
     corners = visible.reshape(n, gh // 2, 2, gw // 2, 2).permute(0, 1, 3, 2, 4).reshape(n, -1, 4)
-    if not bool((corners.sum(-1) == 1).all()):
-        raise ValueError("the compact grid needs exactly one visible patch in every 2x2 group (uniform masking)")
+    # checked on the device without a host sync (on a GPU a violation fails at the next synchronization)
+    torch._assert_async((corners.sum(-1) == 1).all(),
+                        "the compact grid needs exactly one visible patch in every 2x2 group (uniform masking)")
     corner = corners.to(torch.uint8).argmax(-1)
     g = torch.arange(corners.shape[1], device=visible.device)
     row = torch.div(g, gw // 2, rounding_mode="floor") * 2 + torch.div(corner, 2, rounding_mode="floor")

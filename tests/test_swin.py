@@ -105,7 +105,7 @@ def test_group_visible_ids_is_group_order():
     assert torch.equal(ids, masks.ids_keep)  # UniformMasking lists the groups in raster order
     rows, cols = ids // 8, ids % 8
     assert torch.equal(rows // 2 * 4 + cols // 2, torch.arange(16).expand(3, -1))
-    with pytest.raises(ValueError, match="exactly one visible patch"):
+    with pytest.raises(RuntimeError, match="exactly one visible patch"):
         group_visible_ids(torch.ones(1, 64, dtype=torch.bool), (8, 8))
 
 
