@@ -5,18 +5,15 @@ group, gathered group by group) the final map has half the side of the group gri
 full grid (SimMIM) it has half the side of the patch grid (8x8). Both heads expand it by a linear layer and
 a PixelShuffle(2) to one token per group (UM) or per patch (SimMIM). Parameter names are the official ones.
 """
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Block
 from torch import nn
 
 from .encoders.vit import EncoderOutput
-from .heads import masked_mean, patch_loss
-from .init import init_linear_and_norm, init_token
+from .heads import MAEDecoder, masked_mean, patch_loss
+from .init import init_linear_and_norm
 from .masking import Masks
-from .pos_embed import sincos_2d
 
 
 def group_visible_ids(visible: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
@@ -51,7 +48,7 @@ def _shuffle_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return x.flatten(2).transpose(1, 2)
 
 
-class UMDecoder(nn.Module):
+class UMDecoder(MAEDecoder):
     """UM-MAE's decoder for pyramid encoders (METHODS.md §4.5).
 
     ``decoder_embed`` Linear(C_out -> 4 D) + PixelShuffle(2) turns the final compact map into one token per
@@ -68,27 +65,14 @@ class UMDecoder(nn.Module):
     def __init__(self, grid_size: tuple[int, int], embed_dim: int, out_dim: int, decoder_embed_dim: int = 512,
                  decoder_depth: int = 2, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
                  raster_positions: bool = False, loss_type: str = "l2"):
-        super().__init__()
-        self.grid_size = tuple(grid_size)
-        if self.grid_size[0] % 4 or self.grid_size[1] % 4:
-            raise ValueError(f"the UM decoder needs a patch grid divisible by 4, got {self.grid_size}")
-        self.raster_positions, self.loss_type = raster_positions, loss_type
-        num_patches = self.grid_size[0] * self.grid_size[1]
+        if grid_size[0] % 4 or grid_size[1] % 4:
+            raise ValueError(f"the UM decoder needs a patch grid divisible by 4, got {tuple(grid_size)}")
+        super().__init__(grid_size, embed_dim, out_dim, decoder_embed_dim, decoder_depth, decoder_num_heads,
+                         mlp_ratio, loss_type=loss_type, num_prefix_tokens=0)
+        self.raster_positions = raster_positions
+        # one 4D token per final-map cell, pixel-shuffled into 2x2 decoder tokens
         self.decoder_embed = nn.Linear(embed_dim, 4 * decoder_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
-        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches, decoder_embed_dim), requires_grad=False)
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        self.decoder_blocks = nn.ModuleList([
-            Block(decoder_embed_dim, decoder_num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(decoder_depth)])
-        self.decoder_norm = norm_layer(decoder_embed_dim)
-        self.decoder_pred = nn.Linear(decoder_embed_dim, out_dim)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        self.decoder_pos_embed.data.copy_(sincos_2d(self.decoder_pos_embed.shape[-1], self.grid_size).unsqueeze(0))
-        init_token(self.mask_token)
-        self.apply(init_linear_and_norm)
+        init_linear_and_norm(self.decoder_embed)
 
     def sequence_order(self, masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
         """The patches behind the decoder's sequence: visible [N, G] in group order, masked [N, L - G] in
@@ -113,10 +97,6 @@ class UMDecoder(nn.Module):
         x = self.decoder_pred(self.decoder_norm(x))
         order = torch.cat([vis_ids, mask_ids], dim=1)
         return torch.empty_like(x).scatter_(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
-
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
-        """Mean per-patch loss over the masked patches (secondary-masked patches are not reconstructed)."""
-        return masked_mean(patch_loss(pred, target, self.loss_type), masks.mask)
 
     def extra_repr(self) -> str:
         return f"raster_positions={self.raster_positions}, loss_type={self.loss_type}"
