@@ -197,6 +197,28 @@ class DisjointMasking:
         return f"DisjointMasking({self.base!r}, pred_ratio={self.pred_ratio}, num_views={self.num_views})"
 
 
+def compact_order(ids_keep: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """The raster order of UM-MAE's compact grid: ids_keep [N, L/4] (one visible patch per 2x2 group, any
+    order) -> the same ids sorted by group, groups in raster order. The one-per-group rule is checked on the
+    device, without a host sync (on a GPU a violation fails at the next synchronization)."""
+    gh, gw = grid_size
+    if gh % 2 or gw % 2 or ids_keep.shape[1] * 4 != gh * gw:
+        raise ValueError(f"the compact grid needs one visible patch per 2x2 group of an even {gh}x{gw} grid "
+                         f"({gh * gw // 4} per sample), got {ids_keep.shape[1]}")
+    group = torch.div(ids_keep, 2 * gw, rounding_mode="floor") * (gw // 2) + (ids_keep % gw) // 2
+    group, order = torch.sort(group, dim=1)
+    torch._assert_async((group == torch.arange(group.shape[1], device=group.device)).all(),
+                        "the compact grid needs exactly one visible patch in every 2x2 group (uniform masking)")
+    return torch.gather(ids_keep, 1, order)
+
+
+def group_visible_ids(visible: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """The visible patch of every 2x2 group from a bool map [N, L] (True = visible) -> [N, L/4] ids in the
+    compact grid's order (:func:`compact_order`)."""
+    ids = torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, :visible.shape[1] // 4]
+    return compact_order(ids, grid_size)
+
+
 class UniformMasking:
     """UM-MAE's uniform sampling (METHODS.md §4.1) + secondary masking (§4.2), batched on the device.
 

@@ -13,28 +13,7 @@ from torch import nn
 from .encoders.vit import EncoderOutput
 from .heads import MAEDecoder, masked_mean, patch_loss
 from .init import init_linear_and_norm
-from .masking import Masks
-
-
-def group_visible_ids(visible: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-    """The visible patch of every 2x2 group, groups in raster order: [N, L] bool -> [N, L/4] patch ids.
-
-    This is the raster order of UM-MAE's compact grid. Every group must hold exactly one visible patch.
-    """
-    n = visible.shape[0]
-    gh, gw = grid_size
-    if gh % 2 or gw % 2 or visible.shape[1] != gh * gw:
-        raise ValueError(f"uniform masking needs an even patch grid of {gh}x{gw} patches, "
-                         f"got {visible.shape[1]} patches")
-    corners = visible.reshape(n, gh // 2, 2, gw // 2, 2).permute(0, 1, 3, 2, 4).reshape(n, -1, 4)
-    # checked on the device without a host sync (on a GPU a violation fails at the next synchronization)
-    torch._assert_async((corners.sum(-1) == 1).all(),
-                        "the compact grid needs exactly one visible patch in every 2x2 group (uniform masking)")
-    corner = corners.to(torch.uint8).argmax(-1)
-    g = torch.arange(corners.shape[1], device=visible.device)
-    row = torch.div(g, gw // 2, rounding_mode="floor") * 2 + torch.div(corner, 2, rounding_mode="floor")
-    col = (g % (gw // 2)) * 2 + corner % 2
-    return row * gw + col
+from .masking import Masks, compact_order
 
 
 def _shuffle_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -77,7 +56,7 @@ class UMDecoder(MAEDecoder):
     def sequence_order(self, masks: Masks) -> tuple[torch.Tensor, torch.Tensor]:
         """The patches behind the decoder's sequence: visible [N, G] in group order, masked [N, L - G] in
         raster order (the official order of the sequence and of ``pred``)."""
-        visible = group_visible_ids(~masks.mask, self.grid_size)
+        visible = compact_order(masks.ids_keep, self.grid_size)
         masked = torch.argsort((~masks.mask).to(torch.uint8), dim=1, stable=True)[:, :-visible.shape[1]]
         return visible, masked
 

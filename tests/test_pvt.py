@@ -8,10 +8,10 @@ import torch
 from conftest import GOLDEN, requires_golden
 from models.classifier import Classifier
 from models.encoders.pvt import PyramidVisionTransformer, pvt_small
-from models.masking import Masks, UniformMasking
+from models.masking import Masks, UniformMasking, compact_order, group_visible_ids
 from models.mim import MaskedImageModel
 from models.pos_embed import sincos_2d
-from models.pyramid_heads import UMDecoder, group_visible_ids
+from models.pyramid_heads import UMDecoder
 from models.targets import PixelTarget
 from util.checkpoint import load_pretrained
 
@@ -85,7 +85,7 @@ def test_compact_grid_matches_the_official_operator_and_positions():
     masks = uniform_masks(3, vis_mask_ratio=0.0)
     visible = (~masks.mask).reshape(3, 16, 16)
     cells = torch.randn(3, 16, 64, 64)
-    out, hw = enc.compact(cells.flatten(2).transpose(1, 2), enc.group_order(masks.ids_keep))
+    out, hw = enc.compact(cells.flatten(2).transpose(1, 2), compact_order(masks.ids_keep, enc.grid_size))
     assert hw == (32, 32) and out.shape == (3, 1024, 16)
     pos = enc.pos_embed.detach().reshape(1, 64, 64, 16).permute(0, 3, 1, 2).expand(3, -1, -1, -1)
     want = reference_compact(cells, visible) + reference_compact(pos, visible)
@@ -98,7 +98,7 @@ def test_compact_grid_matches_the_official_operator_and_positions():
     coords = torch.zeros(3, 16, 64, 64)
     coords[:, 0], coords[:, 1] = rows, cols
     shuffled = masks.ids_keep[:, torch.randperm(64)]  # any order of the visible patches
-    got, _ = enc.compact(coords.flatten(2).transpose(1, 2), enc.group_order(shuffled))
+    got, _ = enc.compact(coords.flatten(2).transpose(1, 2), compact_order(shuffled, enc.grid_size))
     got = got.reshape(3, 8, 4, 8, 4, 16)  # [N, group row, i, group col, j, C]
     for n in range(3):
         for g, patch in enumerate(masks.ids_keep[n].tolist()):
@@ -111,7 +111,7 @@ def test_compact_grid_matches_the_official_operator_and_positions():
     # and the real table of a compact cell is the sin-cos of its true coordinates
     enc.reset_parameters()
     table = sincos_2d(16, (64, 64))
-    pos_only, _ = enc.compact(torch.zeros(3, 4096, 16), enc.group_order(masks.ids_keep))
+    pos_only, _ = enc.compact(torch.zeros(3, 4096, 16), compact_order(masks.ids_keep, enc.grid_size))
     patch = masks.ids_keep[1, 5].item()
     r, c = (patch // 16) * 4 + 2, (patch % 16) * 4 + 3  # cell (2, 3) of that patch
     gr, gc = divmod(5, 8)

@@ -7,9 +7,9 @@ import torch
 from conftest import GOLDEN, requires_golden
 from models.classifier import Classifier
 from models.encoders.swin import SwinMIM
-from models.masking import Masks, RandomMasking, UniformMasking
+from models.masking import Masks, RandomMasking, UniformMasking, group_visible_ids
 from models.mim import MaskedImageModel
-from models.pyramid_heads import SimMIMHead, UMDecoder, group_visible_ids
+from models.pyramid_heads import SimMIMHead, UMDecoder
 from models.targets import PixelTarget
 from util.checkpoint import load_pretrained
 

@@ -9,7 +9,7 @@ import main_pretrain
 from conftest import GOLDEN, requires_golden
 from models import create_model
 from models.masking import Masks
-from models.pyramid_heads import group_visible_ids
+from models.masking import group_visible_ids
 from util.checkpoint import load_pretrained
 
 TINY_SWIN = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), posmlp_dim=8)

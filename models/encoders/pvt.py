@@ -31,6 +31,7 @@ from timm.layers import DropPath, Mlp, to_2tuple
 from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm, init_token
+from ..masking import compact_order
 from ..pos_embed import sincos_2d
 from .vit import EncoderOutput
 
@@ -207,18 +208,11 @@ class PyramidVisionTransformer(nn.Module):
         (h, w), k, c = self.grid_size, self.cells_per_patch, x.shape[-1]
         return x.reshape(x.shape[0], h, k, w, k, c).transpose(2, 3).reshape(x.shape[0], h * w, k * k * c)
 
-    def group_order(self, ids_keep: torch.Tensor) -> torch.Tensor:
-        """ids_keep [N, L/4], one visible patch per 2x2 group in any order -> the same ids sorted by group,
-        in raster order of the groups: the order of the compact grid."""
-        w = self.grid_size[1]
-        group = torch.div(ids_keep, 2 * w, rounding_mode="floor") * (w // 2) + (ids_keep % w) // 2
-        return torch.gather(ids_keep, 1, torch.argsort(group, dim=1))
-
     def compact(self, x: torch.Tensor, ids_keep: torch.Tensor, secondary: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, tuple[int, int]]:
         """The official dilated all-ones conv, as a gather: x [N, cells, C1] (full cell grid, raster) ->
         [N, h/2*k * w/2*k, C1], each 2x2 group's visible k x k cells in the group's place (ids_keep from
-        :meth:`group_order`); patches in ``secondary`` [N, L] become ``vis_mask_token``; then the position
+        :func:`models.masking.compact_order`); patches in ``secondary`` [N, L] become ``vis_mask_token``; then the position
         embedding of the same cells is added."""
         (h, w), k, c = self.grid_size, self.cells_per_patch, x.shape[-1]
         n, groups = ids_keep.shape
@@ -253,7 +247,7 @@ class PyramidVisionTransformer(nn.Module):
         x = self.patch_embed(imgs).flatten(2).transpose(1, 2)  # [N, cells, C1]
         hw = self.cell_grid
         if ids_keep is not None and self.masked_tokens == "compact":
-            x, hw = self.compact(x, self.group_order(ids_keep), secondary)
+            x, hw = self.compact(x, compact_order(ids_keep, self.grid_size), secondary)
             sr_ratios = self.compact_sr_ratios
         else:
             if secondary is not None:

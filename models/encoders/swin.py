@@ -28,7 +28,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm, init_token
-from ..pyramid_heads import group_visible_ids
+from ..masking import compact_order
 from .vit import EncoderOutput
 
 MASKED_TOKENS = ("compact", "token", "none")
@@ -295,8 +295,7 @@ class SwinMIM(nn.Module):
         if (gh // 2 * self.cells_per_patch) % merges or (gw // 2 * self.cells_per_patch) % merges or gh % 2 or gw % 2:
             raise ValueError(f"UM-MAE's compact grid ({self.num_stages} stages on half the token grid) does not fit "
                              f"an image of {tuple(imgs.shape[2:])}: use a multiple of 64 px")
-        visible = torch.zeros(n, gh * gw, dtype=torch.bool, device=imgs.device).scatter_(1, ids_keep, True)
-        ids = group_visible_ids(visible, (gh, gw))  # [N, G], compact raster order
+        ids = compact_order(ids_keep, (gh, gw))  # [N, G]
         s, k = self.patch_size, self.cells_per_patch
         # gather the visible 16-px patches' pixels: a conv of stride 4 inside each patch gives the same cells
         patches = imgs.reshape(n, c, gh, s, gw, s).permute(0, 2, 4, 1, 3, 5).reshape(n, gh * gw, c * s * s)
@@ -304,12 +303,12 @@ class SwinMIM(nn.Module):
         compact = patches.reshape(n, gh // 2, gw // 2, c, s, s).permute(0, 3, 1, 4, 2, 5)
         x = self.patch_embed(compact.reshape(n, c, gh // 2 * s, gw // 2 * s))  # [N, Hc, Wc, C]
         hc, wc = x.shape[1:3]
-        if secondary is not None and hasattr(self, "vis_mask_token"):
+        if secondary is not None:
+            if not hasattr(self, "vis_mask_token"):
+                raise ValueError("secondary masking needs vis_mask_token=True")
             sec = torch.gather(secondary.bool(), 1, ids).reshape(n, gh // 2, 1, gw // 2, 1)
             sec = sec.expand(-1, -1, k, -1, k).reshape(n, hc, wc, 1)
             x = torch.where(sec, self.patch_embed.norm(self.vis_mask_token).to(x.dtype), x)
-        elif secondary is not None and bool(secondary.any()):
-            raise ValueError("secondary masking needs vis_mask_token=True")
         # true cell coordinates of the gathered cells
         rows = torch.div(ids, gw, rounding_mode="floor").reshape(n, gh // 2, 1, gw // 2, 1)
         cols = (ids % gw).reshape(n, gh // 2, 1, gw // 2, 1)
