@@ -23,6 +23,15 @@ def _channel_stats(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(values, dtype=torch.float32, device=like.device).reshape(1, -1, 1, 1)
 
 
+def _check_images(target: nn.Module, imgs: torch.Tensor) -> None:
+    """One-line errors for an input a HOG target cannot cut into its patches."""
+    c, h, w = imgs.shape[1:]
+    if c != target.in_chans:
+        raise ValueError(f"{type(target).__name__} expects {target.in_chans} channels, got {c}")
+    if h % target.patch_size or w % target.patch_size:
+        raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {target.patch_size}")
+
+
 def denormalize_to_uint8(imgs: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
                          std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """Recover the 0..255 pixels an input was normalized from.
@@ -138,12 +147,7 @@ class HogTarget(nn.Module):
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs: ``[N, C, H, W]`` normalized float -> ``[N, L, out_dim]`` float32."""
-        c, h, w = imgs.shape[1:]
-        p = self.patch_size
-        if c != self.in_chans:
-            raise ValueError(f"HogTarget expects {self.in_chans} channels, got {c}")
-        if h % p or w % p:
-            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
+        _check_images(self, imgs)
         # The official HOG runs outside autocast on float32 0..255 pixels; a bf16 target would be noise.
         with torch.autocast(device_type=imgs.device.type, enabled=False):
             pixels = denormalize_to_uint8(imgs, self.mean, self.std)
@@ -311,12 +315,8 @@ class MaskFeatHogTarget(nn.Module):
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs: ``[N, C, H, W]`` normalized float -> ``[N, L, out_dim]`` float32, no grad."""
-        c, h, w = imgs.shape[1:]
+        _check_images(self, imgs)
         p = self.patch_size
-        if c != self.in_chans:
-            raise ValueError(f"MaskFeatHogTarget expects {self.in_chans} channels, got {c}")
-        if h % p or w % p:
-            raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
         with torch.no_grad(), torch.autocast(device_type=imgs.device.type, enabled=False):
             x = denormalize_to_uint8(imgs, self.mean, self.std) if self.from_uint8 else imgs.float()
             hist = maskfeat_hog_cells(x, self.pool, self.nbins, self.gaussian_window)
