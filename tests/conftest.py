@@ -42,3 +42,27 @@ def make_image_folder(root: Path, num_classes: int = 2, per_class: int = 16, siz
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data")
+
+
+def smooth_images(n: int, size: int, seed: int | None = None) -> torch.Tensor:
+    """[n, 3, size, size] ImageNet-normalized-looking images upsampled from 8x8 noise (learnable structure)."""
+    gen = None if seed is None else torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 8, 8, generator=gen)
+    return (torch.nn.functional.interpolate(low, size=size, mode="bilinear") - 0.45) / 0.25
+
+
+def adamw_losses(model: torch.nn.Module, imgs: torch.Tensor, steps: int, lr: float, masks=None,
+                 mask_seeds: int = 1, betas: tuple[float, float] = (0.9, 0.999)) -> list[float]:
+    """Train a MIM model on one batch for ``steps`` AdamW steps and return the losses. ``masks``: fixed masks,
+    or None to draw them with the seeds 0..mask_seeds-1 in turn."""
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas)
+    losses = []
+    for step in range(steps):
+        step_masks = masks if masks is not None else model.sample_masks(
+            imgs, torch.Generator().manual_seed(step % mask_seeds))
+        loss = model(imgs, mask=step_masks).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import main_pretrain
-from conftest import GOLDEN, requires_golden
+from conftest import GOLDEN, adamw_losses, requires_golden, smooth_images
 from models import create_model, list_models
 from models.heads import VisibleDistillHead
 from models.masking import BlockMasking, DisjointMasking, Masks, RandomMasking
@@ -151,16 +151,7 @@ def test_short_dmjd_pretrain_learns():
     """A tiny DMJD ConViT on a fixed batch: the joint loss falls by a clear margin in a few AdamW steps."""
     torch.manual_seed(0)
     model = create_model("dmjd_convvit_base_patch16_hog", img_size=64, **TINY_CONVVIT)
-    low = torch.rand(4, 3, 8, 8)
-    imgs = (torch.nn.functional.interpolate(low, size=64, mode="bilinear") - 0.45) / 0.25
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for step in range(40):
-        out = model(imgs, mask=model.sample_masks(imgs, torch.Generator().manual_seed(step % 3)))
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
+    losses = adamw_losses(model, smooth_images(4, 64), steps=40, lr=3e-3, mask_seeds=3)
     assert sum(losses[-3:]) < 0.8 * sum(losses[:3]), losses
 
 

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from conftest import GOLDEN, requires_golden
+from conftest import GOLDEN, adamw_losses, requires_golden
 from models.classifier import Classifier
 from models.encoders.pvt import PyramidVisionTransformer, pvt_small
 from models.masking import Masks, UniformMasking, compact_order, group_visible_ids
@@ -207,14 +207,7 @@ def test_few_adamw_steps_reduce_the_loss():
     model = tiny_um_model()
     imgs = torch.nn.functional.interpolate(torch.randn(2, 3, 8, 8), size=256, mode="bilinear")
     masks = uniform_masks(2, seed=3)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, betas=(0.9, 0.95))
-    losses = []
-    for _ in range(10):
-        loss = model(imgs, masks).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = adamw_losses(model, imgs, steps=10, lr=1e-2, masks=masks, betas=(0.9, 0.95))
     assert losses[-1] < 0.95 * losses[0], losses
     assert model.encoder.vis_mask_token.grad is not None and model.encoder.pos_embed.grad is None
 

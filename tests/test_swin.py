@@ -4,7 +4,7 @@ import re
 import pytest
 import torch
 
-from conftest import GOLDEN, requires_golden
+from conftest import GOLDEN, adamw_losses, requires_golden
 from models.classifier import Classifier
 from models.encoders.swin import SwinMIM
 from models.masking import Masks, RandomMasking, UniformMasking, group_visible_ids
@@ -245,14 +245,7 @@ def test_pretraining_steps_reduce_loss():
     model = um_model(TINY_SWIN)
     imgs = torch.randn(2, 3, 128, 128).cumsum(-1).cumsum(-2) / 50  # smooth images
     masks = model.masking(2, 64, torch.device("cpu"), torch.Generator().manual_seed(0))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, betas=(0.9, 0.95))
-    losses = []
-    for _ in range(5):
-        loss = model(imgs, masks).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses = adamw_losses(model, imgs, steps=5, lr=2e-3, masks=masks, betas=(0.9, 0.95))
     assert losses[-1] < losses[0]
     # every trainable parameter got a gradient (vis_mask_token through the secondary-masked patches)
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import main_pretrain
-from conftest import GOLDEN, requires_golden
+from conftest import GOLDEN, adamw_losses, requires_golden, smooth_images
 from models import create_model
 from models.masking import Masks
 from models.masking import group_visible_ids
@@ -86,16 +86,7 @@ def test_short_pretrain_of_each_learns(name, encoder):
     torch.manual_seed(0)
     extra = TINY_DECODER if name.startswith("ummae") else {}
     model = create_model(name, img_size=128, norm_pix_loss=name.startswith("ummae"), **encoder, **extra)
-    low = torch.rand(4, 3, 8, 8)
-    imgs = (torch.nn.functional.interpolate(low, size=128, mode="bilinear") - 0.45) / 0.25
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for step in range(40):
-        out = model(imgs, mask=model.sample_masks(imgs, torch.Generator().manual_seed(step % 2)))
-        opt.zero_grad()
-        out.loss.backward()
-        opt.step()
-        losses.append(out.loss.item())
+    losses = adamw_losses(model, smooth_images(4, 128), steps=40, lr=3e-3, mask_seeds=2)
     assert sum(losses[-2:]) < 0.93 * sum(losses[:2]), losses
 
 
