@@ -118,7 +118,7 @@ def build_loaders(args, session: Session, train_transform, eval_transform):
 
 def build_classifier(args, **kwargs) -> nn.Module:
     return build_named_model(args.model, num_classes=args.nb_classes, global_pool=args.global_pool,
-                             img_size=args.input_size, **kwargs | parse_model_kwargs(args.model_kwargs))
+                             img_size=args.input_size, **kwargs | parse_model_kwargs(args.model_kwargs)).model
 
 
 def load_encoder(model: nn.Module, path: str) -> None:

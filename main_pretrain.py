@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from engine_pretrain import train_one_epoch
+from models import Recipe, official
 from models.masking import Masks
 from models.recipes import MASK_TYPES, PRED_TYPES
 from util import distributed as dist_util
@@ -76,24 +77,23 @@ RECIPE_FLAGS = ("mask_ratio", "mask_type", "pred_ratio", "num_views", "pred_type
 RECIPE_SWITCHES = ("norm_pix_loss", "official_quirks", "mask_regular")
 
 
-# the official DeepMIM repository names its model mae_vit_base_patch16; with --clip_path its command means DeepMIM
-DEEPMIM_NAMES = {"mae_vit_base_patch16": "deepmim_vit_base_patch16_clip"}
-
-
-def build_model(args: argparse.Namespace) -> torch.nn.Module:
-    if args.clip_path and args.model in DEEPMIM_NAMES:
-        print(f"--clip_path with --model {args.model}: training {DEEPMIM_NAMES[args.model]}, as the official "
-              "DeepMIM command does")
-        args.model = DEEPMIM_NAMES[args.model]
+def build_model(args: argparse.Namespace) -> Recipe:
+    name, note = official.pretrain_model_name(args.model, args.clip_path)
+    if note:
+        print(note)
+    args.model = name
     kwargs = {"img_size": args.input_size}
     kwargs |= {k: getattr(args, k) for k in RECIPE_FLAGS if getattr(args, k) is not None}
     kwargs |= {k: True for k in RECIPE_SWITCHES if getattr(args, k)}
-    model = build_named_model(args.model, **kwargs | parse_model_kwargs(args.model_kwargs))
+    recipe = build_named_model(args.model, **kwargs | parse_model_kwargs(args.model_kwargs))
+    if args.official_quirks and not recipe.quirks:
+        print(f"{args.model} reproduces its official code without quirks: --official_quirks changes nothing")
+    model = recipe.model
     if args.token_size is not None and tuple(model.encoder.grid_size) != (args.token_size, args.token_size):
         raise UsageError(f"--token_size {args.token_size} does not match {args.model}'s "
                          f"{model.encoder.grid_size[0]}x{model.encoder.grid_size[1]} patch grid at "
                          f"--input_size {args.input_size}")
-    return model
+    return recipe
 
 
 def visualize(model, imgs: torch.Tensor, masks: Masks, args, run_log: RunLog, epoch: int,
@@ -114,8 +114,9 @@ def main(args: argparse.Namespace) -> None:
     device_name = select_device(args.device)
     if args.accum_iter < 1 or args.batch_size < 1:
         raise UsageError("--batch_size and --accum_iter must be positive")
-    model = build_model(args)  # fails fast on an unknown --model, before any data or GPU work
-    min_scale = args.min_crop_scale if args.min_crop_scale is not None else model.min_crop_scale
+    recipe = build_model(args)  # fails fast on an unknown --model, before any data or GPU work
+    model = recipe.model
+    min_scale = args.min_crop_scale if args.min_crop_scale is not None else recipe.defaults.min_crop_scale
     dataset = build_dataset(args.data_set, args.data_path, build_pretrain_transform(args.input_size, min_scale),
                             train=True, limit=args.data_limit)
     rank, world_size, device = dist_util.init_distributed(device_name, args.local_rank)
@@ -135,7 +136,7 @@ def main(args: argparse.Namespace) -> None:
                          "processes: lower --batch_size or add data")
     model.to(device)
     # DMJD's adaptive rule counts unique images x pred_ratio / mask_ratio (METHODS.md §2.6); MAE's ratio is 1
-    eff_batch = resolve_lr(args, world_size, model.lr_batch_ratio)
+    eff_batch = resolve_lr(args, world_size, recipe.defaults.lr_batch_ratio)
     optimizer = torch.optim.AdamW(weight_decay_groups(model, args.weight_decay), lr=args.lr,
                                   betas=(0.9, 0.95), fused=device.type == "cuda")
     scaler = torch.amp.GradScaler(device.type) if amp_name == "fp16" else None
@@ -158,7 +159,7 @@ def main(args: argparse.Namespace) -> None:
     if dist_util.is_main_process():
         print(f"model {args.model}: {sum(p.numel() for p in model_without_ddp.parameters()) / 1e6:.1f}M params; "
               f"{len(dataset)} images; eff. batch {eff_batch:g} = {args.batch_size} x {args.accum_iter} accum x "
-              f"{world_size} process(es) x {model_without_ddp.lr_batch_ratio:.4g} (pred/mask); lr {args.lr:.3e}; "
+              f"{world_size} process(es) x {recipe.defaults.lr_batch_ratio:.4g} (pred/mask); lr {args.lr:.3e}; "
               f"{amp_name} on {device}")
 
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, min_lr=args.min_lr, warmup_epochs=args.warmup_epochs,

@@ -1,5 +1,8 @@
-"""Models: ``create_model(name, **overrides)`` and ``list_models(pattern)`` over the registered recipes."""
-from . import recipes  # noqa: F401  (registers the recipes)
-from .registry import create_model, list_models, register_model
+"""Models: ``create_model(name, **overrides)``, ``create_recipe`` (model + training defaults) and
+``list_models(pattern)`` over the registered recipes."""
+from . import official, recipes  # noqa: F401  (recipes registers our names)
+from .registry import Recipe, TrainDefaults, create_model, create_recipe, list_models, register_model
 
-__all__ = ["create_model", "list_models", "register_model"]
+official.register_aliases()
+
+__all__ = ["Recipe", "TrainDefaults", "create_model", "create_recipe", "list_models", "register_model"]

@@ -4,6 +4,7 @@ State-dict keys are flat (``models/flat_keys.py``): a composed MAE has exactly t
 ``models_mae.py`` keys, so the official checkpoints load with ``strict=True``.
 """
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -32,23 +33,19 @@ class MaskedImageModel(FlatKeys, nn.Module):
         target: module ``imgs -> [N, L, C]``.
         heads: name -> head with ``forward(features, masks) -> pred`` and ``loss(pred, target, masks)``.
         loss_weights: name -> weight of that head's loss in the total (default 1).
-
-    Recipes may change two training defaults the CLI reads: ``min_crop_scale``, the lower bound of the
-    RandomResizedCrop area (MAE 0.2, DMJD 0.5), and ``lr_batch_ratio``, the factor on the batch size in the
-    LR scaling rule (1, or DMJD's pred_ratio / mask_ratio).
+        checkpoint_filters: adapters ``(own_keys, state_dict) -> state_dict`` for official checkpoints
+            (``models/official.py``), applied by ``load_pretrained`` through :meth:`checkpoint_filter_fn`.
     """
 
-    min_crop_scale: float = 0.2
-    lr_batch_ratio: float = 1.0
-
     def __init__(self, encoder: nn.Module, masking, target: nn.Module, heads: dict[str, nn.Module],
-                 loss_weights: dict[str, float] | None = None):
+                 loss_weights: dict[str, float] | None = None, checkpoint_filters: list[Callable] = ()):
         super().__init__()
         self.encoder = encoder
         self.masking = masking
         self.target = target
         self.heads = nn.ModuleDict(heads)
         self.loss_weights = {name: 1.0 for name in heads} | (loss_weights or {})
+        self.checkpoint_filters = list(checkpoint_filters)
         # blocks whose un-normed outputs the heads read (deep supervision); the encoder runs once
         self.tapped_layers = sorted({h.layer for h in heads.values() if getattr(h, "layer", None) is not None})
         self.flatten_keys(["encoder."] + [(f"heads.{name}.{getattr(head, 'inner_prefix', '')}",
@@ -63,13 +60,9 @@ class MaskedImageModel(FlatKeys, nn.Module):
         return self.encoder.num_patches
 
     def checkpoint_filter_fn(self, state_dict: dict) -> dict:
-        """Official DeepMIM checkpoints hold one fixed ``decoder_pos_embed`` shared by the numbered decoders;
-        each of ours keeps its own copy (``decoder_pos_embed1``, ...)."""
-        if "decoder_pos_embed" in state_dict and "decoder_pos_embed" not in self._to_full:
-            shared = state_dict.pop("decoder_pos_embed")
-            for key in self._to_full:
-                if key.startswith("decoder_pos_embed") and key not in state_dict:
-                    state_dict[key] = shared
+        """The recipe's official-checkpoint adapters, in order (as timm's ``checkpoint_filter_fn``)."""
+        for adapt in self.checkpoint_filters:
+            state_dict = adapt(set(self._to_full), state_dict)
         return state_dict
 
     def sample_masks(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> Masks:

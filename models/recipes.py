@@ -10,12 +10,13 @@ from util.errors import UsageError
 from .classifier import Classifier
 from .encoders import convvit, pvt, swin, vit
 from .clip_teacher import load_clip_teacher
+from .official import DMJD_QUIRKS, MASKFEAT_QUIRKS, UMMAE_QUIRKS, share_decoder_pos_embed
 from .heads import LinearHead, MAEDecoder, VisibleDistillHead, deep_supervision_heads, default_ds_layers
 from .hog import HogTarget, MaskFeatHogTarget
 from .masking import BlockMasking, DisjointMasking, RandomMasking, UniformMasking
 from .mim import MaskedImageModel
 from .pyramid_heads import SimMIMHead, UMDecoder
-from .registry import register_model
+from .registry import Recipe, TrainDefaults, register_model
 from .targets import CLIPTarget, PixelTarget
 
 MASK_TYPES = ("rand", "block")
@@ -24,13 +25,11 @@ PRED_TYPES = ("pixel", "hog")
 
 def build_mae(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.75, norm_pix_loss: bool = False,
               decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
-              mask_regular: bool = False, vis_mask_ratio: float = 0.0, official_quirks: bool = False,
-              **encoder_kwargs) -> MaskedImageModel:
+              mask_regular: bool = False, vis_mask_ratio: float = 0.0, **encoder_kwargs) -> MaskedImageModel:
     """MAE: ViT dropping masked tokens, random masking, pixel target, MAE decoder (METHODS.md §1).
 
     ``mask_regular`` switches to UM-MAE's uniform masking (one visible patch per 2x2 group, mask ratio
-    0.75) with ``vis_mask_ratio`` of the visible patches behind a learned token (the paper's ViT row).
-    ``official_quirks`` is accepted so the flag is uniform across methods; MAE has no documented quirk."""
+    0.75) with ``vis_mask_ratio`` of the visible patches behind a learned token (the paper's ViT row)."""
     encoder = encoder_fn(img_size=img_size, vis_mask_token=vis_mask_ratio > 0, **encoder_kwargs)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     decoder = MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
@@ -99,16 +98,19 @@ def build_dmjd(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.
                mim_loss_type: str = "l2", vis_loss_type: str = "smooth_l1", distill: bool = True,
                theta: float = 1.0, decoder_embed_dim: int = 512, decoder_depth: int = 8,
                decoder_num_heads: int = 16, decoder_mlp_ratio: float = 8.0, official_quirks: bool = False,
-               **encoder_kwargs) -> MaskedImageModel:
+               **encoder_kwargs) -> Recipe:
     """DMJD (METHODS.md §2): disjoint views of one crop, an MAE-style decoder for the masked patches and,
     with ``distill``, the visible-distillation branch weighted by ``theta``. With one view and no
     distillation it is the ConvMAE / MaskFeat-style single-view baseline on the same parts.
 
-    ``official_quirks`` reproduces the official code: the masking ignores ``pred_ratio`` (it only scales
-    the LR), the visible branch takes its targets in raster order, and ``theta`` is 1.
+    ``official_quirks`` reproduces the official code (``official.DMJD_QUIRKS``): the masking ignores
+    ``pred_ratio`` (it only scales the LR), the visible branch takes its targets in raster order, and
+    ``theta`` is 1. The training defaults: crop scale 0.5 and, with several views, DMJD's LR rule.
     """
+    quirks = DMJD_QUIRKS if official_quirks else {}
     encoder = encoder_fn(img_size=img_size, **encoder_kwargs)
-    masking = build_masking(mask_type, mask_ratio, 1.0 if official_quirks else pred_ratio, num_views)
+    masking = build_masking(mask_type, mask_ratio, 1.0 if "masking_ignores_pred_ratio" in quirks else pred_ratio,
+                            num_views)
     target = build_target(pred_type, encoder.patch_size, norm_pix_loss)
     prefix = encoder.num_prefix_tokens
     heads = {"mim": MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
@@ -116,32 +118,31 @@ def build_dmjd(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.
                                loss_beta=2.0, num_prefix_tokens=prefix)}
     if distill:
         heads["vis"] = VisibleDistillHead(encoder.embed_dim, target.out_dim(), decoder_embed_dim, vis_loss_type,
-                                          loss_beta=2.0, num_prefix_tokens=prefix, raster_targets=official_quirks)
-    model = MaskedImageModel(encoder, masking, target, heads, {"vis": 1.0 if official_quirks else theta})
-    model.min_crop_scale = 0.5
-    if num_views > 1:
-        model.lr_batch_ratio = pred_ratio / mask_ratio
-    return model
+                                          loss_beta=2.0, num_prefix_tokens=prefix,
+                                          raster_targets="raster_visible_targets" in quirks)
+    model = MaskedImageModel(encoder, masking, target, heads, {"vis": 1.0 if "theta_is_one" in quirks else theta})
+    return Recipe(model, TrainDefaults(min_crop_scale=0.5,
+                                       lr_batch_ratio=pred_ratio / mask_ratio if num_views > 1 else 1.0))
 
 
-@register_model
+@register_model(quirks=DMJD_QUIRKS)
 def dmjd_convvit_base_patch16_hog(**kwargs) -> MaskedImageModel:
     """DMJD ConViT-B with the 8-block decoder (the PRETRAIN.md setting)."""
     return build_dmjd(convvit.convvit_base, **kwargs)
 
 
-@register_model
+@register_model(quirks=DMJD_QUIRKS)
 def dmjd_convvit_base_patch16_dec2_hog(**kwargs) -> MaskedImageModel:
     """DMJD ConViT-B with a 2-block decoder."""
     return build_dmjd(convvit.convvit_base, **{"decoder_depth": 2, **kwargs})
 
 
-@register_model
+@register_model(quirks=DMJD_QUIRKS)
 def dmjd_convvit_large_patch16_hog(**kwargs) -> MaskedImageModel:
     return build_dmjd(convvit.convvit_large, **kwargs)
 
 
-@register_model
+@register_model(quirks=DMJD_QUIRKS)
 def dmjd_vit_base_patch16_hog(**kwargs) -> MaskedImageModel:
     """DMJD on a plain ViT-B (the paper's MaskFeat + DMJD row; the official repository has no code for
     it): the same views, heads and HOG target over the MAE encoder, decoder MLP ratio 4."""
@@ -149,57 +150,47 @@ def dmjd_vit_base_patch16_hog(**kwargs) -> MaskedImageModel:
 
 
 @register_model
-def convmae_convvit_base_patch16(**kwargs) -> MaskedImageModel:
+def convmae_convvit_base_patch16(**kwargs) -> Recipe:
     """ConvMAE baseline: ConViT-B (MLP ratios 4/4/4), one randomly masked view at 75%, pixel target,
     MAE decoder, no distillation."""
     defaults = {"mask_ratio": 0.75, "mask_type": "rand", "num_views": 1, "pred_type": "pixel", "distill": False,
                 "decoder_mlp_ratio": 4.0, "mlp_ratios": (4, 4, 4)}
-    model = build_dmjd(convvit.convvit_base, **{**defaults, **kwargs})
-    model.min_crop_scale = 0.2
-    return model
+    return Recipe(build_dmjd(convvit.convvit_base, **{**defaults, **kwargs}).model)
 
 
 def build_maskfeat(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.4, mask_type: str = "block",
-                   official_quirks: bool = False, **encoder_kwargs) -> MaskedImageModel:
+                   official_quirks: bool = False, **encoder_kwargs) -> Recipe:
     """MaskFeat on images: a ViT that encodes every patch, masked ones replaced by a learned mask token;
     a linear head predicts MaskFeat's HOG (Sobel, 9 bins, 8x8 cells, L2 per cell; 108 per 16x16 patch)
     of the masked patches, l2 loss. The MaskFeat code is not part of the three papers' repositories, so
     this is our composition; masking here is our 2x2-block masking (MaskFeat uses BEiT-style blocks).
 
-    ``official_quirks`` computes the HOG on the normalized floats as SlowFast does, where rounding decides
-    the bin of gradients on the 0/180-degree boundary; by default it runs on the exact 0-255 pixels."""
+    ``official_quirks`` (``official.MASKFEAT_QUIRKS``) computes the HOG on the normalized floats as SlowFast
+    does, where rounding decides the bin of gradients on the 0/180-degree boundary; by default it runs on the
+    exact 0-255 pixels. The training default: crop scale 0.5."""
     encoder = encoder_fn(img_size=img_size, masked_tokens="token", **encoder_kwargs)
     target = MaskFeatHogTarget(encoder.patch_size, from_uint8=not official_quirks)
     head = LinearHead(encoder.embed_dim, target.out_dim(), num_prefix_tokens=encoder.num_prefix_tokens)
     model = MaskedImageModel(encoder, build_masking(mask_type, mask_ratio), target, {"mim": head})
-    model.min_crop_scale = 0.5
-    return model
+    return Recipe(model, TrainDefaults(min_crop_scale=0.5))
 
 
-@register_model
-def maskfeat_vit_base_patch16(**kwargs) -> MaskedImageModel:
+@register_model(quirks=MASKFEAT_QUIRKS)
+def maskfeat_vit_base_patch16(**kwargs) -> Recipe:
     """MaskFeat ViT-B/16 baseline: HOG target, one 40%-masked view, linear head."""
     return build_maskfeat(partial(vit.vit_base, patch_size=16), **kwargs)
-
-
-# the official DMJD names, so the official commands run as printed
-for _official, _ours in [("dmjd_convit_base_patch16_dec8_hog", dmjd_convvit_base_patch16_hog),
-                         ("dmjd_convit_base_patch16_dec2_hog", dmjd_convvit_base_patch16_dec2_hog),
-                         ("dmjd_convit_large_patch16_dec8_hog", dmjd_convvit_large_patch16_hog)]:
-    register_model(_ours, name=_official)
 
 
 def build_deepmim(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.75, clip_path: str | None = None,
                   norm_pix_loss: bool = False, ds_layers: Sequence[int] | None = None,
                   decoder_embed_dim: int = 512, decoder_depth: int = 4, decoder_num_heads: int = 16,
-                  official_quirks: bool = False, **encoder_kwargs) -> MaskedImageModel:
+                  **encoder_kwargs) -> MaskedImageModel:
     """DeepMIM (METHODS.md §3): MAE's encoder and masking, one independent MAE decoder per tap
     (``ds_layers``, default blocks 6/8/10 of 12 and the final output, scaled to the depth), each with its
     own loss of weight 1. With ``clip_path`` the target is a frozen CLIP teacher's final tokens and the
-    loss 2 - 2 cos; without it the MAE pixel target (``norm_pix_loss``) and the MAE loss.
-
-    ``official_quirks`` is accepted so the flag is uniform; the DeepMIM quirks (an unused
-    ``--norm_pix_loss``, a hard-coded resume path) have no effect on the arithmetic."""
+    loss 2 - 2 cos; without it the MAE pixel target (``norm_pix_loss``) and the MAE loss. The official
+    DeepMIM oddities (an unused ``--norm_pix_loss``, a hard-coded resume path) do not touch the arithmetic,
+    so it has no quirks; its checkpoints' one shared ``decoder_pos_embed`` is read into every decoder."""
     encoder = encoder_fn(img_size=img_size, **encoder_kwargs)
     if clip_path:
         target, loss_type = CLIPTarget(load_clip_teacher(clip_path)), "cosine"
@@ -212,7 +203,8 @@ def build_deepmim(encoder_fn: Callable, img_size: int = 224, mask_ratio: float =
 
     layers = default_ds_layers(encoder.depth) if ds_layers is None else ds_layers
     return MaskedImageModel(encoder, RandomMasking(mask_ratio), target,
-                            deep_supervision_heads(make_decoder, layers, encoder.depth))
+                            deep_supervision_heads(make_decoder, layers, encoder.depth),
+                            checkpoint_filters=[share_decoder_pos_embed])
 
 
 @register_model
@@ -236,8 +228,9 @@ def build_ummae(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0
     """UM-MAE on a pyramid encoder (METHODS.md §4): uniform masking, the visible quarter packed into a compact
     grid, secondary masking by ``vis_mask_ratio``, the pixel-shuffle decoder, MAE's pixel loss on the 75%.
 
-    ``official_quirks`` gives the decoder's visible tokens the official (raster-order) positions, which
-    mostly belong to other patches (§4.5); by default each token gets its own patch's position."""
+    ``official_quirks`` (``official.UMMAE_QUIRKS``) gives the decoder's visible tokens the official
+    (raster-order) positions, which mostly belong to other patches (§4.5); by default each token gets its
+    own patch's position."""
     if not mask_regular:
         raise ValueError("UM-MAE on a pyramid encoder needs uniform masking (--mask_regular); random masking "
                          "with every token encoded is SimMIM (simmim_* recipes)")
@@ -251,12 +244,10 @@ def build_ummae(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0
 
 
 def build_simmim(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0.75, mask_type: str = "rand",
-                 norm_pix_loss: bool = False, official_quirks: bool = False, **encoder_kwargs) -> MaskedImageModel:
+                 norm_pix_loss: bool = False, **encoder_kwargs) -> MaskedImageModel:
     """SimMIM as UM-MAE compares to it (METHODS.md §4.8): a learned mask token for every masked patch inside
     the encoder, all tokens encoded, a linear + pixel-shuffle head, L1 on the masked patches; random 75%
-    masking at 16 px (``mask_type="block", mask_ratio=0.6`` gives SimMIM's own 32-px blocks at 0.6).
-
-    ``official_quirks`` is accepted so the flag is uniform; SimMIM has no documented quirk."""
+    masking at 16 px (``mask_type="block", mask_ratio=0.6`` gives SimMIM's own 32-px blocks at 0.6)."""
     encoder = encoder_fn(img_size=img_size, masked_tokens="token", **encoder_kwargs)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     if encoder.num_prefix_tokens:  # ViT: one token per patch already (SimMIM's stride-16 head)
@@ -266,19 +257,19 @@ def build_simmim(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 
     return MaskedImageModel(encoder, build_masking(mask_type, mask_ratio), target, {"mim": head})
 
 
-@register_model
+@register_model(quirks=UMMAE_QUIRKS)
 def ummae_swin_tiny_256(**kwargs) -> MaskedImageModel:
     """UM-MAE Swin-T at 256 px: window 8 on the compact grid, decoder 512 x 2."""
     return build_ummae(swin.swin_tiny, **kwargs)
 
 
-@register_model
+@register_model(quirks=UMMAE_QUIRKS)
 def ummae_swin_large_256(**kwargs) -> MaskedImageModel:
     """UM-MAE Swin-L at 256 px: window 8 on the compact grid, decoder 512 x 8."""
     return build_ummae(swin.swin_large, **{"decoder_depth": 8, **kwargs})
 
 
-@register_model
+@register_model(quirks=UMMAE_QUIRKS)
 def ummae_pvt_small_256(**kwargs) -> MaskedImageModel:
     """UM-MAE PVT-S at 256 px: spatial reduction 4/2/1/1 on the compact grid, decoder 512 x 2."""
     return build_ummae(pvt.pvt_small, **kwargs)
@@ -302,12 +293,6 @@ def simmim_vit_base_patch16(**kwargs) -> MaskedImageModel:
     PixelShuffle(16) on a stride-16 map)."""
     defaults = {"img_size": 224, "mask_type": "block", "mask_ratio": 0.6}
     return build_simmim(partial(vit.vit_base, patch_size=16), **{**defaults, **kwargs})
-
-
-# the official UM-MAE names (Makefile), so the official commands run as printed
-register_model(ummae_swin_tiny_256, name="mae_swin_tiny_256")
-register_model(ummae_swin_large_256, name="mae_swin_large_256")
-register_model(ummae_pvt_small_256, name="mae_pvt_small_256")
 
 
 def build_classifier(encoder_fn: Callable, img_size: int = 224, num_classes: int = 1000, global_pool: bool = True,
@@ -352,11 +337,6 @@ def convvit_base_patch16(**kwargs) -> Classifier:
 @register_model
 def convvit_large_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(convvit.convvit_large, fusion=False), **kwargs)
-
-
-# the official DMJD fine-tune names (FINETUNE.md)
-register_model(convvit_base_patch16, name="convit_base_patch16")
-register_model(convvit_large_patch16, name="convit_large_patch16")
 
 
 @register_model

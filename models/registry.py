@@ -1,22 +1,66 @@
-"""Name -> model-builder registry: ``create_model`` and ``list_models``."""
+"""Name -> model-builder registry: ``create_model``, ``create_recipe`` and ``list_models``.
+
+A registered function returns the model, or a :class:`Recipe` when the method also has training defaults
+that differ from MAE's (DMJD's crop scale and LR rule). ``create_model`` always returns the model.
+"""
 import difflib
 import fnmatch
+from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import nn
 
 from util.errors import UsageError
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+@dataclass(frozen=True)
+class TrainDefaults:
+    """Training settings a method chooses besides its model (the CLI flags override them).
+
+    min_crop_scale: lower bound of the RandomResizedCrop area (MAE 0.2, DMJD 0.5).
+    lr_batch_ratio: factor on the batch size in the LR scaling rule (1, or DMJD's pred_ratio / mask_ratio).
+    """
+
+    min_crop_scale: float = 0.2
+    lr_batch_ratio: float = 1.0
 
 
-def register_model(fn: Callable[..., nn.Module], name: str | None = None) -> Callable[..., nn.Module]:
-    """Decorator: register ``fn`` under its own name (or ``name``, for aliases such as official names)."""
+@dataclass
+class Recipe:
+    """A built method: the model and the training defaults that go with it."""
+
+    model: nn.Module
+    defaults: TrainDefaults = field(default_factory=TrainDefaults)
+    quirks: dict[str, str] = field(default_factory=dict)  # official bugs reproduced: name -> what it does
+
+
+Builder = Callable[..., nn.Module | Recipe]
+_MODELS: dict[str, Builder] = {}
+_QUIRKS: dict[str, dict[str, str]] = {}
+
+
+def register_model(fn: Builder | None = None, name: str | None = None, quirks: dict[str, str] | None = None):
+    """Decorator: register ``fn`` under its own name (or ``name``, for aliases such as official names).
+
+    ``quirks`` names the official bugs the builder reproduces when called with ``official_quirks=True``
+    (``models/official.py``); a builder registered without them is never passed that flag.
+    Use as ``@register_model`` or ``@register_model(quirks=...)``.
+    """
+    if fn is None:
+        return lambda f: register_model(f, name, quirks)
     name = name or fn.__name__
     if name in _MODELS:
         raise ValueError(f"model {name!r} is registered twice")
     _MODELS[name] = fn
+    if quirks:
+        _QUIRKS[name] = dict(quirks)
     return fn
+
+
+def register_alias(name: str, target: str, **fixed) -> None:
+    """Register ``name`` as the recipe ``target`` with some keyword defaults ``fixed`` (official names)."""
+    builder = _MODELS[target]
+    register_model(lambda **kwargs: builder(**{**fixed, **kwargs}), name, _QUIRKS.get(target))
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -24,10 +68,26 @@ def list_models(pattern: str = "*") -> list[str]:
     return sorted(name for name in _MODELS if fnmatch.fnmatch(name, pattern))
 
 
-def create_model(name: str, **overrides) -> nn.Module:
-    """Build the registered model ``name``; ``overrides`` replace the recipe's keyword defaults."""
+def model_quirks(name: str) -> dict[str, str]:
+    """The official quirks the recipe ``name`` can reproduce (empty for most)."""
+    return dict(_QUIRKS.get(name, {}))
+
+
+def create_recipe(name: str, official_quirks: bool = False, **overrides) -> Recipe:
+    """Build the registered model ``name`` with its training defaults; ``overrides`` replace the
+    recipe's keyword defaults. ``official_quirks`` turns on the recipe's quirks (``Recipe.quirks`` lists
+    them; it stays empty for a recipe that has none, and the flag then changes nothing)."""
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see models.list_models()"
         raise UsageError(f"unknown model {name!r}{hint}")
-    return _MODELS[name](**overrides)
+    quirks = _QUIRKS.get(name, {}) if official_quirks else {}
+    built = _MODELS[name](**overrides, **({"official_quirks": True} if quirks else {}))
+    recipe = built if isinstance(built, Recipe) else Recipe(built)
+    recipe.quirks = dict(quirks)
+    return recipe
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build the registered model ``name``; ``overrides`` replace the recipe's keyword defaults."""
+    return create_recipe(name, **overrides).model

@@ -8,7 +8,8 @@ import torch
 
 import main_pretrain
 from conftest import GOLDEN, adamw_losses, requires_golden, smooth_images
-from models import create_model, list_models
+from models import create_model, create_recipe, list_models
+from models.official import DMJD_QUIRKS
 from models.heads import VisibleDistillHead
 from models.masking import BlockMasking, DisjointMasking, Masks, RandomMasking
 from util.checkpoint import load_pretrained
@@ -79,11 +80,12 @@ def test_official_quirk_changes_the_visible_loss_only():
 def test_official_quirks_ignore_pred_ratio_in_the_masking():
     """The official code never hands --pred_ratio to the masking; by default it reaches it."""
     kwargs = dict(mask_ratio=0.6, pred_ratio=0.8, **TINY_CONVVIT)
-    default = create_model("dmjd_convvit_base_patch16_hog", **kwargs)
-    quirky = create_model("dmjd_convvit_base_patch16_hog", official_quirks=True, **kwargs)
-    assert isinstance(default.masking, DisjointMasking) and isinstance(default.masking.base, BlockMasking)
-    assert default.masking.pred_ratio == 0.8 and quirky.masking.pred_ratio == 1.0
-    assert default.lr_batch_ratio == quirky.lr_batch_ratio == pytest.approx(0.8 / 0.6)
+    default = create_recipe("dmjd_convvit_base_patch16_hog", **kwargs)
+    quirky = create_recipe("dmjd_convvit_base_patch16_hog", official_quirks=True, **kwargs)
+    assert isinstance(default.model.masking, DisjointMasking) and isinstance(default.model.masking.base, BlockMasking)
+    assert default.model.masking.pred_ratio == 0.8 and quirky.model.masking.pred_ratio == 1.0
+    assert default.defaults.lr_batch_ratio == quirky.defaults.lr_batch_ratio == pytest.approx(0.8 / 0.6)
+    assert set(quirky.quirks) == set(DMJD_QUIRKS) and not default.quirks
 
 
 def test_visible_branch_sees_only_visible_tokens():
@@ -122,11 +124,13 @@ def test_smooth_l1_beta_two_by_hand():
 def test_adaptive_lr_rule():
     """eff = batch x accum x world x pred / mask: the PRETRAIN.md run (64 x 8 GPUs, m 0.6, p 1, blr 6e-4)
     gives 853.3 and lr 2.0e-3; MAE recipes keep ratio 1."""
-    model = create_model("dmjd_convvit_base_patch16_hog", **TINY_CONVVIT)
+    recipe = create_recipe("dmjd_convvit_base_patch16_hog", **TINY_CONVVIT)
     args = argparse.Namespace(blr=6e-4, lr=None, batch_size=64, accum_iter=1)
-    eff = resolve_lr(args, 8, model.lr_batch_ratio)
+    eff = resolve_lr(args, 8, recipe.defaults.lr_batch_ratio)
     assert eff == pytest.approx(853.333, abs=1e-3) and args.lr == pytest.approx(2.0e-3)
-    assert create_model("mae_vit_tiny_patch16", img_size=32).lr_batch_ratio == 1.0
+    assert recipe.defaults.min_crop_scale == 0.5
+    mae = create_recipe("mae_vit_tiny_patch16", img_size=32)
+    assert mae.defaults.lr_batch_ratio == 1.0 and mae.defaults.min_crop_scale == 0.2
 
 
 def test_recipes_and_official_names():

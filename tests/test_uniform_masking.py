@@ -71,7 +71,7 @@ def test_uniform_masking_flags_and_errors():
     args = main_pretrain.get_args_parser().parse_args(
         ["--model", "mae_vit_base_patch16", "--mask_regular", "--vis_mask_ratio", "0.25", "--input_size", "64",
          "--token_size", "4", "--mask_ratio", "0.75", "--model_kwargs", "embed_dim=32", "depth=1", "num_heads=2"])
-    model = main_pretrain.build_model(args)
+    model = main_pretrain.build_model(args).model
     assert isinstance(model.masking, UniformMasking) and model.masking.vis_mask_ratio == 0.25
     args.token_size = 16
     with pytest.raises(UsageError, match="token_size"):

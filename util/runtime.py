@@ -73,11 +73,11 @@ def parse_model_kwargs(items: list[str]) -> dict:
     return out
 
 
-def build_named_model(name: str, **kwargs) -> torch.nn.Module:
-    """``create_model`` with a one-line error when a recipe does not take an option."""
+def build_named_model(name: str, **kwargs) -> "models.Recipe":
+    """``create_recipe`` with a one-line error when a recipe does not take an option."""
     import models
     try:
-        return models.create_model(name, **kwargs)
+        return models.create_recipe(name, **kwargs)
     except TypeError as err:
         raise UsageError(f"--model {name} does not accept these options: {err}") from err
     except ValueError as err:  # a recipe refusing a combination of options
