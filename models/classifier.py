@@ -23,7 +23,7 @@ class Classifier(FlatKeys, nn.Module):
 
     def __init__(self, encoder: nn.Module, num_classes: int = 1000, global_pool: bool = True):
         super().__init__()
-        if not global_pool and getattr(encoder, "num_prefix_tokens", 0) == 0:
+        if not global_pool and encoder.num_prefix_tokens == 0:
             raise UsageError(f"{type(encoder).__name__} has no cls token: use --global_pool")
         self.encoder = encoder
         self.global_pool = global_pool
@@ -38,11 +38,10 @@ class Classifier(FlatKeys, nn.Module):
 
     def forward_features(self, imgs: torch.Tensor) -> torch.Tensor:
         """imgs: [N, 3, H, W] -> pooled features [N, D] (before the head)."""
-        tokens = self.encoder(imgs).tokens
-        prefix = getattr(self.encoder, "num_prefix_tokens", 0)
+        out = self.encoder(imgs)
         if self.global_pool:
-            return self.fc_norm(tokens[:, prefix:].mean(dim=1))
-        return tokens[:, 0]
+            return self.fc_norm(out.patches.mean(dim=1))
+        return out.prefix[:, 0]
 
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(imgs))

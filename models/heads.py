@@ -1,61 +1,33 @@
-"""Prediction heads and their losses.
-
-A head maps encoder features to predictions for patches; its loss compares them with the target on the
-patches it is responsible for. Parameter names follow the official checkpoints (``decoder_*``,
-``mask_token``) so that composed models keep the official flat state-dict keys.
+"""Prediction heads: they map the encoder's output to predictions for patches (``models/losses.py`` compares
+them with the target). Parameter names follow the official checkpoints (``decoder_*``, ``mask_token``) so
+that composed models keep the official flat state-dict keys.
 """
 from functools import partial
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .encoders.vit import EncoderOutput
 from .init import init_linear_and_norm, init_token
-from .masking import Masks
+from .interfaces import EncoderOutput, Masks
 from .pos_embed import sincos_2d
 
 
-def patch_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2", beta: float = 1.0) -> torch.Tensor:
-    """Per-patch loss [N, L] from pred/target [N, L, C]: the elementwise loss averaged over C, or for
-    ``cosine`` 2 - 2 cos(pred, target) over C."""
-    pred = pred.float()
-    if kind == "l2":
-        err = (pred - target) ** 2
-    elif kind == "l1":
-        err = (pred - target).abs()
-    elif kind == "smooth_l1":
-        err = F.smooth_l1_loss(pred, target, reduction="none", beta=beta)
-    elif kind == "cosine":
-        # DeepMIM: 2 - 2 cos = squared distance of the unit vectors, one value per patch
-        return 2 - 2 * (F.normalize(pred, dim=-1) * F.normalize(target, dim=-1)).sum(dim=-1)
-    else:
-        raise ValueError(f"unknown loss type {kind!r}; choose l2, l1, smooth_l1 or cosine")
-    return err.mean(dim=-1)
-
-
-def masked_mean(per_patch: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """sum(per_patch * weight) / sum(weight): the MAE reduction over masked patches. Both [N, L]."""
-    weight = weight.to(per_patch.dtype)
-    return (per_patch * weight).sum() / weight.sum()
-
-
 class MAEDecoder(nn.Module):
-    """MAE decoder (METHODS.md §1.4): embed [cls, visible], append mask tokens, unshuffle to raster
+    """MAE decoder (METHODS.md §1.4): embed [prefix, visible], append mask tokens, unshuffle to raster
     order, add fixed sin-cos positions, transformer blocks, LN, linear prediction of every patch.
 
-    ``num_prefix_tokens`` follows the encoder: 1 for the ViT's cls token, 0 for ConViT (DMJD's decoder,
-    METHODS.md §2.5, has no cls row in its position table)."""
+    ``num_prefix_tokens`` is the number of rows the position table keeps for the encoder's prefix tokens:
+    1 for the ViT's cls token (MAE), 0 for ConViT (DMJD's decoder, METHODS.md §2.5, has no cls row); the
+    encoder's output must bring that many."""
 
     def __init__(self, grid_size: tuple[int, int], embed_dim: int, out_dim: int, decoder_embed_dim: int = 512,
                  decoder_depth: int = 8, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
-                 loss_type: str = "l2", loss_beta: float = 1.0, num_prefix_tokens: int = 1):
+                 num_prefix_tokens: int = 1):
         super().__init__()
         self.grid_size = tuple(grid_size)
         num_patches = self.grid_size[0] * self.grid_size[1]
-        self.loss_type, self.loss_beta = loss_type, loss_beta
         self.num_prefix_tokens = num_prefix_tokens
         self.decoder_embed = nn.Linear(embed_dim, decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
@@ -76,9 +48,12 @@ class MAEDecoder(nn.Module):
         self.apply(init_linear_and_norm)
 
     def forward(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
-        """features.tokens: [N, P + K, D] (P prefix tokens) -> predictions for every patch [N, L, out_dim]."""
-        x = self.decoder_embed(features.tokens)
-        p = self.num_prefix_tokens
+        """features: prefix [N, P, D], patches [N, K, D] visible in ids_keep order -> [N, L, out_dim] raster."""
+        p = features.prefix.shape[1]
+        if p != self.num_prefix_tokens:
+            raise ValueError(f"this decoder's position table has {self.num_prefix_tokens} prefix rows, the encoder "
+                             f"gives {p} prefix tokens")
+        x = self.decoder_embed(torch.cat([features.prefix, features.patches], dim=1))
         n, length = masks.ids_restore.shape
         mask_tokens = self.mask_token.to(x.dtype).expand(n, length + p - x.shape[1], -1)
         patches = torch.cat([x[:, p:], mask_tokens], dim=1)
@@ -88,44 +63,28 @@ class MAEDecoder(nn.Module):
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, p:]
 
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
-        """Mean per-patch loss over the masked patches only."""
-        return masked_mean(patch_loss(pred, target, self.loss_type, self.loss_beta), masks.mask)
-
 
 class LinearHead(nn.Module):
     """A linear prediction of every patch from the encoder's own token (SimMIM / MaskFeat: the encoder
-    saw mask tokens in place of the masked patches); the loss covers the masked patches only."""
+    saw mask tokens in place of the masked patches)."""
 
-    def __init__(self, embed_dim: int, out_dim: int, loss_type: str = "l2", loss_beta: float = 1.0,
-                 num_prefix_tokens: int = 1):
+    def __init__(self, embed_dim: int, out_dim: int):
         super().__init__()
-        self.loss_type, self.loss_beta, self.num_prefix_tokens = loss_type, loss_beta, num_prefix_tokens
         self.decoder_pred = nn.Linear(embed_dim, out_dim)
         self.apply(init_linear_and_norm)
 
     def forward(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
-        """features.tokens: [N, P + L, D] (all patches, raster order) -> [N, L, out_dim]."""
-        return self.decoder_pred(features.tokens[:, self.num_prefix_tokens:])
-
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
-        return masked_mean(patch_loss(pred, target, self.loss_type, self.loss_beta), masks.mask)
+        """features.patches: [N, L, D] (all patches, raster order) -> [N, L, out_dim]."""
+        return self.decoder_pred(features.patches)
 
 
 class VisibleDistillHead(nn.Module):
     """DMJD's visible-distillation branch (METHODS.md §2.5): the final-normed visible tokens go through a
-    projection MLP (``proj_embed``) and a linear ``predictor`` that regresses the target of their own patch.
+    projection MLP (``proj_embed``) and a linear ``predictor`` that regresses the target of their own patch
+    (its loss: ``PatchLoss(on="visible")``, smooth-L1 with beta 2 officially)."""
 
-    The loss is a plain mean over every element of every visible token (smooth-L1 with beta 2 officially).
-    ``raster_targets`` reproduces the official ordering bug (``--official_quirks``): the targets are taken
-    in raster order while the predictions follow ``ids_keep``, so most pairs belong to different patches.
-    """
-
-    def __init__(self, embed_dim: int, out_dim: int, hidden_dim: int = 512, loss_type: str = "smooth_l1",
-                 loss_beta: float = 2.0, num_prefix_tokens: int = 0, raster_targets: bool = False):
+    def __init__(self, embed_dim: int, out_dim: int, hidden_dim: int = 512):
         super().__init__()
-        self.loss_type, self.loss_beta = loss_type, loss_beta
-        self.num_prefix_tokens, self.raster_targets = num_prefix_tokens, raster_targets
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         # indices 0..7 and the one-layer predictor Sequential keep the official keys
         self.proj_embed = nn.Sequential(
@@ -136,17 +95,8 @@ class VisibleDistillHead(nn.Module):
         self.apply(init_linear_and_norm)
 
     def forward(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
-        """features.tokens: [N, P + K, D] -> predictions for the K visible patches [N, K, out_dim]."""
-        return self.predictor(self.proj_embed(features.tokens[:, self.num_prefix_tokens:]))
-
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
-        """pred [N, K, C] against the targets [N, L, C] of the visible patches, mean over all elements."""
-        ids = masks.ids_keep.sort(dim=1).values if self.raster_targets else masks.ids_keep
-        visible = torch.gather(target, 1, ids.unsqueeze(-1).expand(-1, -1, target.shape[-1]))
-        return patch_loss(pred, visible, self.loss_type, self.loss_beta).mean()
-
-    def extra_repr(self) -> str:
-        return f"loss_type={self.loss_type}, loss_beta={self.loss_beta}, raster_targets={self.raster_targets}"
+        """features.patches: [N, K, D] visible -> predictions for the K visible patches [N, K, out_dim]."""
+        return self.predictor(self.proj_embed(features.patches))
 
 
 class TappedHead(nn.Module):
@@ -164,11 +114,7 @@ class TappedHead(nn.Module):
         self.head, self.layer, self.key_suffix = head, layer, key_suffix
 
     def forward(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
-        tokens = features.tokens if self.layer is None else features.layers[self.layer]
-        return self.head(EncoderOutput(tokens=tokens), masks)
-
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
-        return self.head.loss(pred, target, masks)
+        return self.head(features if self.layer is None else features.layers[self.layer], masks)
 
     def extra_repr(self) -> str:
         return f"layer={self.layer if self.layer is not None else 'final'}"

@@ -4,69 +4,11 @@ Every strategy returns a :class:`Masks` drawn on the device of the batch, batche
 or an explicit ``torch.Generator`` (no per-sample Python). Convention: ``mask`` is bool, True = masked,
 in raster order; ``ids_keep`` lists the visible patches in the order the encoder sees them.
 """
-from dataclasses import dataclass
-
 import torch
 
+from .interfaces import Masks
 
-@dataclass
-class Masks:
-    """mask: [B, L] bool (True = masked); ids_keep: [B, K]; ids_restore: [B, L] (inverse of the shuffle).
-
-    With V views of N images, B = V * N rows ordered [view 1 of all images; view 2 of all images; ...]
-    (the official DMJD batch layout); ``view_mask`` gives them as [V, N, L].
-
-    ``secondary`` [B, L] bool (UM-MAE): patches that are visible under ``mask`` (so in ``ids_keep``) but
-    whose content the encoder replaces by a learned token; they are not reconstructed.
-    """
-
-    mask: torch.Tensor
-    ids_keep: torch.Tensor
-    ids_restore: torch.Tensor
-    num_views: int = 1
-    secondary: torch.Tensor | None = None
-
-    @property
-    def view_mask(self) -> torch.Tensor:
-        """[V, N, L] bool."""
-        return self.mask.reshape(self.num_views, -1, self.mask.shape[-1])
-
-    @classmethod
-    def from_shuffle(cls, ids_shuffle: torch.Tensor, len_keep: int, num_views: int = 1) -> "Masks":
-        """Build from a per-sample permutation [N, L] whose first ``len_keep`` entries stay visible."""
-        ids_restore = torch.argsort(ids_shuffle, dim=1)
-        mask = torch.ones_like(ids_shuffle, dtype=torch.bool)
-        mask[:, :len_keep] = False
-        mask = torch.gather(mask, 1, ids_restore)
-        return cls(mask=mask, ids_keep=ids_shuffle[:, :len_keep], ids_restore=ids_restore, num_views=num_views)
-
-    @classmethod
-    def from_mask(cls, mask: torch.Tensor) -> "Masks":
-        """Build from an explicit bool mask [N, L], or [V, N, L] for V views of N images; visible tokens
-        are kept in raster order.
-
-        Every row must hide the same number of patches, since the encoder batches visible tokens.
-        """
-        if mask.dim() not in (2, 3):
-            raise ValueError(f"expected a mask of shape [N, L] or [V, N, L], got {tuple(mask.shape)}")
-        num_views = mask.shape[0] if mask.dim() == 3 else 1
-        mask = mask.reshape(-1, mask.shape[-1]).bool()
-        counts = mask.sum(1)
-        if (counts != counts[0]).any():
-            raise ValueError(f"every sample must mask the same number of patches, got {counts.tolist()}")
-        len_keep = mask.shape[1] - int(counts[0])
-        # stable sort keeps raster order inside the visible and the masked groups
-        ids_shuffle = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
-        return cls.from_shuffle(ids_shuffle, len_keep, num_views)
-
-    @classmethod
-    def from_ids_keep(cls, ids_keep: torch.Tensor, num_patches: int, num_views: int = 1) -> "Masks":
-        """Build from the visible patches in the order the encoder should see them, ids_keep [B, K]
-        (e.g. an order recorded from another implementation); masked patches follow in raster order."""
-        hidden = torch.ones(ids_keep.shape[0], num_patches, dtype=torch.bool, device=ids_keep.device)
-        hidden.scatter_(1, ids_keep, False)
-        rest = torch.argsort(hidden.to(torch.uint8), dim=1, stable=True)[:, ids_keep.shape[1]:]
-        return cls.from_shuffle(torch.cat([ids_keep, rest], dim=1), ids_keep.shape[1], num_views)
+__all__ = ["Masks", "RandomMasking", "BlockMasking", "DisjointMasking", "UniformMasking", "compact_order"]
 
 
 class RandomMasking:
@@ -79,6 +21,14 @@ class RandomMasking:
 
     def num_visible(self, num_patches: int) -> int:
         return int(num_patches * (1 - self.mask_ratio))
+
+    def num_units(self, num_patches: int) -> int:
+        """The masking unit is one patch."""
+        return num_patches
+
+    def units_to_patches(self, order: torch.Tensor, len_keep: int, num_patches: int) -> tuple[torch.Tensor, int]:
+        """An order of units [N, S] (first ``len_keep`` visible) -> the order of patches and their count kept."""
+        return order, len_keep
 
     def __call__(self, batch_size: int, num_patches: int, device: torch.device,
                  generator: torch.Generator | None = None) -> Masks:
@@ -130,20 +80,29 @@ class BlockMasking:
     def num_visible(self, num_patches: int) -> int:
         return 4 * int(num_patches // 4 * (1 - self.mask_ratio))
 
+    def num_units(self, num_patches: int) -> int:
+        """The masking unit is a 2x2 block of patches."""
+        return num_patches // 4
+
+    def units_to_patches(self, order: torch.Tensor, len_keep: int, num_patches: int) -> tuple[torch.Tensor, int]:
+        """An order of blocks [N, S] (first ``len_keep`` visible) -> the official order of patches [N, 4S]
+        and the number of patches kept."""
+        return _block_to_patch_order(order, len_keep, self.grid(num_patches)), 4 * len_keep
+
     def __call__(self, batch_size: int, num_patches: int, device: torch.device,
                  generator: torch.Generator | None = None) -> Masks:
-        grid = self.grid(num_patches)
-        noise = torch.rand(batch_size, num_patches // 4, device=device, generator=generator)
-        blocks_kept = self.num_visible(num_patches) // 4
-        order = _block_to_patch_order(torch.argsort(noise, dim=1), blocks_kept, grid)
-        return Masks.from_shuffle(order, 4 * blocks_kept)
+        noise = torch.rand(batch_size, self.num_units(num_patches), device=device, generator=generator)
+        order, len_keep = self.units_to_patches(torch.argsort(noise, dim=1), self.num_visible(num_patches) // 4,
+                                                num_patches)
+        return Masks.from_shuffle(order, len_keep)
 
     def __repr__(self) -> str:
         return f"BlockMasking(mask_ratio={self.mask_ratio})"
 
 
 class DisjointMasking:
-    """DMJD's disjoint multi-view masking (METHODS.md §2.3) over random or 2x2-block masking.
+    """DMJD's disjoint multi-view masking (METHODS.md §2.3) over any masking of units (a patch for random,
+    a 2x2 block for block masking: ``num_units`` / ``units_to_patches``).
 
     View 1 is the base masking. Each later view keeps the same number of visible units (patches, or
     blocks) but swaps ``int(min(pred_ratio - mask_ratio, mask_ratio) * S)`` of them with the previous
@@ -167,8 +126,7 @@ class DisjointMasking:
 
     def __call__(self, batch_size: int, num_patches: int, device: torch.device,
                  generator: torch.Generator | None = None) -> Masks:
-        block = isinstance(self.base, BlockMasking)
-        units = num_patches // 4 if block else num_patches
+        units = self.base.num_units(num_patches)
         len_keep = int(units * (1 - self.mask_ratio))
         swapped = self.num_swapped(units)
         order = torch.argsort(torch.rand(batch_size, units, device=device, generator=generator), dim=1)
@@ -176,10 +134,7 @@ class DisjointMasking:
         for _ in range(self.num_views - 1):
             order = self._next_view(order, len_keep, swapped, generator)
             orders.append(order)
-        order = torch.cat(orders, dim=0)
-        if block:
-            order = _block_to_patch_order(order, len_keep, self.base.grid(num_patches))
-            len_keep *= 4
+        order, len_keep = self.base.units_to_patches(torch.cat(orders, dim=0), len_keep, num_patches)
         return Masks.from_shuffle(order, len_keep, self.num_views)
 
     @staticmethod

@@ -10,13 +10,23 @@ import torch
 from torch import nn
 
 from .flat_keys import FlatKeys
-from .masking import Masks
+from .interfaces import Encoder, Loss, Masking, Masks, Target
+
+
+@dataclass
+class Branch:
+    """One prediction branch: a head (an ``nn.Module``), the loss comparing its prediction with the target,
+    and the loss's weight in the total."""
+
+    head: nn.Module
+    loss: Loss
+    weight: float = 1.0
 
 
 @dataclass
 class MIMOutput:
     """loss: scalar; losses: named terms; mask: [B, L] bool (True = masked; B = views x images);
-    pred: {head: [B, L, C] (or [B, K, C] for heads that predict only the visible tokens)}."""
+    pred: {branch: [B, L, C] (or [B, K, C] for heads that predict only the visible tokens)}."""
 
     loss: torch.Tensor
     losses: dict[str, torch.Tensor]
@@ -25,31 +35,33 @@ class MIMOutput:
 
 
 class MaskedImageModel(FlatKeys, nn.Module):
-    """A MIM method as a composition. ``forward(imgs, mask=None)``; ``mask`` [N, L] overrides the sampler.
+    """A MIM method as a composition (``models/interfaces.py``). ``forward(imgs, mask=None)``; ``mask``
+    [N, L] overrides the sampler.
 
     Args:
-        encoder: consumes ``(imgs, ids_keep)`` and returns an ``EncoderOutput``.
-        masking: callable ``(N, L, device, generator) -> Masks``.
-        target: module ``imgs -> [N, L, C]``.
-        heads: name -> head with ``forward(features, masks) -> pred`` and ``loss(pred, target, masks)``.
-        loss_weights: name -> weight of that head's loss in the total (default 1).
+        encoder: an :class:`Encoder`.
+        masking: a :class:`Masking`.
+        target: a :class:`Target` module ``imgs -> [N, L, C]``.
+        branches: name -> :class:`Branch` (head, loss, weight); the heads' weights are saved under the
+            official flat keys (``models/flat_keys.py``).
         checkpoint_filters: adapters ``(own_keys, state_dict) -> state_dict`` for official checkpoints
             (``models/official.py``), applied by ``load_pretrained`` through :meth:`checkpoint_filter_fn`.
     """
 
-    def __init__(self, encoder: nn.Module, masking, target: nn.Module, heads: dict[str, nn.Module],
-                 loss_weights: dict[str, float] | None = None, checkpoint_filters: list[Callable] = ()):
+    def __init__(self, encoder: Encoder, masking: Masking, target: Target, branches: dict[str, Branch],
+                 checkpoint_filters: list[Callable] = ()):
         super().__init__()
         self.encoder = encoder
         self.masking = masking
         self.target = target
-        self.heads = nn.ModuleDict(heads)
-        self.loss_weights = {name: 1.0 for name in heads} | (loss_weights or {})
+        self.heads = nn.ModuleDict({name: branch.head for name, branch in branches.items()})
+        self.losses = {name: branch.loss for name, branch in branches.items()}
+        self.loss_weights = {name: branch.weight for name, branch in branches.items()}
         self.checkpoint_filters = list(checkpoint_filters)
         # blocks whose un-normed outputs the heads read (deep supervision); the encoder runs once
-        self.tapped_layers = sorted({h.layer for h in heads.values() if getattr(h, "layer", None) is not None})
+        self.tapped_layers = sorted({h.layer for h in self.heads.values() if getattr(h, "layer", None) is not None})
         self.flatten_keys(["encoder."] + [(f"heads.{name}.{getattr(head, 'inner_prefix', '')}",
-                                           getattr(head, "key_suffix", "")) for name, head in heads.items()])
+                                           getattr(head, "key_suffix", "")) for name, head in self.heads.items()])
 
     @property
     def patch_size(self) -> int:
@@ -82,17 +94,13 @@ class MaskedImageModel(FlatKeys, nn.Module):
         else:
             masks = Masks.from_mask(mask.to(imgs.device))
         views = masks.num_views
-        # secondary masking (UM-MAE) only reaches encoders that implement it
-        extra = {} if masks.secondary is None else {"secondary": masks.secondary}
         features = self.encoder(imgs.repeat(views, 1, 1, 1) if views > 1 else imgs, masks.ids_keep,
-                                return_layers=self.tapped_layers, **extra)
+                                return_layers=self.tapped_layers, secondary=masks.secondary)
         with torch.autocast(device_type=imgs.device.type, enabled=False):
             target = self.target(imgs)
         if views > 1:
             target = target.repeat(views, 1, 1)
-        preds, losses = {}, {}
-        for name, head in self.heads.items():
-            preds[name] = head(features, masks)
-            losses[name] = head.loss(preds[name], target, masks)
+        preds = {name: head(features, masks) for name, head in self.heads.items()}
+        losses = {name: self.losses[name](pred, target, masks) for name, pred in preds.items()}
         loss = sum(self.loss_weights[name] * value for name, value in losses.items())
         return MIMOutput(loss=loss, losses=losses, mask=masks.mask, pred=preds)

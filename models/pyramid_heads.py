@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders.vit import EncoderOutput
-from .heads import MAEDecoder, masked_mean, patch_loss
+from .heads import MAEDecoder
 from .init import init_linear_and_norm
-from .masking import Masks, compact_order
+from .interfaces import EncoderOutput, Masks
+from .masking import compact_order
 
 
 def _shuffle_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -43,11 +43,11 @@ class UMDecoder(MAEDecoder):
 
     def __init__(self, grid_size: tuple[int, int], embed_dim: int, out_dim: int, decoder_embed_dim: int = 512,
                  decoder_depth: int = 2, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
-                 raster_positions: bool = False, loss_type: str = "l2"):
+                 raster_positions: bool = False):
         if grid_size[0] % 4 or grid_size[1] % 4:
             raise ValueError(f"the UM decoder needs a patch grid divisible by 4, got {tuple(grid_size)}")
         super().__init__(grid_size, embed_dim, out_dim, decoder_embed_dim, decoder_depth, decoder_num_heads,
-                         mlp_ratio, loss_type=loss_type, num_prefix_tokens=0)
+                         mlp_ratio, num_prefix_tokens=0)
         self.raster_positions = raster_positions
         # one 4D token per final-map cell, pixel-shuffled into 2x2 decoder tokens
         self.decoder_embed = nn.Linear(embed_dim, 4 * decoder_embed_dim)
@@ -61,9 +61,9 @@ class UMDecoder(MAEDecoder):
         return visible, masked
 
     def forward(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
-        """features.tokens: [N, (h/4) * (w/4), C_out] final compact map -> predictions [N, L, out_dim]."""
+        """features.patches: [N, (h/4) * (w/4), C_out] final compact map -> predictions [N, L, out_dim]."""
         gh, gw = self.grid_size
-        x = _shuffle_up(self.decoder_embed(features.tokens), (gh // 4, gw // 4))  # [N, G, D]
+        x = _shuffle_up(self.decoder_embed(features.patches), (gh // 4, gw // 4))  # [N, G, D]
         n, _, dim = x.shape
         vis_ids, mask_ids = self.sequence_order(masks)
         pos = self.decoder_pos_embed.to(x.dtype).expand(n, -1, -1)
@@ -78,38 +78,26 @@ class UMDecoder(MAEDecoder):
         return torch.empty_like(x).scatter_(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]), x)
 
     def extra_repr(self) -> str:
-        return f"raster_positions={self.raster_positions}, loss_type={self.loss_type}"
+        return f"raster_positions={self.raster_positions}"
 
 
 class SimMIMHead(nn.Module):
     """UM-MAE's SimMIM "decoder" (METHODS.md §4.8): ``decoder_pred`` Linear(C_out -> upscale^2 * P) and
-    PixelShuffle(upscale) give one P-dim prediction per patch from the final stage (P = 16 * 16 * 3).
+    PixelShuffle(upscale) give one P-dim prediction per patch from the final stage (P = 16 * 16 * 3); its
+    loss is L1 over the masked patches."""
 
-    The loss is L1 over the masked patches (the official mean over their elements)."""
-
-    def __init__(self, embed_dim: int, out_dim_per_patch: int = 768, upscale: int = 2,
-                 grid_size: tuple[int, int] | None = None, loss_type: str = "l1"):
+    def __init__(self, embed_dim: int, out_dim_per_patch: int = 768, upscale: int = 2):
         super().__init__()
-        self.upscale, self.loss_type = upscale, loss_type
-        self.grid_size = tuple(grid_size) if grid_size is not None else None
+        self.upscale = upscale
         self.decoder_pred = nn.Linear(embed_dim, upscale ** 2 * out_dim_per_patch)
         self.apply(init_linear_and_norm)
 
     def forward(self, features: EncoderOutput, masks: Masks | None = None) -> torch.Tensor:
-        """features.tokens: [N, h * w, C_out] final stage -> [N, (u h) * (u w), P] in raster order."""
-        x = self.decoder_pred(features.tokens)
-        n, length, dim = x.shape
-        if self.grid_size is not None:
-            h, w = self.grid_size[0] // self.upscale, self.grid_size[1] // self.upscale
-        else:
-            h = w = int(round(length ** 0.5))
-        if h * w != length:
-            raise ValueError(f"cannot lay {length} tokens out as a {h}x{w} map; pass grid_size")
-        x = F.pixel_shuffle(x.transpose(1, 2).reshape(n, dim, h, w), self.upscale)
+        """features.patches: [N, h * w, C_out] final map (``grid`` (h, w)) -> [N, (u h) * (u w), P] raster."""
+        x = self.decoder_pred(features.patches)
+        n, _, dim = x.shape
+        x = F.pixel_shuffle(x.transpose(1, 2).reshape(n, dim, *features.grid), self.upscale)
         return x.flatten(2).transpose(1, 2)
 
-    def loss(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
-        return masked_mean(patch_loss(pred, target, self.loss_type), masks.mask)
-
     def extra_repr(self) -> str:
-        return f"upscale={self.upscale}, loss_type={self.loss_type}"
+        return f"upscale={self.upscale}"

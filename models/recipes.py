@@ -12,9 +12,10 @@ from .encoders import convvit, pvt, swin, vit
 from .clip_teacher import load_clip_teacher
 from .official import DMJD_QUIRKS, MASKFEAT_QUIRKS, UMMAE_QUIRKS, share_decoder_pos_embed
 from .heads import LinearHead, MAEDecoder, VisibleDistillHead, deep_supervision_heads, default_ds_layers
+from .losses import PatchLoss
 from .hog import HogTarget, MaskFeatHogTarget
 from .masking import BlockMasking, DisjointMasking, RandomMasking, UniformMasking
-from .mim import MaskedImageModel
+from .mim import Branch, MaskedImageModel
 from .pyramid_heads import SimMIMHead, UMDecoder
 from .registry import Recipe, TrainDefaults, register_model
 from .targets import CLIPTarget, PixelTarget
@@ -35,7 +36,7 @@ def build_mae(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.7
     decoder = MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
                          decoder_depth, decoder_num_heads)
     return MaskedImageModel(encoder, _mae_masking(mask_ratio, mask_regular, vis_mask_ratio), target,
-                            {"mim": decoder})
+                            {"mim": Branch(decoder, PatchLoss("l2", on="masked"))})
 
 
 def _mae_masking(mask_ratio: float, mask_regular: bool, vis_mask_ratio: float):
@@ -112,15 +113,15 @@ def build_dmjd(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.
     masking = build_masking(mask_type, mask_ratio, 1.0 if "masking_ignores_pred_ratio" in quirks else pred_ratio,
                             num_views)
     target = build_target(pred_type, encoder.patch_size, norm_pix_loss)
-    prefix = encoder.num_prefix_tokens
-    heads = {"mim": MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
-                               decoder_depth, decoder_num_heads, decoder_mlp_ratio, loss_type=mim_loss_type,
-                               loss_beta=2.0, num_prefix_tokens=prefix)}
+    decoder = MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim, decoder_depth,
+                         decoder_num_heads, decoder_mlp_ratio, num_prefix_tokens=encoder.num_prefix_tokens)
+    branches = {"mim": Branch(decoder, PatchLoss(mim_loss_type, beta=2.0, on="masked"))}
     if distill:
-        heads["vis"] = VisibleDistillHead(encoder.embed_dim, target.out_dim(), decoder_embed_dim, vis_loss_type,
-                                          loss_beta=2.0, num_prefix_tokens=prefix,
-                                          raster_targets="raster_visible_targets" in quirks)
-    model = MaskedImageModel(encoder, masking, target, heads, {"vis": 1.0 if "theta_is_one" in quirks else theta})
+        order = "raster" if "raster_visible_targets" in quirks else "keep"
+        branches["vis"] = Branch(VisibleDistillHead(encoder.embed_dim, target.out_dim(), decoder_embed_dim),
+                                 PatchLoss(vis_loss_type, beta=2.0, on="visible", visible_order=order),
+                                 1.0 if "theta_is_one" in quirks else theta)
+    model = MaskedImageModel(encoder, masking, target, branches)
     return Recipe(model, TrainDefaults(min_crop_scale=0.5,
                                        lr_batch_ratio=pred_ratio / mask_ratio if num_views > 1 else 1.0))
 
@@ -170,7 +171,7 @@ def build_maskfeat(encoder_fn: Callable, img_size: int = 224, mask_ratio: float 
     exact 0-255 pixels. The training default: crop scale 0.5."""
     encoder = encoder_fn(img_size=img_size, masked_tokens="token", **encoder_kwargs)
     target = MaskFeatHogTarget(encoder.patch_size, from_uint8=not official_quirks)
-    head = LinearHead(encoder.embed_dim, target.out_dim(), num_prefix_tokens=encoder.num_prefix_tokens)
+    head = Branch(LinearHead(encoder.embed_dim, target.out_dim()), PatchLoss("l2", on="masked"))
     model = MaskedImageModel(encoder, build_masking(mask_type, mask_ratio), target, {"mim": head})
     return Recipe(model, TrainDefaults(min_crop_scale=0.5))
 
@@ -193,17 +194,18 @@ def build_deepmim(encoder_fn: Callable, img_size: int = 224, mask_ratio: float =
     so it has no quirks; its checkpoints' one shared ``decoder_pos_embed`` is read into every decoder."""
     encoder = encoder_fn(img_size=img_size, **encoder_kwargs)
     if clip_path:
-        target, loss_type = CLIPTarget(load_clip_teacher(clip_path)), "cosine"
+        target, loss = CLIPTarget(load_clip_teacher(clip_path)), PatchLoss("cosine", on="masked")
     else:
-        target, loss_type = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss), "l2"
+        target, loss = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss), PatchLoss("l2", on="masked")
 
     def make_decoder() -> MAEDecoder:
         return MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim, decoder_depth,
-                          decoder_num_heads, loss_type=loss_type, num_prefix_tokens=encoder.num_prefix_tokens)
+                          decoder_num_heads, num_prefix_tokens=encoder.num_prefix_tokens)
 
     layers = default_ds_layers(encoder.depth) if ds_layers is None else ds_layers
+    heads = deep_supervision_heads(make_decoder, layers, encoder.depth)
     return MaskedImageModel(encoder, RandomMasking(mask_ratio), target,
-                            deep_supervision_heads(make_decoder, layers, encoder.depth),
+                            {name: Branch(head, loss) for name, head in heads.items()},
                             checkpoint_filters=[share_decoder_pos_embed])
 
 
@@ -240,7 +242,7 @@ def build_ummae(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     decoder = UMDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim, decoder_depth,
                         decoder_num_heads, raster_positions=official_quirks)
-    return MaskedImageModel(encoder, masking, target, {"mim": decoder})
+    return MaskedImageModel(encoder, masking, target, {"mim": Branch(decoder, PatchLoss("l2", on="masked"))})
 
 
 def build_simmim(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0.75, mask_type: str = "rand",
@@ -250,11 +252,13 @@ def build_simmim(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 
     masking at 16 px (``mask_type="block", mask_ratio=0.6`` gives SimMIM's own 32-px blocks at 0.6)."""
     encoder = encoder_fn(img_size=img_size, masked_tokens="token", **encoder_kwargs)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
-    if encoder.num_prefix_tokens:  # ViT: one token per patch already (SimMIM's stride-16 head)
-        head = LinearHead(encoder.embed_dim, target.out_dim(), loss_type="l1")
+    upscale = encoder.feature_info[-1].reduction // encoder.patch_size
+    if upscale == 1:  # ViT: one token per patch already (SimMIM's stride-16 head)
+        head = LinearHead(encoder.embed_dim, target.out_dim())
     else:  # pyramid encoders end at stride 32: PixelShuffle(2) gives one prediction per 16-px patch
-        head = SimMIMHead(encoder.embed_dim, target.out_dim(), upscale=2)
-    return MaskedImageModel(encoder, build_masking(mask_type, mask_ratio), target, {"mim": head})
+        head = SimMIMHead(encoder.embed_dim, target.out_dim(), upscale=upscale)
+    return MaskedImageModel(encoder, build_masking(mask_type, mask_ratio), target,
+                            {"mim": Branch(head, PatchLoss("l1", on="masked"))})
 
 
 @register_model(quirks=UMMAE_QUIRKS)
@@ -297,46 +301,47 @@ def simmim_vit_base_patch16(**kwargs) -> MaskedImageModel:
 
 def build_classifier(encoder_fn: Callable, img_size: int = 224, num_classes: int = 1000, global_pool: bool = True,
                      drop_path_rate: float = 0.1, **encoder_kwargs) -> Classifier:
-    """Fine-tune / linear-probe model: learnable position table, no final norm under global pooling."""
-    encoder = encoder_fn(img_size=img_size, drop_path_rate=drop_path_rate, learnable_pos_embed=True,
-                         final_norm=not global_pool, **encoder_kwargs)
+    """Fine-tune / linear-probe model: every encoder gets the image size, the drop-path rate and, under global
+    pooling, no final norm; the variants give encoders with a position table a learnable one."""
+    encoder = encoder_fn(img_size=img_size, drop_path_rate=drop_path_rate, final_norm=not global_pool,
+                         **encoder_kwargs)
     return Classifier(encoder, num_classes, global_pool)
 
 
 @register_model
 def vit_tiny_patch16(**kwargs) -> Classifier:
-    return build_classifier(partial(vit.vit_tiny, patch_size=16), **kwargs)
+    return build_classifier(partial(vit.vit_tiny, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
 @register_model
 def vit_small_patch16(**kwargs) -> Classifier:
-    return build_classifier(partial(vit.vit_small, patch_size=16), **kwargs)
+    return build_classifier(partial(vit.vit_small, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
 @register_model
 def vit_base_patch16(**kwargs) -> Classifier:
-    return build_classifier(partial(vit.vit_base, patch_size=16), **kwargs)
+    return build_classifier(partial(vit.vit_base, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
 @register_model
 def vit_large_patch16(**kwargs) -> Classifier:
-    return build_classifier(partial(vit.vit_large, patch_size=16), **kwargs)
+    return build_classifier(partial(vit.vit_large, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
 @register_model
 def vit_huge_patch14(**kwargs) -> Classifier:
-    return build_classifier(partial(vit.vit_huge, patch_size=14), **kwargs)
+    return build_classifier(partial(vit.vit_huge, patch_size=14, learnable_pos_embed=True), **kwargs)
 
 
 @register_model
 def convvit_base_patch16(**kwargs) -> Classifier:
     """ConViT-B for fine-tuning / linear probing: no multi-scale fusion, global pooling (METHODS.md §2.7)."""
-    return build_classifier(partial(convvit.convvit_base, fusion=False), **kwargs)
+    return build_classifier(partial(convvit.convvit_base, fusion=False, learnable_pos_embed=True), **kwargs)
 
 
 @register_model
 def convvit_large_patch16(**kwargs) -> Classifier:
-    return build_classifier(partial(convvit.convvit_large, fusion=False), **kwargs)
+    return build_classifier(partial(convvit.convvit_large, fusion=False, learnable_pos_embed=True), **kwargs)
 
 
 @register_model
@@ -355,4 +360,4 @@ def swin_large_256(**kwargs) -> Classifier:
 @register_model
 def pvt_small_256(**kwargs) -> Classifier:
     """PVT-S for fine-tuning at 256 px: spatial reduction 8/4/2/1, learnable position table."""
-    return build_classifier(pvt.pvt_small, **{"img_size": 256, **kwargs})
+    return build_classifier(partial(pvt.pvt_small, learnable_pos_embed=True), **{"img_size": 256, **kwargs})

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import GOLDEN, requires_golden
-from models.encoders.convvit import ConvViT, convvit_base, convvit_large, upsample_visibility
+from models.encoders.common import patch_visibility
+from models.encoders.convvit import ConvViT, convvit_base, convvit_large
 from models.masking import BlockMasking
 from models.pos_embed import sincos_2d
 
@@ -55,9 +56,9 @@ def test_shapes_and_attributes_at_224():
     with torch.no_grad():
         out = m(imgs, ids_keep)
         full = m(imgs)
-    assert out.tokens.shape == (2, 49, 32) and out.layers == {}
-    assert full.tokens.shape == (2, 196, 32)
-    assert torch.isfinite(out.tokens).all() and torch.isfinite(full.tokens).all()
+    assert out.patches.shape == (2, 49, 32) and out.layers == {}
+    assert full.patches.shape == (2, 196, 32)
+    assert torch.isfinite(out.patches).all() and torch.isfinite(full.patches).all()
 
 
 def test_all_visible_equals_unmasked():
@@ -65,8 +66,8 @@ def test_all_visible_equals_unmasked():
     m = tiny(img_size=64)
     imgs = images(2, 64)
     with torch.no_grad():
-        a = m(imgs, torch.arange(16).expand(2, -1)).tokens
-        b = m(imgs).tokens
+        a = m(imgs, torch.arange(16).expand(2, -1)).patches
+        b = m(imgs).patches
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
@@ -76,11 +77,11 @@ def test_other_img_size():
     torch.testing.assert_close(m.pos_embed[0], sincos_2d(32, (4, 4)))
     with torch.no_grad():
         out = m(images(3, 64), random_ids_keep(3, 16, 5))
-    assert out.tokens.shape == (3, 5, 32)
+    assert out.patches.shape == (3, 5, 32)
     r = tiny(img_size=(32, 64))
     assert r.grid_size == (2, 4) and r.num_patches == 8
     with torch.no_grad():
-        assert r(torch.randn(1, 3, 32, 64)).tokens.shape == (1, 8, 32)
+        assert r(torch.randn(1, 3, 32, 64)).patches.shape == (1, 8, 32)
     with pytest.raises(ValueError):
         tiny(img_size=72)
 
@@ -94,12 +95,12 @@ def test_tokens_follow_ids_keep_order():
         a = m(imgs, ids_keep, return_layers=(1,))
         b = m(imgs, torch.gather(ids_keep, 1, perm), return_layers=(1,))
         full = m(imgs, return_layers=(1,))
-    expected = torch.gather(a.tokens, 1, perm.unsqueeze(-1).expand(-1, -1, 32))
-    torch.testing.assert_close(b.tokens, expected, rtol=0, atol=1e-5)
-    torch.testing.assert_close(b.layers[1], torch.gather(a.layers[1], 1, perm.unsqueeze(-1).expand(-1, -1, 32)),
+    expected = torch.gather(a.patches, 1, perm.unsqueeze(-1).expand(-1, -1, 32))
+    torch.testing.assert_close(b.patches, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.layers[1].patches, torch.gather(a.layers[1].patches, 1, perm.unsqueeze(-1).expand(-1, -1, 32)),
                                rtol=0, atol=1e-5)
     # and masking changes the result (the visible tokens do not attend to, or convolve with, the rest)
-    assert not torch.allclose(a.tokens, torch.gather(full.tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, 32)),
+    assert not torch.allclose(a.patches, torch.gather(full.patches, 1, ids_keep.unsqueeze(-1).expand(-1, -1, 32)),
                               atol=1e-3)
 
 
@@ -170,10 +171,10 @@ def test_masked_patches_leak_nothing(size, draw, depth3):
         a = m(imgs, ids_keep, return_layers=layers)
         b = m(perturbed, ids_keep, return_layers=layers)
         # without the visibility map the same perturbation does reach the visible positions
-        full_a, full_b = m(imgs).tokens, m(perturbed).tokens
-    torch.testing.assert_close(b.tokens, a.tokens, rtol=0, atol=1e-6)
+        full_a, full_b = m(imgs).patches, m(perturbed).patches
+    torch.testing.assert_close(b.patches, a.patches, rtol=0, atol=1e-6)
     for i in layers:
-        torch.testing.assert_close(b.layers[i], a.layers[i], rtol=0, atol=1e-6)
+        torch.testing.assert_close(b.layers[i].patches, a.layers[i].patches, rtol=0, atol=1e-6)
     index = ids_keep.unsqueeze(-1).expand(-1, -1, 32)
     assert (torch.gather(full_b, 1, index) - torch.gather(full_a, 1, index)).abs().amax() > 1e-2
 
@@ -188,12 +189,12 @@ def test_masked_patches_leak_nothing(size, draw, depth3):
     poked[n, :, rows, cols] += 3 * torch.randn(3, 16, 16)
     with torch.no_grad():
         c = m(poked, ids_keep)
-    delta = (c.tokens[n] - a.tokens[n]).abs().amax(-1)
+    delta = (c.patches[n] - a.patches[n]).abs().amax(-1)
     assert delta[neighbour_ids].min() > 1e-3
     if depth3 == 0 and far_ids:
         # without attention the convolutional receptive field is local: far tokens are untouched
         assert delta[far_ids].max() < 1e-6
-    torch.testing.assert_close(c.tokens[1], a.tokens[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(c.patches[1], a.patches[1], rtol=0, atol=1e-6)
 
 
 def _neighbours(p: int, grid: int, radius: int = 1) -> set[int]:
@@ -206,12 +207,12 @@ def test_visibility_upsampling_matches_repeat_and_permute():
     m = tiny()
     ids_keep = random_ids_keep(3, 196, 78, seed=7)
     mask = torch.ones(3, 196).scatter_(1, ids_keep, 0.0)  # 1 = masked, as the official code's input
-    vis = m.visibility(ids_keep)
+    vis = patch_visibility(ids_keep, (14, 14)).unsqueeze(1).float()
     assert vis.shape == (3, 1, 14, 14)
     torch.testing.assert_close(vis, 1 - mask.reshape(3, 1, 14, 14))
     for factor in (4, 2):
         expected = 1 - repeat_and_permute(mask, 14, factor)
-        assert torch.equal(upsample_visibility(vis, factor), expected)
+        assert torch.equal(patch_visibility(ids_keep, (14, 14), factor).unsqueeze(1).float(), expected)
         assert torch.equal(F.interpolate(vis, scale_factor=factor, mode="nearest"), expected)
 
     # and those are the maps the CBlocks of each stage receive
@@ -237,13 +238,13 @@ def test_fusion_off_has_no_decode_convs_and_matches_zeroed_fusion():
     off.load_state_dict({k: v for k, v in on.state_dict().items() if "output_decode" not in k}, strict=True)
     imgs, ids_keep = images(2, 64), random_ids_keep(2, 16, 6)
     with torch.no_grad():
-        with_fusion = on(imgs, ids_keep).tokens
-        without = off(imgs, ids_keep).tokens
+        with_fusion = on(imgs, ids_keep).patches
+        without = off(imgs, ids_keep).patches
         assert (with_fusion - without).abs().amax() > 1e-3
         for conv in (on.stage1_output_decode, on.stage2_output_decode):
             conv.weight.zero_()
             conv.bias.zero_()
-        torch.testing.assert_close(on(imgs, ids_keep).tokens, without, rtol=0, atol=1e-6)
+        torch.testing.assert_close(on(imgs, ids_keep).patches, without, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("fusion", [True, False])
@@ -285,9 +286,9 @@ def test_drop_path_linear_over_all_blocks():
     m.train()
     x = images(2, 64)
     with torch.no_grad():
-        assert not torch.equal(m(x).tokens, m(x).tokens)
+        assert not torch.equal(m(x).patches, m(x).patches)
         m.eval()
-        assert torch.equal(m(x).tokens, m(x).tokens)
+        assert torch.equal(m(x).patches, m(x).patches)
 
 
 def test_init():
@@ -349,11 +350,11 @@ def test_return_layers_match_blocks_run_by_hand(masked):
             hand.append(x)
         tokens = m.norm(x + s1 + s2)
     assert set(out.layers) == {1, 3}
-    torch.testing.assert_close(out.layers[1], hand[0], rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.layers[3], hand[2], rtol=0, atol=1e-6)
-    torch.testing.assert_close(out.tokens, tokens, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.layers[1].patches, hand[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.layers[3].patches, hand[2], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.patches, tokens, rtol=0, atol=1e-6)
     # layers are un-normed and before fusion
-    assert not torch.allclose(out.layers[3], out.tokens, atol=1e-3)
+    assert not torch.allclose(out.layers[3].patches, out.patches, atol=1e-3)
 
 
 def test_cblock_masks_after_first_pointwise_conv():
@@ -365,7 +366,7 @@ def test_cblock_masks_after_first_pointwise_conv():
     for p in (block.norm1.weight, block.norm1.bias, block.norm2.weight, block.norm2.bias):
         p.data.normal_()  # non-trivial affine LNs
     x = torch.randn(2, 16, 16, 16)
-    vis = upsample_visibility(m.visibility(random_ids_keep(2, 16, 8)), 4)
+    vis = patch_visibility(random_ids_keep(2, 16, 8), (4, 4), 4).unsqueeze(1).float()
 
     def ln(t, norm):
         return F.layer_norm(t.permute(0, 2, 3, 1), (16,), norm.weight, norm.bias, eps=1e-5).permute(0, 3, 1, 2)

@@ -12,8 +12,10 @@ from models.clip_teacher import CLIPVisualEncoder
 from models.encoders.convvit import ConvViT
 from models.heads import MAEDecoder, TappedHead, VisibleDistillHead, deep_supervision_heads, default_ds_layers
 from models.hog import HogTarget
+from models.interfaces import EncoderOutput
+from models.losses import PatchLoss
 from models.masking import BlockMasking, DisjointMasking, Masks
-from models.mim import MaskedImageModel
+from models.mim import Branch, MaskedImageModel
 from util.checkpoint import load_file, load_pretrained
 from util.errors import UsageError
 from util.lr import weight_decay_groups
@@ -90,8 +92,8 @@ def test_heads_read_the_right_layers(clip_file):
         expected = {"ds2": outputs[2], "ds3": outputs[3], "ds4": enc.norm(outputs[4])}
         for name, tokens in expected.items():
             head = model.heads[name].head
-            from models.encoders.vit import EncoderOutput
-            torch.testing.assert_close(out.pred[name], head(EncoderOutput(tokens=tokens), masks))
+            features = EncoderOutput(prefix=tokens[:, :1], patches=tokens[:, 1:])
+            torch.testing.assert_close(out.pred[name], head(features, masks))
     assert len(calls) == 1
     assert [model.heads[n].layer for n in ("ds2", "ds3", "ds4")] == [2, 3, None]
 
@@ -102,16 +104,16 @@ def test_losses_only_on_masked_tokens(clip_file):
     masks = model.sample_masks(torch.zeros(2, 3, 64, 64), torch.Generator().manual_seed(0))
     pred = torch.randn(2, 16, 24)
     target = torch.randn(2, 16, 24)
-    for head in model.heads.values():
-        base = head.loss(pred, target, masks)
+    for loss in model.losses.values():
+        base = loss(pred, target, masks)
         visible_changed = torch.where(masks.mask[..., None], target, torch.randn_like(target))
         masked_changed = torch.where(masks.mask[..., None], torch.randn_like(target), target)
-        assert torch.equal(head.loss(pred, visible_changed, masks), base)
-        assert not torch.equal(head.loss(pred, masked_changed, masks), base)
+        assert torch.equal(loss(pred, visible_changed, masks), base)
+        assert not torch.equal(loss(pred, masked_changed, masks), base)
     unit = torch.nn.functional.normalize(pred, dim=-1)
     per_patch = 2 - 2 * (unit * torch.nn.functional.normalize(target, dim=-1)).sum(-1)
     expected = (per_patch * masks.mask).sum() / masks.mask.sum()
-    torch.testing.assert_close(model.heads["ds6"].loss(pred, target, masks), expected)
+    torch.testing.assert_close(model.losses["ds6"](pred, target, masks), expected)
 
 
 def test_teacher_frozen_not_optimized_not_saved(clip_file, tmp_path):
@@ -160,9 +162,10 @@ def test_dmjd_with_deep_supervision_composes():
     def make_decoder():
         return MAEDecoder(encoder.grid_size, 32, target.out_dim(), 16, 1, 2, 8.0, num_prefix_tokens=0)
 
-    heads = {**deep_supervision_heads(make_decoder, [2, 3], encoder.depth),
-             "vis": VisibleDistillHead(32, target.out_dim(), 16)}
-    model = MaskedImageModel(encoder, DisjointMasking(BlockMasking(0.5)), target, heads)
+    branches = {name: Branch(head, PatchLoss("l2")) for name, head in
+                deep_supervision_heads(make_decoder, [2, 3], encoder.depth).items()}
+    branches["vis"] = Branch(VisibleDistillHead(32, target.out_dim(), 16), PatchLoss("smooth_l1", 2.0, on="visible"))
+    model = MaskedImageModel(encoder, DisjointMasking(BlockMasking(0.5)), target, branches)
     out = model(torch.randn(2, 3, 64, 64))
     assert set(out.losses) == {"ds2", "ds3", "vis"} and out.pred["ds2"].shape == (4, 16, 108)
     assert isinstance(model.heads["ds2"], TappedHead) and model.tapped_layers == [2]

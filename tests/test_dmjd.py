@@ -10,7 +10,7 @@ import main_pretrain
 from conftest import GOLDEN, adamw_losses, requires_golden, smooth_images
 from models import create_model, create_recipe, list_models
 from models.official import DMJD_QUIRKS
-from models.heads import VisibleDistillHead
+from models.losses import PatchLoss
 from models.masking import BlockMasking, DisjointMasking, Masks, RandomMasking
 from util.checkpoint import load_pretrained
 from util.lr import resolve_lr
@@ -105,20 +105,20 @@ def test_visible_branch_sees_only_visible_tokens():
     assert out.pred["vis"].shape == (2 * n, k, 108)
     _assert_close(again.pred["vis"][:n], out.pred["vis"][:n])
 
-    head: VisibleDistillHead = model.heads["vis"]
+    loss = model.losses["vis"]
     target = torch.randn(2 * n, 16, 108)
     changed = torch.where(masks.mask[..., None], torch.randn_like(target), target)
     pred = out.pred["vis"]
-    assert torch.equal(head.loss(pred, target, masks), head.loss(pred, changed, masks))
+    assert torch.equal(loss(pred, target, masks), loss(pred, changed, masks))
 
 
 def test_smooth_l1_beta_two_by_hand():
     """0.5 x^2 / 2 below |x| = 2 and |x| - 1 above, averaged over every element."""
-    head = VisibleDistillHead(8, 2, hidden_dim=8)
+    loss = PatchLoss("smooth_l1", beta=2.0, on="visible")
     masks = Masks.from_mask(torch.tensor([[False, True]]))
     pred = torch.tensor([[[1.0, 3.0]]])
     target = torch.zeros(1, 2, 2)
-    assert head.loss(pred, target, masks).item() == pytest.approx((0.25 + 2.0) / 2)
+    assert loss(pred, target, masks).item() == pytest.approx((0.25 + 2.0) / 2)
 
 
 def test_adaptive_lr_rule():

@@ -88,14 +88,14 @@ def test_loss_only_on_masked_patches():
     mask[:, [0, 5, 10, 15]] = False
     out = model(imgs, mask=mask)
     pred = out.pred["mim"].detach()
-    head = model.heads["mim"]
+    loss = model.losses["mim"]
     target = model.target(imgs)
     changed = target.clone()
     changed[:, 5] += 10.0  # a visible patch
     masks = Masks.from_mask(mask)
-    assert head.loss(pred, changed, masks) == head.loss(pred, target, masks)
+    assert loss(pred, changed, masks) == loss(pred, target, masks)
     changed[:, 1] += 10.0  # a masked patch
-    assert head.loss(pred, changed, masks) != head.loss(pred, target, masks)
+    assert loss(pred, changed, masks) != loss(pred, target, masks)
     expected = ((pred - target) ** 2).mean(-1)[mask].mean()
     torch.testing.assert_close(out.loss, expected)
 
@@ -144,9 +144,12 @@ def test_intermediate_layers_equal_blocks_run_by_hand():
         x = block(x)
         by_hand.append(x)
     assert sorted(out.layers) == [1, 3]
-    torch.testing.assert_close(out.layers[1], by_hand[0])
-    torch.testing.assert_close(out.layers[3], by_hand[2])
-    torch.testing.assert_close(out.tokens, encoder.norm(by_hand[2]))
+    for i in (1, 3):  # the cls token is the prefix, the visible tokens the patches
+        torch.testing.assert_close(torch.cat([out.layers[i].prefix, out.layers[i].patches], 1), by_hand[i - 1])
+    final = encoder.norm(by_hand[2])
+    torch.testing.assert_close(out.prefix, final[:, :1])
+    torch.testing.assert_close(out.patches, final[:, 1:])
+    assert out.grid is None and out.layers[1].grid is None
 
 
 def test_recipes_and_official_sizes():
@@ -203,10 +206,11 @@ def test_mask_token_encoder_replaces_masked_patches():
     imgs = torch.randn(2, 3, 32, 32)
     hidden = masks.mask.reshape(2, 4, 4).repeat_interleave(8, 1).repeat_interleave(8, 2)[:, None]
     with torch.no_grad():
-        out = enc(imgs, masks.ids_keep).tokens
-        same = enc(imgs + 3 * torch.randn_like(imgs) * hidden, masks.ids_keep).tokens
-        moved = enc(imgs + 3 * torch.randn_like(imgs) * ~hidden, masks.ids_keep).tokens
-    assert out.shape == (2, 17, 32)
+        full = enc(imgs, masks.ids_keep)
+        out = full.patches
+        same = enc(imgs + 3 * torch.randn_like(imgs) * hidden, masks.ids_keep).patches
+        moved = enc(imgs + 3 * torch.randn_like(imgs) * ~hidden, masks.ids_keep).patches
+    assert out.shape == (2, 16, 32) and full.prefix.shape == (2, 1, 32) and full.grid == (4, 4)
     torch.testing.assert_close(same, out)
     assert not torch.allclose(moved, out)
     assert "mask_token" in enc.state_dict()

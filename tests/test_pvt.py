@@ -9,7 +9,8 @@ from conftest import GOLDEN, adamw_losses, requires_golden
 from models.classifier import Classifier
 from models.encoders.pvt import PyramidVisionTransformer, pvt_small
 from models.masking import Masks, UniformMasking, compact_order, group_visible_ids
-from models.mim import MaskedImageModel
+from models.losses import PatchLoss
+from models.mim import Branch, MaskedImageModel
 from models.pos_embed import sincos_2d
 from models.pyramid_heads import UMDecoder
 from models.targets import PixelTarget
@@ -29,7 +30,7 @@ def tiny_um_model(raster_positions: bool = False) -> MaskedImageModel:
     target = PixelTarget(16, norm_pix=True)
     decoder = UMDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim=16,
                         decoder_depth=1, decoder_num_heads=2, raster_positions=raster_positions)
-    return MaskedImageModel(encoder, UniformMasking(0.25), target, {"mim": decoder})
+    return MaskedImageModel(encoder, UniformMasking(0.25), target, {"mim": Branch(decoder, PatchLoss())})
 
 
 def reference_compact(cells: torch.Tensor, visible: torch.Tensor, k: int = 4) -> torch.Tensor:
@@ -124,8 +125,8 @@ def test_ids_keep_order_does_not_matter():
     masks = uniform_masks(2)
     imgs = torch.randn(2, 3, 256, 256)
     with torch.no_grad():
-        a = enc(imgs, masks.ids_keep, secondary=masks.secondary).tokens
-        b = enc(imgs, masks.ids_keep.flip(1), secondary=masks.secondary).tokens
+        a = enc(imgs, masks.ids_keep, secondary=masks.secondary).patches
+        b = enc(imgs, masks.ids_keep.flip(1), secondary=masks.secondary).patches
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -136,7 +137,7 @@ def _kv_lengths(enc: PyramidVisionTransformer, *args, **kwargs) -> tuple[list[in
         out = enc(*args, **kwargs)
     for h in hooks:
         h.remove()
-    return lengths, out.tokens
+    return lengths, out.patches
 
 
 @pytest.mark.parametrize("size", [256, 224])
@@ -163,7 +164,7 @@ def test_return_layers_and_layer_groups():
     enc = PyramidVisionTransformer(**TINY_PVT, vis_mask_token=True)
     masks = uniform_masks(2)
     out = enc(torch.randn(2, 3, 256, 256), masks.ids_keep, return_layers=(1, 2, 5), secondary=masks.secondary)
-    assert {i: tuple(v.shape) for i, v in out.layers.items()} == {1: (2, 1024, 16), 2: (2, 256, 32), 5: (2, 16, 64)}
+    assert {i: tuple(v.patches.shape) for i, v in out.layers.items()} == {1: (2, 1024, 16), 2: (2, 256, 32), 5: (2, 16, 64)}
     assert enc.num_prefix_tokens == 0 and enc.patch_size == 16 and enc.grid_size == (16, 16)
     assert enc.num_patches == 256 and enc.embed_dim == 64 and enc.depth == 5
     stem, blocks = enc.layer_groups()
@@ -183,9 +184,9 @@ def test_masked_pixels_do_not_leak():
     other = torch.where(hidden, 10 * torch.randn_like(imgs), imgs)
     enc = PyramidVisionTransformer(**TINY_PVT, vis_mask_token=True).eval()
     with torch.no_grad():
-        a = enc(imgs, masks.ids_keep, secondary=masks.secondary).tokens
-        b = enc(other, masks.ids_keep, secondary=masks.secondary).tokens
-        c = enc(other, masks.ids_keep).tokens  # without secondary masking the content is seen
+        a = enc(imgs, masks.ids_keep, secondary=masks.secondary).patches
+        b = enc(other, masks.ids_keep, secondary=masks.secondary).patches
+        c = enc(other, masks.ids_keep).patches  # without secondary masking the content is seen
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert (a - c).abs().max() > 1e-3
 
@@ -194,8 +195,8 @@ def test_masked_pixels_do_not_leak():
     masked = masks.mask.reshape(2, 1, 16, 1, 16, 1).expand(-1, 3, -1, 16, -1, 16).reshape(2, 3, 256, 256)
     other = torch.where(masked, 10 * torch.randn_like(imgs), imgs)
     with torch.no_grad():
-        a = simmim(imgs, masks.ids_keep).tokens
-        b = simmim(other, masks.ids_keep).tokens
+        a = simmim(imgs, masks.ids_keep).patches
+        b = simmim(other, masks.ids_keep).patches
     assert a.shape == (2, 64, 64)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="secondary"):

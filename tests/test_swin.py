@@ -8,7 +8,8 @@ from conftest import GOLDEN, adamw_losses, requires_golden
 from models.classifier import Classifier
 from models.encoders.swin import SwinMIM
 from models.masking import Masks, RandomMasking, UniformMasking, group_visible_ids
-from models.mim import MaskedImageModel
+from models.losses import PatchLoss
+from models.mim import Branch, MaskedImageModel
 from models.pyramid_heads import SimMIMHead, UMDecoder
 from models.targets import PixelTarget
 from util.checkpoint import load_pretrained
@@ -25,7 +26,7 @@ def um_model(encoder_kw: dict, decoder_dim: int = 16, raster_positions: bool = F
     target = PixelTarget(16, norm_pix=True)
     decoder = UMDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim=decoder_dim,
                         decoder_depth=1, decoder_num_heads=2, raster_positions=raster_positions)
-    return MaskedImageModel(encoder, UniformMasking(vis_mask_ratio), target, {"mim": decoder})
+    return MaskedImageModel(encoder, UniformMasking(vis_mask_ratio), target, {"mim": Branch(decoder, PatchLoss())})
 
 
 def load_case(name: str) -> dict:
@@ -70,7 +71,7 @@ def test_golden_simmim_swin():
     assert case["config"]["window_size"] == 16 and not case["config"]["norm_pix_loss"]
     encoder = SwinMIM(**GOLDEN_SWIN, window_size=16, masked_tokens="token")
     model = MaskedImageModel(encoder, RandomMasking(0.75), PixelTarget(16),
-                             {"mim": SimMIMHead(encoder.embed_dim, 768, 2)}).eval()
+                             {"mim": Branch(SimMIMHead(encoder.embed_dim, 768, 2), PatchLoss("l1"))}).eval()
     report = load_pretrained(model, case["state_dict"])
     assert not report.missing and not report.unexpected and not report.mismatched
     with torch.no_grad():
@@ -144,9 +145,20 @@ def test_ids_keep_order_does_not_matter():
     masks = UniformMasking(0.25)(2, 64, torch.device("cpu"), torch.Generator().manual_seed(2))
     perm = torch.randperm(16)
     with torch.no_grad():
-        a = encoder(imgs, masks.ids_keep, secondary=masks.secondary).tokens
-        b = encoder(imgs, masks.ids_keep[:, perm], secondary=masks.secondary).tokens
+        a = encoder(imgs, masks.ids_keep, secondary=masks.secondary).patches
+        b = encoder(imgs, masks.ids_keep[:, perm], secondary=masks.secondary).patches
     torch.testing.assert_close(a, b)
+
+
+def stage_sizes(encoder: SwinMIM, compact: bool) -> list[tuple[int, int]]:
+    """(h, w) of every block's input grid after its downsample."""
+    h, w = (side // encoder.cell_size // (2 if compact else 1) for side in encoder.img_size)
+    sizes = []
+    for block in encoder.blocks:
+        if block.downsample is not None:
+            h, w = h // 2, w // 2
+        sizes.append((h, w))
+    return sizes
 
 
 @pytest.mark.parametrize("img_size,window,compact,expected", [
@@ -161,8 +173,7 @@ def test_window_and_shift(img_size, window, compact, expected):
     """Stage sizes, windows and shifts; a stage no larger than the window is one global window, unshifted."""
     encoder = SwinMIM(img_size=img_size, embed_dim=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), posmlp_dim=4,
                       window_size=window, masked_tokens="compact" if compact else "none")
-    got = [(h, *block.window_and_shift(h, w))
-           for (h, w), block in zip(encoder.stage_sizes(compact=compact), encoder.blocks)]
+    got = [(h, *block.window_and_shift(h, w)) for (h, w), block in zip(stage_sizes(encoder, compact), encoder.blocks)]
     assert got == expected
     imgs = torch.randn(1, 3, img_size, img_size)
     ids_keep = None
@@ -171,8 +182,8 @@ def test_window_and_shift(img_size, window, compact, expected):
     with torch.no_grad():
         out = encoder(imgs, ids_keep, return_layers=(1, 8))
     side = img_size // (64 if compact else 32)
-    assert out.tokens.shape == (1, side * side, 64)
-    assert out.layers[1].shape == (1, (img_size // (8 if compact else 4)) ** 2, 8)
+    assert out.patches.shape == (1, side * side, 64)
+    assert out.layers[1].patches.shape == (1, (img_size // (8 if compact else 4)) ** 2, 8)
 
 
 def test_padded_windows_mask_padding(monkeypatch):
@@ -209,8 +220,8 @@ def test_no_leakage_from_masked_patches():
     hidden = (masks.mask | masks.secondary).reshape(2, 1, 8, 1, 8, 1).expand(-1, 3, -1, 16, -1, 16)
     changed = torch.where(hidden.reshape(2, 3, 128, 128), torch.randn_like(imgs), imgs)
     with torch.no_grad():
-        a = model.encoder(imgs, masks.ids_keep, secondary=masks.secondary).tokens
-        b = model.encoder(changed, masks.ids_keep, secondary=masks.secondary).tokens
+        a = model.encoder(imgs, masks.ids_keep, secondary=masks.secondary).patches
+        b = model.encoder(changed, masks.ids_keep, secondary=masks.secondary).patches
         pa = model.heads["mim"](model.encoder(imgs, masks.ids_keep, secondary=masks.secondary), masks)
         pb = model.heads["mim"](model.encoder(changed, masks.ids_keep, secondary=masks.secondary), masks)
     assert torch.equal(a, b) and torch.equal(pa, pb)
@@ -218,7 +229,7 @@ def test_no_leakage_from_masked_patches():
     seen = (~hidden).reshape(2, 3, 128, 128)
     with torch.no_grad():
         c = model.encoder(torch.where(seen, torch.randn_like(imgs), imgs), masks.ids_keep,
-                          secondary=masks.secondary).tokens
+                          secondary=masks.secondary).patches
     assert not torch.allclose(a, c)
 
 
@@ -237,7 +248,7 @@ def test_simmim_head_and_mask_token():
     assert torch.equal(pred, again)
     target = PixelTarget(16)(imgs)
     expected = ((pred - target).abs().mean(-1) * masks.mask).sum() / masks.mask.sum()
-    torch.testing.assert_close(head.loss(pred, target, masks), expected)
+    torch.testing.assert_close(PatchLoss("l1")(pred, target, masks), expected)
 
 
 def test_pretraining_steps_reduce_loss():

@@ -22,8 +22,9 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm
+from ..interfaces import EncoderOutput, FeatureInfo
 from ..pos_embed import sincos_2d
-from .vit import EncoderOutput
+from .common import feature_indices, patch_visibility, run_blocks, tokens_to_map
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -81,11 +82,6 @@ class CBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-def upsample_visibility(vis: torch.Tensor, factor: int) -> torch.Tensor:
-    """Nearest-upsample a [N, 1, h, w] map by an integer factor (each cell becomes a factor x factor block)."""
-    return vis.repeat_interleave(factor, dim=2).repeat_interleave(factor, dim=3)
-
-
 class ConvViT(nn.Module):
     """ConvMAE ConViT for masked pretraining (``ids_keep`` given, ``fusion``) and classification.
 
@@ -140,6 +136,9 @@ class ConvViT(nn.Module):
             Block(c3, num_heads, mlp_ratios[2], qkv_bias=True, drop_path=dpr[d1 + d2 + i], norm_layer=norm_layer)
             for i in range(d3)])
         self.depth = d3
+        # forward_features levels: the two convolutional stages, then every transformer block
+        self.feature_info = [FeatureInfo(c1, patch_sizes[0]), FeatureInfo(c2, patch_sizes[0] * patch_sizes[1])] + \
+            [FeatureInfo(c3, self.patch_size)] * d3
         self.norm = norm_layer(c3) if final_norm else nn.Identity()
         self.reset_parameters()
 
@@ -157,48 +156,65 @@ class ConvViT(nn.Module):
         (``norm``) the last id."""
         return r"^(?:pos_embed|patch_embed\d|blocks1|blocks2|stage\d_output_decode)", r"^blocks3\.(\d+)"
 
-    def visibility(self, ids_keep: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """ids_keep [N, K] -> visibility map [N, 1, gh, gw] on the token grid (1 = visible)."""
-        vis = torch.zeros(ids_keep.shape[0], self.num_patches, dtype=dtype, device=ids_keep.device)
-        vis.scatter_(1, ids_keep, 1.0)
-        return vis.reshape(-1, 1, *self.grid_size)
-
-    def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
-                return_layers: Sequence[int] = ()) -> EncoderOutput:
-        """imgs: [N, C, H, W]; ids_keep: [N, K] visible patch indices on the token grid (None keeps all L).
-
-        tokens: [N, K, C3] final-normed, in ids_keep order; layers: un-normed blocks3 outputs (before fusion).
-        """
+    def conv_stages(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The convolutional stages: -> stage-1 map [N, C1, H/4, W/4], stage-2 map [N, C2, H/8, W/8] and the
+        positioned tokens [N, L, C3] in raster order. With ``ids_keep`` every CBlock masks its depthwise
+        conv input by the visibility of its stage."""
         vis1 = vis2 = None
         if ids_keep is not None:
-            vis = self.visibility(ids_keep, imgs.dtype)
-            vis1 = upsample_visibility(vis, self.patch_sizes[1] * self.patch_sizes[2])
-            vis2 = upsample_visibility(vis, self.patch_sizes[2])
-
-        x = self.patch_embed1(imgs)
+            k1, k2 = self.patch_sizes[1] * self.patch_sizes[2], self.patch_sizes[2]
+            vis1 = patch_visibility(ids_keep, self.grid_size, k1).unsqueeze(1).to(imgs.dtype)
+            vis2 = patch_visibility(ids_keep, self.grid_size, k2).unsqueeze(1).to(imgs.dtype)
+        stage1 = self.patch_embed1(imgs)
         for block in self.blocks1:
-            x = block(x, vis1)
-        stage1 = self.stage1_output_decode(x).flatten(2).transpose(1, 2) if self.fusion else None
-        x = self.patch_embed2(x)
+            stage1 = block(stage1, vis1)
+        stage2 = self.patch_embed2(stage1)
         for block in self.blocks2:
-            x = block(x, vis2)
-        stage2 = self.stage2_output_decode(x).flatten(2).transpose(1, 2) if self.fusion else None
-        x = self.patch_embed3(x).flatten(2).transpose(1, 2)
-        x = self.patch_embed4(x) + self.pos_embed
+            stage2 = block(stage2, vis2)
+        x = self.patch_embed3(stage2).flatten(2).transpose(1, 2)
+        return stage1, stage2, self.patch_embed4(x) + self.pos_embed
 
+    def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
+                return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None) -> EncoderOutput:
+        """imgs: [N, C, H, W]; ids_keep: [N, K] visible patch indices on the token grid (None keeps all L).
+
+        patches: [N, K, C3] final-normed, in ids_keep order (no prefix tokens); layers: un-normed blocks3
+        outputs (before fusion). ConViT has no secondary masking.
+        """
+        if secondary is not None:
+            raise ValueError("ConViT has no secondary masking (vis_mask_token)")
+        stage1, stage2, x = self.conv_stages(imgs, ids_keep)
+        if self.fusion:
+            stage1 = self.stage1_output_decode(stage1).flatten(2).transpose(1, 2)
+            stage2 = self.stage2_output_decode(stage2).flatten(2).transpose(1, 2)
         if ids_keep is not None:
             index = ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])
             x = torch.gather(x, 1, index)
             if self.fusion:
                 stage1, stage2 = torch.gather(stage1, 1, index), torch.gather(stage2, 1, index)
-        layers = {}
-        for i, block in enumerate(self.blocks3, start=1):
-            x = block(x)
-            if i in return_layers:
-                layers[i] = x
+        grid = self.grid_size if ids_keep is None else None
+
+        def split(tokens: torch.Tensor) -> EncoderOutput:
+            return EncoderOutput(prefix=tokens[:, :0], patches=tokens, grid=grid)
+
+        x, layers = run_blocks(self.blocks3, x, return_layers, read=split)
         if self.fusion:
             x = x + stage1 + stage2
-        return EncoderOutput(tokens=self.norm(x), layers=layers)
+        out = split(self.norm(x))
+        out.layers = layers
+        return out
+
+    def forward_features(self, imgs: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Unmasked feature levels ``indices`` (from 0; default all): 0 the stage-1 map [N, C1, H/4, W/4],
+        1 the stage-2 map [N, C2, H/8, W/8], 2 + i the un-normed output of transformer block i (from 0)
+        [N, C3, H/16, W/16]."""
+        chosen = feature_indices(indices, len(self.feature_info))
+        stage1, stage2, x = self.conv_stages(imgs)
+        grid = (imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size)
+        taps = [i - 1 for i in chosen if i >= 2]  # block numbers from 1
+        _, layers = run_blocks(self.blocks3[:max(taps, default=0)], x, taps, read=lambda t: tokens_to_map(t, grid))
+        return [(stage1, stage2)[i] if i < 2 else layers[i - 1] for i in chosen]
 
 
 def convvit_base(**kwargs) -> ConvViT:

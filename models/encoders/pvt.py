@@ -31,9 +31,10 @@ from timm.layers import DropPath, Mlp, to_2tuple
 from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm, init_token
+from ..interfaces import EncoderOutput, FeatureInfo
 from ..masking import compact_order
 from ..pos_embed import sincos_2d
-from .vit import EncoderOutput
+from .common import feature_indices, patch_visibility, run_blocks, tokens_to_map
 
 COMPACT_SR_RATIOS = (4, 2, 1, 1)  # official pretraining on the compact grid
 FULL_SR_RATIOS = (8, 4, 2, 1)  # official SimMIM and fine-tuning on the full grid
@@ -187,6 +188,9 @@ class PyramidVisionTransformer(nn.Module):
                 self.blocks.append(PVTBlock(self.embed_dims[stage], num_heads[stage], mlp_ratios[stage], stage,
                                             dpr[len(self.blocks)], merge_from))
         self.depth = len(self.blocks)
+        # forward_features levels: the output of each stage (its last block)
+        self.stage_ends = [sum(depths[:i + 1]) for i in range(stages)]
+        self.feature_info = [FeatureInfo(dim, cell_size * 2 ** i) for i, dim in enumerate(self.embed_dims)]
         self.norm = nn.LayerNorm(self.embed_dim, eps=norm_eps) if final_norm else nn.Identity()
         self.reset_parameters()
 
@@ -233,40 +237,57 @@ class PyramidVisionTransformer(nn.Module):
         x = (x + pos).reshape(n, h // 2, w // 2, k, k, c).transpose(2, 3)
         return x.reshape(n, -1, c), (h // 2 * k, w // 2 * k)
 
+    def embed(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
+              secondary: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int], Sequence[int]]:
+        """The tokens the blocks run on [N, h * w, C1] (positions added), their map size (h, w) and the
+        spatial-reduction ratios for that map: the compact grid, or the full grid (mask tokens under
+        ``"token"``)."""
+        if tuple(imgs.shape[-2:]) != self.img_size:
+            raise ValueError(f"expected {self.img_size} images, got {tuple(imgs.shape[-2:])}")
+        x = self.patch_embed(imgs).flatten(2).transpose(1, 2)  # [N, cells, C1]
+        if ids_keep is not None and self.masked_tokens == "compact":
+            x, hw = self.compact(x, compact_order(ids_keep, self.grid_size), secondary)
+            return x, hw, self.compact_sr_ratios
+        if secondary is not None:
+            raise ValueError("secondary masking needs masked_tokens='compact' and ids_keep")
+        if ids_keep is not None:  # "token": masked patches' cells become mask_token
+            visible = patch_visibility(ids_keep, self.grid_size, self.cells_per_patch).flatten(1).unsqueeze(-1)
+            x = torch.where(visible, x, self.mask_token.to(x.dtype))
+        return x + self.pos_embed.to(x.dtype), self.cell_grid, self.full_sr_ratios
+
+    def _run(self, state: tuple[torch.Tensor, tuple[int, int], Sequence[int]], count: int,
+             taps: Sequence[int], read) -> dict:
+        """The first ``count`` blocks on ``embed``'s state; ``read(x, hw)`` of the outputs of blocks ``taps``."""
+        x, hw, sr_ratios = state
+
+        def step(block: PVTBlock, xs: tuple[torch.Tensor, tuple[int, int]]) -> tuple[torch.Tensor, tuple[int, int]]:
+            return block(*xs, sr_ratios[block.stage])
+
+        return run_blocks(self.blocks[:count], (x, hw), taps, step=step, read=lambda xs: read(*xs))
+
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
                 return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None) -> EncoderOutput:
         """imgs: [N, C, H, W]; ids_keep: [N, K] visible 16-px patches (None: the full grid); secondary:
         [N, L] bool, visible patches whose content becomes ``vis_mask_token`` (``"compact"`` only).
 
-        tokens: [N, S, C4] final-normed last-stage tokens in raster order of the map the encoder ran on:
-        S = L/16 on the compact grid (the groups of ids_keep in raster order of the groups, whatever the
-        order of ids_keep), L/4 on the full grid. layers: {block index from 1: [N, S_i, C_i] un-normed}.
+        patches: [N, S, C4] final-normed last-stage tokens in raster order of the map the encoder ran on
+        (``grid``): S = L/16 on the compact grid (the groups of ids_keep in raster order of the groups,
+        whatever the order of ids_keep), L/4 on the full grid. layers: {block from 1: un-normed output}.
         """
-        if tuple(imgs.shape[-2:]) != self.img_size:
-            raise ValueError(f"expected {self.img_size} images, got {tuple(imgs.shape[-2:])}")
-        x = self.patch_embed(imgs).flatten(2).transpose(1, 2)  # [N, cells, C1]
-        hw = self.cell_grid
-        if ids_keep is not None and self.masked_tokens == "compact":
-            x, hw = self.compact(x, compact_order(ids_keep, self.grid_size), secondary)
-            sr_ratios = self.compact_sr_ratios
-        else:
-            if secondary is not None:
-                raise ValueError("secondary masking needs masked_tokens='compact' and ids_keep")
-            if ids_keep is not None:  # "token": masked patches' cells become mask_token
-                visible = torch.zeros(x.shape[0], self.num_patches, dtype=torch.bool, device=x.device)
-                visible.scatter_(1, ids_keep, True)
-                k = self.cells_per_patch
-                visible = visible.reshape(-1, self.grid_size[0], 1, self.grid_size[1], 1)
-                visible = visible.expand(-1, -1, k, -1, k).reshape(x.shape[0], -1, 1)
-                x = torch.where(visible, x, self.mask_token.to(x.dtype))
-            x = x + self.pos_embed.to(x.dtype)
-            sr_ratios = self.full_sr_ratios
-        layers = {}
-        for i, block in enumerate(self.blocks, start=1):
-            x, hw = block(x, hw, sr_ratios[block.stage])
-            if i in return_layers:
-                layers[i] = x
-        return EncoderOutput(tokens=self.norm(x), layers=layers)
+        def as_output(x: torch.Tensor, hw: tuple[int, int]) -> EncoderOutput:
+            return EncoderOutput(prefix=x[:, :0], patches=x, grid=tuple(hw))
+
+        (x, hw), layers = self._run(self.embed(imgs, ids_keep, secondary), self.depth, return_layers, as_output)
+        out = as_output(self.norm(x), hw)
+        out.layers = layers
+        return out
+
+    def forward_features(self, imgs: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Un-normed outputs of the stages ``indices`` (from 0; default all) on the full grid: stage i is
+        [N, C_i, H / (4 * 2^i), W / (4 * 2^i)] (strides 4, 8, 16, 32 for 4-px cells)."""
+        taps = [self.stage_ends[i] for i in feature_indices(indices, len(self.stage_ends))]
+        _, layers = self._run(self.embed(imgs), taps[-1], taps, tokens_to_map)
+        return [layers[t] for t in taps]
 
 
 def pvt_small(**kwargs) -> PyramidVisionTransformer:

@@ -28,8 +28,9 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm, init_token
+from ..interfaces import EncoderOutput, FeatureInfo
 from ..masking import compact_order
-from .vit import EncoderOutput
+from .common import feature_indices, patch_visibility, run_blocks
 
 MASKED_TOKENS = ("compact", "token", "none")
 _MASK_VALUE = -100.0  # the official additive mask of the shifted windows (not -inf)
@@ -211,13 +212,12 @@ class SwinMIM(nn.Module):
                  in_chans: int = 3, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), mlp_ratio: float = 4.0, window_size: int = 8,
                  posmlp_dim: int = 32, drop_path_rate: float = 0.0, masked_tokens: str = "compact",
-                 vis_mask_token: bool = True, final_norm: bool = True, learnable_pos_embed: bool = False):
+                 vis_mask_token: bool = True, final_norm: bool = True):
         super().__init__()
         if masked_tokens not in MASKED_TOKENS:
             raise ValueError(f"masked_tokens must be one of {MASKED_TOKENS}, got {masked_tokens!r}")
         if stride % patch_size:
             raise ValueError(f"stride {stride} must be a multiple of patch_size {patch_size}")
-        del learnable_pos_embed  # accepted for the classifier recipe; this encoder has no position table
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
         if img_size[0] % stride or img_size[1] % stride:
             raise ValueError(f"image size {img_size} is not a multiple of the token stride {stride}")
@@ -240,6 +240,9 @@ class SwinMIM(nn.Module):
                 # officially the blocks are built without the model's norm_layer: their LNs keep eps 1e-5
                 self.blocks.append(SwinBlock(dim, heads, window_size, window_size // 2 if j % 2 else 0, mlp_ratio,
                                              posmlp_dim, dpr[len(self.blocks)], nn.LayerNorm, down))
+        # forward_features levels: the output of each stage (its last block)
+        self.stage_ends = [sum(depths[:i + 1]) for i in range(self.num_stages)]
+        self.feature_info = [FeatureInfo(embed_dim * 2 ** i, patch_size * 2 ** i) for i in range(self.num_stages)]
         self.norm = norm_layer(self.embed_dim) if final_norm else nn.Identity()
         if masked_tokens == "compact" and vis_mask_token:
             self.vis_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -267,19 +270,6 @@ class SwinMIM(nn.Module):
     def layer_groups(self) -> tuple[str, str]:
         """Regexes over this encoder's parameter names: the stem (layer id 0) and the flat blocks."""
         return r"^(?:patch_embed|vis_mask_token|mask_token)", r"^blocks\.(\d+)"
-
-    def stage_sizes(self, img_size: tuple[int, int] | None = None, compact: bool = False) -> list[tuple[int, int]]:
-        """(h, w) of every block's input grid after its downsample, for an image of ``img_size``."""
-        h, w = img_size or self.img_size
-        h, w = h // self.cell_size, w // self.cell_size
-        if compact:
-            h, w = h // 2, w // 2
-        sizes = []
-        for block in self.blocks:
-            if block.downsample is not None:
-                h, w = h // 2, w // 2
-            sizes.append((h, w))
-        return sizes
 
     def _cell_coords(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """[1, h, w, 2] float (row, col) cell coordinates."""
@@ -318,35 +308,50 @@ class SwinMIM(nn.Module):
         pos = torch.stack([pos_h.reshape(n, hc, wc), pos_w.reshape(n, hc, wc)], dim=-1).float()
         return x, pos
 
+    def embed(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
+              secondary: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cell map the blocks run on, x [N, h, w, C], and its true cell coordinates pos [N or 1, h, w, 2]:
+        the compact grid (``"compact"`` with ids_keep) or the full grid (mask tokens under ``"token"``)."""
+        if ids_keep is not None and self.masked_tokens == "none":
+            raise ValueError("this encoder was built without masking (masked_tokens='none')")
+        if ids_keep is not None and self.masked_tokens == "compact":
+            return self._compact(imgs, ids_keep, secondary)
+        x = self.patch_embed(imgs)
+        n, h, w, _ = x.shape
+        if ids_keep is not None:  # "token": the mask token replaces every cell of a masked patch
+            visible = patch_visibility(ids_keep, (h // self.cells_per_patch, w // self.cells_per_patch),
+                                       self.cells_per_patch).unsqueeze(-1)
+            x = torch.where(visible, x, self.mask_token.to(x.dtype))
+        return x, self._cell_coords(h, w, x.device)
+
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None, return_layers: Sequence[int] = (),
                 secondary: torch.Tensor | None = None) -> EncoderOutput:
         """imgs: [N, C, H, W]; ids_keep: [N, K] visible patches of the 16-px token grid (any order; for
         ``"compact"`` exactly one per 2x2 group); secondary: [N, L] bool, visible patches to hide behind
         ``vis_mask_token`` (``"compact"`` only).
 
-        Returns tokens [N, h * w, embed_dim] of the final stage in raster order, and the un-normed outputs
-        [N, h_i * w_i, C_i] of the requested blocks (counted from 1).
+        patches: [N, h * w, embed_dim] the final stage in raster order (``grid`` = (h, w)); layers: the
+        un-normed outputs of the requested blocks (counted from 1) as maps of their stage.
         """
-        if ids_keep is not None and self.masked_tokens == "none":
-            raise ValueError("this encoder was built without masking (masked_tokens='none')")
-        if ids_keep is not None and self.masked_tokens == "compact":
-            x, pos_hw = self._compact(imgs, ids_keep, secondary)
-        else:
-            x = self.patch_embed(imgs)
-            n, h, w, _ = x.shape
-            if ids_keep is not None:  # "token": the mask token replaces every cell of a masked patch
-                k = self.cells_per_patch
-                visible = torch.zeros(n, h // k * (w // k), dtype=torch.bool, device=x.device)
-                visible = visible.scatter_(1, ids_keep, True).reshape(n, h // k, 1, w // k, 1)
-                visible = visible.expand(-1, -1, k, -1, k).reshape(n, h, w, 1)
-                x = torch.where(visible, x, self.mask_token.to(x.dtype))
-            pos_hw = self._cell_coords(h, w, x.device)
-        layers = {}
-        for i, block in enumerate(self.blocks, start=1):
-            x, pos_hw = block(x, pos_hw)
-            if i in return_layers:
-                layers[i] = x.flatten(1, 2)
-        return EncoderOutput(tokens=self.norm(x.flatten(1, 2)), layers=layers)
+        def as_output(state: tuple[torch.Tensor, torch.Tensor]) -> EncoderOutput:
+            x = state[0]
+            return EncoderOutput(prefix=x.new_zeros(x.shape[0], 0, x.shape[-1]), patches=x.flatten(1, 2),
+                                 grid=tuple(x.shape[1:3]))
+
+        (x, _), layers = run_blocks(self.blocks, self.embed(imgs, ids_keep, secondary), return_layers,
+                                    step=lambda block, state: block(*state), read=as_output)
+        out = as_output((self.norm(x), None))
+        out.layers = layers
+        return out
+
+    def forward_features(self, imgs: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Un-normed outputs of the stages ``indices`` (from 0; default all) on the full grid: stage i is
+        [N, C * 2^i, H / (4 * 2^i), W / (4 * 2^i)] (strides 4, 8, 16, 32 for 4-px cells)."""
+        chosen = feature_indices(indices, self.num_stages)
+        taps = [self.stage_ends[i] for i in chosen]
+        _, layers = run_blocks(self.blocks[:taps[-1]], self.embed(imgs), taps, step=lambda block, state: block(*state),
+                               read=lambda state: state[0].permute(0, 3, 1, 2))
+        return [layers[t] for t in taps]
 
 
 def swin_tiny(**kwargs) -> SwinMIM:

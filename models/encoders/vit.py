@@ -3,7 +3,6 @@
 State-dict keys are those of the official MAE ``models_mae.py`` encoder (``cls_token``, ``pos_embed``,
 ``patch_embed.proj.*``, ``blocks.{i}.*``, ``norm.*``); the blocks are timm's (fused SDPA attention).
 """
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Sequence
 
@@ -13,17 +12,9 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm, init_token
+from ..interfaces import EncoderOutput, FeatureInfo
 from ..pos_embed import sincos_2d
-
-
-@dataclass
-class EncoderOutput:
-    """tokens: [N, P + K, D] final-normed: the encoder's P prefix tokens (the ViT's cls; none for ConViT),
-    then the K visible tokens in ids_keep order;
-    layers: {block index counted from 1: [N, P + K, D] un-normed output of that block}."""
-
-    tokens: torch.Tensor
-    layers: dict[int, torch.Tensor] = field(default_factory=dict)
+from .common import feature_indices, patch_visibility, run_blocks, tokens_to_map
 
 
 class VisionTransformer(nn.Module):
@@ -58,6 +49,7 @@ class VisionTransformer(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i], norm_layer=norm_layer)
             for i in range(depth)])
         self.depth = depth
+        self.feature_info = [FeatureInfo(embed_dim, patch_size)] * depth  # one level per block
         self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
         if masked_tokens == "token":
             self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -78,32 +70,48 @@ class VisionTransformer(nn.Module):
         """Regexes over this encoder's parameter names: the stem (layer id 0) and the numbered blocks."""
         return r"^(?:cls_token|pos_embed|patch_embed)", r"^blocks\.(\d+)"
 
-    def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
-                return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None) -> EncoderOutput:
-        """imgs: [N, C, H, W]; ids_keep: [N, K] visible patch indices (None keeps all L); secondary: [N, L]
-        bool, visible patches whose embedding UM-MAE replaces by ``vis_mask_token`` (positions kept).
-
-        ``masked_tokens="drop"`` (MAE) encodes only the K visible tokens, in ids_keep order;
-        ``"token"`` (SimMIM, MaskFeat) replaces the masked patches' embeddings by the learned ``mask_token``
-        and encodes all L tokens in raster order.
-        """
+    def embed(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
+              secondary: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch embedding, masking and positions -> [N, 1 + S, D] with the cls token first."""
         x = self.patch_embed(imgs)
         if ids_keep is not None and self.masked_tokens == "token":
-            visible = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device).scatter_(1, ids_keep, True)
-            x = torch.where(visible.unsqueeze(-1), x, self.mask_token.to(x.dtype))
+            visible = patch_visibility(ids_keep, self.grid_size).flatten(1).unsqueeze(-1)
+            x = torch.where(visible, x, self.mask_token.to(x.dtype))
         if secondary is not None:
             x = torch.where(secondary.unsqueeze(-1), self.vis_mask_token.to(x.dtype), x)
         x = x + self.pos_embed[:, 1:]
         if ids_keep is not None and self.masked_tokens == "drop":
             x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, x], dim=1)
-        layers = {}
-        for i, block in enumerate(self.blocks, start=1):
-            x = block(x)
-            if i in return_layers:
-                layers[i] = x
-        return EncoderOutput(tokens=self.norm(x), layers=layers)
+        return torch.cat([cls, x], dim=1)
+
+    def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
+                return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None) -> EncoderOutput:
+        """imgs: [N, C, H, W]; ids_keep: [N, K] visible patch indices (None keeps all L); secondary: [N, L]
+        bool, visible patches whose embedding UM-MAE replaces by ``vis_mask_token`` (positions kept).
+
+        ``masked_tokens="drop"`` (MAE) encodes only the K visible tokens, in ids_keep order (``grid`` None);
+        ``"token"`` (SimMIM, MaskFeat) replaces the masked patches' embeddings by the learned ``mask_token``
+        and encodes all L tokens in raster order. prefix: the cls token [N, 1, D].
+        """
+        grid = self.grid_size if ids_keep is None or self.masked_tokens == "token" else None
+
+        def split(x: torch.Tensor) -> EncoderOutput:
+            return EncoderOutput(prefix=x[:, :1], patches=x[:, 1:], grid=grid)
+
+        x, layers = run_blocks(self.blocks, self.embed(imgs, ids_keep, secondary), return_layers, read=split)
+        out = split(self.norm(x))
+        out.layers = layers
+        return out
+
+    def forward_features(self, imgs: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Un-normed outputs of the blocks ``indices`` (from 0; default all) on the whole image, each
+        [N, D, H / p, W / p] (the cls token dropped)."""
+        chosen = feature_indices(indices, self.depth)
+        grid = (imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size)
+        _, layers = run_blocks(self.blocks[:chosen[-1] + 1], self.embed(imgs), [i + 1 for i in chosen],
+                               read=lambda x: tokens_to_map(x[:, 1:], grid))
+        return [layers[i + 1] for i in chosen]
 
 
 def vit_tiny(**kwargs) -> VisionTransformer:

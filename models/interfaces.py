@@ -1,0 +1,171 @@
+"""The contracts of the axes a method is composed of: encoder, masking, target, head and loss.
+
+A pretraining model (``models/mim.py``) is ``masking -> encoder -> heads``, each head's prediction compared
+with the ``target`` by its ``loss``. These Protocols are what the composition relies on; a new value on an
+axis is a class that satisfies one of them (``docs/extending.md``). Shapes: N images, V views, B = V * N
+rows, L patches on the ``grid_size`` grid, K visible patches, P prefix tokens, D channels.
+
+Conventions: a mask is bool with True = masked, in raster order of the patch grid; ``ids_keep`` lists the
+visible patches in the order the encoder sees them. Layer numbers in ``return_layers`` count the encoder's
+blocks from 1 (DeepMIM's "block 6"); ``forward_features`` indices count its feature levels from 0 (timm's
+and mmseg's ``out_indices``).
+"""
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+
+
+@dataclass
+class Masks:
+    """mask: [B, L] bool (True = masked); ids_keep: [B, K]; ids_restore: [B, L] (inverse of the shuffle).
+
+    With V views of N images, B = V * N rows ordered [view 1 of all images; view 2 of all images; ...]
+    (the official DMJD batch layout); ``view_mask`` gives them as [V, N, L].
+
+    ``secondary`` [B, L] bool (UM-MAE): patches that are visible under ``mask`` (so in ``ids_keep``) but
+    whose content the encoder replaces by a learned token; they are not reconstructed.
+    """
+
+    mask: torch.Tensor
+    ids_keep: torch.Tensor
+    ids_restore: torch.Tensor
+    num_views: int = 1
+    secondary: torch.Tensor | None = None
+
+    @property
+    def view_mask(self) -> torch.Tensor:
+        """[V, N, L] bool."""
+        return self.mask.reshape(self.num_views, -1, self.mask.shape[-1])
+
+    @classmethod
+    def from_shuffle(cls, ids_shuffle: torch.Tensor, len_keep: int, num_views: int = 1) -> "Masks":
+        """Build from a per-sample permutation [N, L] whose first ``len_keep`` entries stay visible."""
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        mask = torch.ones_like(ids_shuffle, dtype=torch.bool)
+        mask[:, :len_keep] = False
+        mask = torch.gather(mask, 1, ids_restore)
+        return cls(mask=mask, ids_keep=ids_shuffle[:, :len_keep], ids_restore=ids_restore, num_views=num_views)
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> "Masks":
+        """Build from an explicit bool mask [N, L], or [V, N, L] for V views of N images; visible tokens
+        are kept in raster order.
+
+        Every row must hide the same number of patches, since the encoder batches visible tokens.
+        """
+        if mask.dim() not in (2, 3):
+            raise ValueError(f"expected a mask of shape [N, L] or [V, N, L], got {tuple(mask.shape)}")
+        num_views = mask.shape[0] if mask.dim() == 3 else 1
+        mask = mask.reshape(-1, mask.shape[-1]).bool()
+        counts = mask.sum(1)
+        if (counts != counts[0]).any():
+            raise ValueError(f"every sample must mask the same number of patches, got {counts.tolist()}")
+        len_keep = mask.shape[1] - int(counts[0])
+        # stable sort keeps raster order inside the visible and the masked groups
+        ids_shuffle = torch.argsort(mask.to(torch.uint8), dim=1, stable=True)
+        return cls.from_shuffle(ids_shuffle, len_keep, num_views)
+
+    @classmethod
+    def from_ids_keep(cls, ids_keep: torch.Tensor, num_patches: int, num_views: int = 1) -> "Masks":
+        """Build from the visible patches in the order the encoder should see them, ids_keep [B, K]
+        (e.g. an order recorded from another implementation); masked patches follow in raster order."""
+        hidden = torch.ones(ids_keep.shape[0], num_patches, dtype=torch.bool, device=ids_keep.device)
+        hidden.scatter_(1, ids_keep, False)
+        rest = torch.argsort(hidden.to(torch.uint8), dim=1, stable=True)[:, ids_keep.shape[1]:]
+        return cls.from_shuffle(torch.cat([ids_keep, rest], dim=1), ids_keep.shape[1], num_views)
+
+
+@dataclass
+class EncoderOutput:
+    """What an encoder hands to the heads.
+
+    prefix: [B, P, D] the encoder's prefix tokens (the ViT's cls; P = 0 for ConViT, Swin, PVT).
+    patches: [B, S, D] the patch tokens: the K visible ones in ids_keep order (MAE-style encoders), or a
+        map of ``grid`` = (h, w) tokens in raster order (encoders that keep every position, or the final
+        stage of a pyramid encoder).
+    grid: (h, w) when ``patches`` is such a map, None when it is a set of visible tokens.
+    layers: {block number from 1: EncoderOutput of that block's un-normed output} for ``return_layers``.
+    The final ``prefix``/``patches`` are normed (when the encoder has a final norm).
+    """
+
+    prefix: torch.Tensor
+    patches: torch.Tensor
+    grid: tuple[int, int] | None = None
+    layers: dict[int, "EncoderOutput"] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One feature level of ``forward_features``: channels and stride (pixels per map cell)."""
+
+    num_chs: int
+    reduction: int
+
+
+@runtime_checkable
+class Encoder(Protocol):
+    """A backbone that consumes a mask its own way (drop tokens, mask convolutions, compact grid, mask token).
+
+    ``grid_size``/``num_patches`` describe the patch grid the masks live on (``patch_size`` pixels a patch);
+    ``embed_dim`` is the width of the final tokens, ``depth`` the number of blocks ``return_layers`` counts,
+    ``num_prefix_tokens`` the P of :class:`EncoderOutput` (a decoder's position table needs it when built).
+    """
+
+    num_prefix_tokens: int
+    patch_size: int
+    grid_size: tuple[int, int]
+    num_patches: int
+    embed_dim: int
+    depth: int
+    feature_info: list[FeatureInfo]
+
+    def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None, return_layers: Sequence[int] = (),
+                secondary: torch.Tensor | None = None) -> EncoderOutput:
+        """imgs [B, 3, H, W]; ids_keep [B, K] (None: every patch); secondary [B, L] (UM-MAE) or None."""
+
+    def forward_features(self, imgs: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
+        """Unmasked dense features for dense tasks: the levels ``indices`` of ``feature_info`` (default all),
+        each [B, C_i, H / r_i, W / r_i]."""
+
+    def layer_groups(self) -> tuple[str, str]:
+        """(stem, numbered blocks) regexes over parameter names, for layer-wise LR decay."""
+
+
+@runtime_checkable
+class Masking(Protocol):
+    """Draws the masks of a batch on its device, batched, from ``generator`` or the global RNG."""
+
+    mask_ratio: float
+
+    def __call__(self, batch_size: int, num_patches: int, device: torch.device,
+                 generator: torch.Generator | None = None) -> Masks:
+        ...
+
+
+@runtime_checkable
+class Target(Protocol):
+    """What the heads regress, computed on the device from the model input: imgs [N, 3, H, W] -> [N, L, C]."""
+
+    def out_dim(self, in_chans: int = 3) -> int:
+        ...
+
+    def __call__(self, imgs: torch.Tensor) -> torch.Tensor:
+        ...
+
+
+@runtime_checkable
+class Head(Protocol):
+    """Predicts from the encoder's output: [B, L, C] for every patch, or [B, K, C] for the visible ones.
+    A head with a ``layer`` attribute reads that block's output (deep supervision) instead of the final one."""
+
+    def __call__(self, features: EncoderOutput, masks: Masks) -> torch.Tensor:
+        ...
+
+
+@runtime_checkable
+class Loss(Protocol):
+    """Compares a head's prediction with the target [B, L, C] on the patches it is responsible for -> scalar."""
+
+    def __call__(self, pred: torch.Tensor, target: torch.Tensor, masks: Masks) -> torch.Tensor:
+        ...
