@@ -135,7 +135,7 @@ def main(args: argparse.Namespace) -> None:
         raise UsageError(f"{len(dataset)} images make no full batch of {args.batch_size} x {world_size} "
                          "processes: lower --batch_size or add data")
     model.to(device)
-    # DMJD's adaptive rule counts unique images x pred_ratio / mask_ratio (METHODS.md §2.6); MAE's ratio is 1
+    # DMJD's adaptive rule counts unique images x pred_ratio / mask_ratio (docs/methods.md §2.6); MAE's ratio is 1
     eff_batch = resolve_lr(args, world_size, recipe.defaults.lr_batch_ratio)
     optimizer = torch.optim.AdamW(weight_decay_groups(model, args.weight_decay), lr=args.lr,
                                   betas=(0.9, 0.95), fused=device.type == "cuda")

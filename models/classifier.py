@@ -55,10 +55,10 @@ class Classifier(FlatKeys, nn.Module):
         """timm's layer grouping for layer-wise LR decay: stem -> 0, block k -> k + 1, the rest -> depth + 1.
 
         The encoder names its stem and its numbered blocks (``layer_groups``): for ConViT the stem is every
-        convolutional stage and the blocks are the transformer stage (METHODS.md §2.7).
+        convolutional stage and the blocks are the transformer stage (docs/methods.md §2.7).
 
         With ``param_groups_layer_decay`` this gives scale decay^(depth + 1 - id), the official formula
-        (METHODS.md §1.7), whatever the encoder's depth. The final group's ordinal must not be timm's
+        (docs/methods.md §1.7), whatever the encoder's depth. The final group's ordinal must not be timm's
         99999, which would merge it into the last block's group (and give that block scale 1)."""
         stem, blocks = self.encoder.layer_groups()
         return {"stem": r"^encoder\." + stem.removeprefix("^"),

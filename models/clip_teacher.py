@@ -1,4 +1,4 @@
-"""Frozen CLIP image tower used as DeepMIM's regression target (METHODS.md §3.3).
+"""Frozen CLIP image tower used as DeepMIM's regression target (docs/methods.md §3.3).
 
 Parameter names are those of OpenAI CLIP's ``VisionTransformer`` without the ``visual.`` prefix
 (``conv1.weight``, ``class_embedding``, ``positional_embedding``, ``ln_pre.*``,

@@ -15,11 +15,11 @@ from .pos_embed import sincos_2d
 
 
 class MAEDecoder(nn.Module):
-    """MAE decoder (METHODS.md §1.4): embed [prefix, visible], append mask tokens, unshuffle to raster
+    """MAE decoder (docs/methods.md §1.4): embed [prefix, visible], append mask tokens, unshuffle to raster
     order, add fixed sin-cos positions, transformer blocks, LN, linear prediction of every patch.
 
     ``num_prefix_tokens`` is the number of rows the position table keeps for the encoder's prefix tokens:
-    1 for the ViT's cls token (MAE), 0 for ConViT (DMJD's decoder, METHODS.md §2.5, has no cls row); the
+    1 for the ViT's cls token (MAE), 0 for ConViT (DMJD's decoder, docs/methods.md §2.5, has no cls row); the
     encoder's output must bring that many."""
 
     def __init__(self, grid_size: tuple[int, int], embed_dim: int, out_dim: int, decoder_embed_dim: int = 512,
@@ -79,7 +79,7 @@ class LinearHead(nn.Module):
 
 
 class VisibleDistillHead(nn.Module):
-    """DMJD's visible-distillation branch (METHODS.md §2.5): the final-normed visible tokens go through a
+    """DMJD's visible-distillation branch (docs/methods.md §2.5): the final-normed visible tokens go through a
     projection MLP (``proj_embed``) and a linear ``predictor`` that regresses the target of their own patch
     (its loss: ``PatchLoss(on="visible")``, smooth-L1 with beta 2 officially)."""
 
@@ -100,7 +100,7 @@ class VisibleDistillHead(nn.Module):
 
 
 class TappedHead(nn.Module):
-    """Deep supervision (DeepMIM, METHODS.md §3.1): ``head`` reads the un-normed output of encoder block
+    """Deep supervision (DeepMIM, docs/methods.md §3.1): ``head`` reads the un-normed output of encoder block
     ``layer`` (counted from 1) instead of the final-normed tokens; ``layer=None`` reads the final tokens.
 
     ``key_suffix`` numbers the head's weights in checkpoints (``decoder_embed`` -> ``decoder_embed1``),

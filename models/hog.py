@@ -1,4 +1,4 @@
-"""DMJD's HOG target (METHODS.md §2.2), computed on the device from the normalized model input.
+"""DMJD's HOG target (docs/methods.md §2.2), computed on the device from the normalized model input.
 
 The official code feeds a second, uint8 copy of every image from the data loader to its HOG. The
 normalized input already determines that copy exactly (:func:`denormalize_to_uint8`), so here the target
@@ -48,7 +48,7 @@ def denormalize_to_uint8(imgs: torch.Tensor, mean: Sequence[float] = IMAGENET_ME
 
 
 def hog_cell_histograms(img: torch.Tensor, cell_size: int = 8, nbins: int = 9) -> torch.Tensor:
-    """Per-channel HOG cell histograms, DMJD's variant (METHODS.md §2.2 steps 2-4).
+    """Per-channel HOG cell histograms, DMJD's variant (docs/methods.md §2.2 steps 2-4).
 
     img: ``[N, C, H, W]``, any float range (DMJD: 0..255, no gamma); cast to float32.
     Returns ``[N, C, H // cell_size, W // cell_size, nbins]`` float32: for each cell and bin, the sum of
@@ -117,7 +117,7 @@ def cells_to_patches(hist: torch.Tensor, cells_per_patch: int) -> torch.Tensor:
 
 
 class HogTarget(nn.Module):
-    """DMJD's HOG regression target per patch (METHODS.md §2.2), from the ImageNet-normalized input.
+    """DMJD's HOG regression target per patch (docs/methods.md §2.2), from the ImageNet-normalized input.
 
     ``forward(imgs [N, C, H, W]) -> [N, L, (patch/cell)^2 * nbins * C]`` float32, L = (H/p)(W/p) in
     raster order. Inside a patch of k x k cells (k = patch/cell) the index of cell (dh, dw), bin d,

@@ -1,4 +1,4 @@
-"""The official MAE-family initialization (METHODS.md §1.3, pitfall 14)."""
+"""The official MAE-family initialization (docs/methods.md §1.3, pitfall 14)."""
 import torch
 from torch import nn
 

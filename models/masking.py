@@ -12,7 +12,7 @@ __all__ = ["Masks", "RandomMasking", "BlockMasking", "DisjointMasking", "Uniform
 
 
 class RandomMasking:
-    """MAE random masking (METHODS.md §1.2): keep ``int(L * (1 - ratio))`` patches of lowest noise."""
+    """MAE random masking (docs/methods.md §1.2): keep ``int(L * (1 - ratio))`` patches of lowest noise."""
 
     def __init__(self, mask_ratio: float = 0.75):
         if not 0.0 <= mask_ratio < 1.0:
@@ -50,7 +50,7 @@ def _square_grid(num_patches: int) -> tuple[int, int]:
 def _block_to_patch_order(block_order: torch.Tensor, len_keep: int, grid: tuple[int, int]) -> torch.Tensor:
     """Expand a per-sample order of 2x2 blocks [N, S] into an order of patches [N, 4S]: the top-left
     patches of the kept blocks, then their top-right, bottom-left, bottom-right, then the same four
-    groups for the masked blocks (the official DMJD order, METHODS.md §2.3)."""
+    groups for the masked blocks (the official DMJD order, docs/methods.md §2.3)."""
     h, w = grid
     row = torch.div(block_order, w // 2, rounding_mode="floor") * 2
     col = (block_order % (w // 2)) * 2
@@ -101,7 +101,7 @@ class BlockMasking:
 
 
 class DisjointMasking:
-    """DMJD's disjoint multi-view masking (METHODS.md §2.3) over any masking of units (a patch for random,
+    """DMJD's disjoint multi-view masking (docs/methods.md §2.3) over any masking of units (a patch for random,
     a 2x2 block for block masking: ``num_units`` / ``units_to_patches``).
 
     View 1 is the base masking. Each later view keeps the same number of visible units (patches, or
@@ -175,7 +175,7 @@ def group_visible_ids(visible: torch.Tensor, grid_size: tuple[int, int]) -> torc
 
 
 class UniformMasking:
-    """UM-MAE's uniform sampling (METHODS.md §4.1) + secondary masking (§4.2), batched on the device.
+    """UM-MAE's uniform sampling (docs/methods.md §4.1) + secondary masking (§4.2), batched on the device.
 
     Exactly one visible patch per 2x2 group (mask ratio 0.75). As officially, the kept corner of each group
     is drawn without replacement from a balanced pool holding each of the 4 corners equally often, L/2

@@ -1,6 +1,6 @@
 """Fixed 2-D sin-cos position embeddings and their resizing to a new patch grid.
 
-Layout (official MAE, METHODS.md §1.3): the first D/2 channels encode the column index, the last D/2
+Layout (official MAE, docs/methods.md §1.3): the first D/2 channels encode the column index, the last D/2
 the row; each half is [sin(pos * w_k) for all k, cos(pos * w_k) for all k] with w_k = 1 / 10000^(k / (D/4)).
 The table is computed in float64 and cast to float32, like the official NumPy code.
 """

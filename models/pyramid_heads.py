@@ -1,4 +1,4 @@
-"""Heads for pyramid (multi-stage) encoders pretrained with UM-MAE or SimMIM (METHODS.md §4.3-4.5, §4.8).
+"""Heads for pyramid (multi-stage) encoders pretrained with UM-MAE or SimMIM (docs/methods.md §4.3-4.5, §4.8).
 
 A pyramid encoder ends at a coarse final stage: with UM-MAE's compact grid (one visible 16-px patch per 2x2
 group, gathered group by group) the final map has half the side of the group grid (4x4 at 256 px); on the
@@ -28,7 +28,7 @@ def _shuffle_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class UMDecoder(MAEDecoder):
-    """UM-MAE's decoder for pyramid encoders (METHODS.md §4.5).
+    """UM-MAE's decoder for pyramid encoders (docs/methods.md §4.5).
 
     ``decoder_embed`` Linear(C_out -> 4 D) + PixelShuffle(2) turns the final compact map into one token per
     UM-visible patch, in raster order of the 2x2 groups; fixed 2-D sin-cos positions are added; the
@@ -82,7 +82,7 @@ class UMDecoder(MAEDecoder):
 
 
 class SimMIMHead(nn.Module):
-    """UM-MAE's SimMIM "decoder" (METHODS.md §4.8): ``decoder_pred`` Linear(C_out -> upscale^2 * P) and
+    """UM-MAE's SimMIM "decoder" (docs/methods.md §4.8): ``decoder_pred`` Linear(C_out -> upscale^2 * P) and
     PixelShuffle(upscale) give one P-dim prediction per patch from the final stage (P = 16 * 16 * 3); its
     loss is L1 over the masked patches."""
 

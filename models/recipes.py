@@ -8,14 +8,15 @@ from torch import nn
 from util.errors import UsageError
 
 from .classifier import Classifier
-from .encoders import convvit, pvt, swin, vit
 from .clip_teacher import load_clip_teacher
-from .official import DMJD_QUIRKS, MASKFEAT_QUIRKS, UMMAE_QUIRKS, share_decoder_pos_embed
+from .encoders import convvit, pvt, swin, vit
 from .heads import LinearHead, MAEDecoder, VisibleDistillHead, deep_supervision_heads, default_ds_layers
-from .losses import PatchLoss
 from .hog import HogTarget, MaskFeatHogTarget
+from .interfaces import Masking
+from .losses import PatchLoss
 from .masking import BlockMasking, DisjointMasking, RandomMasking, UniformMasking
 from .mim import Branch, MaskedImageModel
+from .official import DMJD_QUIRKS, MASKFEAT_QUIRKS, UMMAE_QUIRKS, share_decoder_pos_embed
 from .pyramid_heads import SimMIMHead, UMDecoder
 from .registry import Recipe, TrainDefaults, register_model
 from .targets import CLIPTarget, PixelTarget
@@ -26,16 +27,18 @@ PRED_TYPES = ("pixel", "hog")
 
 def build_mae(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.75, norm_pix_loss: bool = False,
               decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
-              mask_regular: bool = False, vis_mask_ratio: float = 0.0, **encoder_kwargs) -> MaskedImageModel:
-    """MAE: ViT dropping masked tokens, random masking, pixel target, MAE decoder (METHODS.md §1).
+              mask_regular: bool = False, vis_mask_ratio: float = 0.0, masking: Masking | None = None,
+              **encoder_kwargs) -> MaskedImageModel:
+    """MAE: ViT dropping masked tokens, random masking, pixel target, MAE decoder (docs/methods.md §1).
 
     ``mask_regular`` switches to UM-MAE's uniform masking (one visible patch per 2x2 group, mask ratio
-    0.75) with ``vis_mask_ratio`` of the visible patches behind a learned token (the paper's ViT row)."""
+    0.75) with ``vis_mask_ratio`` of the visible patches behind a learned token (the paper's ViT row).
+    ``masking`` replaces the masking altogether by any :class:`Masking` (docs/extending.md)."""
     encoder = encoder_fn(img_size=img_size, vis_mask_token=vis_mask_ratio > 0, **encoder_kwargs)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     decoder = MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
                          decoder_depth, decoder_num_heads)
-    return MaskedImageModel(encoder, _mae_masking(mask_ratio, mask_regular, vis_mask_ratio), target,
+    return MaskedImageModel(encoder, masking or _mae_masking(mask_ratio, mask_regular, vis_mask_ratio), target,
                             {"mim": Branch(decoder, PatchLoss("l2", on="masked"))})
 
 
@@ -100,7 +103,7 @@ def build_dmjd(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.
                theta: float = 1.0, decoder_embed_dim: int = 512, decoder_depth: int = 8,
                decoder_num_heads: int = 16, decoder_mlp_ratio: float = 8.0, official_quirks: bool = False,
                **encoder_kwargs) -> Recipe:
-    """DMJD (METHODS.md §2): disjoint views of one crop, an MAE-style decoder for the masked patches and,
+    """DMJD (docs/methods.md §2): disjoint views of one crop, an MAE-style decoder for the masked patches and,
     with ``distill``, the visible-distillation branch weighted by ``theta``. With one view and no
     distillation it is the ConvMAE / MaskFeat-style single-view baseline on the same parts.
 
@@ -186,7 +189,7 @@ def build_deepmim(encoder_fn: Callable, img_size: int = 224, mask_ratio: float =
                   norm_pix_loss: bool = False, ds_layers: Sequence[int] | None = None,
                   decoder_embed_dim: int = 512, decoder_depth: int = 4, decoder_num_heads: int = 16,
                   **encoder_kwargs) -> MaskedImageModel:
-    """DeepMIM (METHODS.md §3): MAE's encoder and masking, one independent MAE decoder per tap
+    """DeepMIM (docs/methods.md §3): MAE's encoder and masking, one independent MAE decoder per tap
     (``ds_layers``, default blocks 6/8/10 of 12 and the final output, scaled to the depth), each with its
     own loss of weight 1. With ``clip_path`` the target is a frozen CLIP teacher's final tokens and the
     loss 2 - 2 cos; without it the MAE pixel target (``norm_pix_loss``) and the MAE loss. The official
@@ -227,7 +230,7 @@ def build_ummae(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0
                 vis_mask_ratio: float = 0.25, norm_pix_loss: bool = False, decoder_embed_dim: int = 512,
                 decoder_depth: int = 2, decoder_num_heads: int = 16, official_quirks: bool = False,
                 **encoder_kwargs) -> MaskedImageModel:
-    """UM-MAE on a pyramid encoder (METHODS.md §4): uniform masking, the visible quarter packed into a compact
+    """UM-MAE on a pyramid encoder (docs/methods.md §4): uniform masking, the visible quarter packed into a compact
     grid, secondary masking by ``vis_mask_ratio``, the pixel-shuffle decoder, MAE's pixel loss on the 75%.
 
     ``official_quirks`` (``official.UMMAE_QUIRKS``) gives the decoder's visible tokens the official
@@ -247,7 +250,7 @@ def build_ummae(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0
 
 def build_simmim(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0.75, mask_type: str = "rand",
                  norm_pix_loss: bool = False, **encoder_kwargs) -> MaskedImageModel:
-    """SimMIM as UM-MAE compares to it (METHODS.md §4.8): a learned mask token for every masked patch inside
+    """SimMIM as UM-MAE compares to it (docs/methods.md §4.8): a learned mask token for every masked patch inside
     the encoder, all tokens encoded, a linear + pixel-shuffle head, L1 on the masked patches; random 75%
     masking at 16 px (``mask_type="block", mask_ratio=0.6`` gives SimMIM's own 32-px blocks at 0.6)."""
     encoder = encoder_fn(img_size=img_size, masked_tokens="token", **encoder_kwargs)
@@ -335,7 +338,7 @@ def vit_huge_patch14(**kwargs) -> Classifier:
 
 @register_model
 def convvit_base_patch16(**kwargs) -> Classifier:
-    """ConViT-B for fine-tuning / linear probing: no multi-scale fusion, global pooling (METHODS.md §2.7)."""
+    """ConViT-B for fine-tuning / linear probing: no multi-scale fusion, global pooling (docs/methods.md §2.7)."""
     return build_classifier(partial(convvit.convvit_base, fusion=False, learnable_pos_embed=True), **kwargs)
 
 

@@ -12,7 +12,7 @@ class PixelTarget(nn.Module):
     """ImageNet-normalized pixels per patch, optionally normalized per patch (MAE ``--norm_pix_loss``).
 
     norm-pix uses each patch's mean and *unbiased* variance over all p*p*3 values, eps 1e-6 inside the
-    sqrt (METHODS.md §1.1); only the target is normalized.
+    sqrt (docs/methods.md §1.1); only the target is normalized.
     """
 
     def __init__(self, patch_size: int, norm_pix: bool = False, eps: float = 1e-6):
@@ -38,7 +38,7 @@ class PixelTarget(nn.Module):
 
 
 class CLIPTarget(nn.Module):
-    """DeepMIM's target (METHODS.md §3.3): the final-layer token features of a frozen CLIP image tower,
+    """DeepMIM's target (docs/methods.md §3.3): the final-layer token features of a frozen CLIP image tower,
     [N, L, C] (cls dropped), for the same unmasked crop re-normalized from ImageNet to CLIP statistics.
 
     The teacher is deliberately not a registered submodule: it stays out of ``parameters()`` (so out of

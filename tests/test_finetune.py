@@ -28,7 +28,7 @@ def block_keys(prefix: str) -> list[str]:
 
 def official_finetune_keys(depth: int, global_pool: bool) -> set[str]:
     """The official models_vit.VisionTransformer keys: timm ViT, with `norm` replaced by `fc_norm`
-    under global pooling (METHODS.md §1.7)."""
+    under global pooling (docs/methods.md §1.7)."""
     keys = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "head.weight", "head.bias"}
     keys |= {k for i in range(depth) for k in block_keys(f"blocks.{i}")}
     keys |= {"fc_norm.weight", "fc_norm.bias"} if global_pool else {"norm.weight", "norm.bias"}

@@ -1,4 +1,4 @@
-"""DMJD's HOG target (METHODS.md §2.2): exact denormalization, skimage parity, whitening, layout, golden."""
+"""DMJD's HOG target (docs/methods.md §2.2): exact denormalization, skimage parity, whitening, layout, golden."""
 import math
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""DMJD masking: 2x2 block masking and disjoint multi-view masking (METHODS.md §2.3)."""
+"""DMJD masking: 2x2 block masking and disjoint multi-view masking (docs/methods.md §2.3)."""
 import pytest
 import torch
 

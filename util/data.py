@@ -31,7 +31,7 @@ Transform = Callable[[Image.Image], object]
 def build_pretrain_transform(input_size: int, min_scale: float = 0.2) -> transforms.Compose:
     """MAE pretraining augmentation: RGB PIL image -> normalized ``[3, input_size, input_size]`` tensor.
 
-    ``min_scale`` bounds the crop area from below: 0.2 for MAE, 0.5 for DMJD (METHODS.md §2.1). DMJD's HOG
+    ``min_scale`` bounds the crop area from below: 0.2 for MAE, 0.5 for DMJD (docs/methods.md §2.1). DMJD's HOG
     input, the uint8 crop, is recovered exactly from this tensor on the device (``models/hog.py``)."""
     return transforms.Compose([
         transforms.RandomResizedCrop(input_size, scale=(min_scale, 1.0),

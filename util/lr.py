@@ -10,7 +10,7 @@ def scaled_lr(blr: float, batch_size: int, accum_iter: int, world_size: int,
     """The linear scaling rule ``lr = blr * eff_batch / 256``; returns (lr, eff_batch).
 
     eff_batch = batch_size * accum_iter * world_size * ratio; ``ratio`` is 1 for MAE and
-    pred_ratio / mask_ratio for DMJD's adaptive rule (METHODS.md §2.6).
+    pred_ratio / mask_ratio for DMJD's adaptive rule (docs/methods.md §2.6).
     """
     eff_batch = batch_size * accum_iter * world_size * ratio
     return blr * eff_batch / 256, eff_batch

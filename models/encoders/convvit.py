@@ -1,4 +1,4 @@
-"""ConvMAE's hybrid "ConViT" encoder (METHODS.md §2.4, §2.7): two convolutional stages, then ViT blocks.
+"""ConvMAE's hybrid "ConViT" encoder (docs/methods.md §2.4, §2.7): two convolutional stages, then ViT blocks.
 
 Stages at 224 px: ``patch_embed1`` (4x4 conv) -> ``blocks1`` (CBlocks on 56x56) -> ``patch_embed2`` (2x2)
 -> ``blocks2`` (28x28) -> ``patch_embed3`` (2x2, 14x14) -> flatten -> ``patch_embed4`` (Linear) + fixed

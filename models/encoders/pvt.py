@@ -1,4 +1,4 @@
-"""UM-MAE's Pyramid Vision Transformer (METHODS.md §4.3, §4.4, §4.7): four stages of spatial-reduction
+"""UM-MAE's Pyramid Vision Transformer (docs/methods.md §4.3, §4.4, §4.7): four stages of spatial-reduction
 attention over 4-pixel cells, for uniform-masking pretraining on a compact grid, SimMIM and classification.
 
 Stages at 256 px on the full grid: ``patch_embed`` (4x4 conv, no norm) -> 64x64 cells -> stage 1 -> 2x2

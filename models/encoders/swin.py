@@ -1,4 +1,4 @@
-"""UM-MAE's Swin Transformer (METHODS.md §4.3-4.4): one encoder for UM-MAE pretraining on the compact grid,
+"""UM-MAE's Swin Transformer (docs/methods.md §4.3-4.4): one encoder for UM-MAE pretraining on the compact grid,
 the SimMIM baseline (mask token on the full grid) and fine-tuning (full grid, no masking).
 
 Differences from the original Swin: the relative-position bias table is a small MLP (``posmlp``) of the
@@ -63,7 +63,7 @@ class PatchEmbed(nn.Module):
 
 
 class PatchMerge(nn.Module):
-    """LN, then a 2x2 stride-2 conv; coordinates are subsampled [::2, ::2] and halved (METHODS.md §4.4)."""
+    """LN, then a 2x2 stride-2 conv; coordinates are subsampled [::2, ::2] and halved (docs/methods.md §4.4)."""
 
     def __init__(self, in_dim: int, out_dim: int, norm_layer):
         super().__init__()
@@ -203,7 +203,7 @@ class SwinMIM(nn.Module):
     - ``"none"`` (fine-tuning): no masking parameters; ``ids_keep`` must be None.
 
     With ``ids_keep=None`` every mode runs on the full grid without masking. The window is 8 for UM-MAE
-    pretraining and 16 for SimMIM and fine-tuning (METHODS.md §4.4, §4.7).
+    pretraining and 16 for SimMIM and fine-tuning (docs/methods.md §4.4, §4.7).
     """
 
     num_prefix_tokens = 0
