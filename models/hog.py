@@ -18,8 +18,9 @@ from torch import nn
 from util.data import IMAGENET_MEAN, IMAGENET_STD
 
 
-def _channel_stats(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-    """A per-channel constant as a float32 ``[1, C, 1, 1]`` tensor on the device of ``like``."""
+def _channel_stats(values: Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-channel constant as a float32 ``[1, C, 1, 1]`` tensor on the device of ``like`` (no copy when
+    it already is one there)."""
     return torch.as_tensor(values, dtype=torch.float32, device=like.device).reshape(1, -1, 1, 1)
 
 
@@ -32,8 +33,8 @@ def _check_images(target: nn.Module, imgs: torch.Tensor) -> None:
         raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {target.patch_size}")
 
 
-def denormalize_to_uint8(imgs: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                         std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def denormalize_to_uint8(imgs: torch.Tensor, mean: Sequence[float] | torch.Tensor = IMAGENET_MEAN,
+                         std: Sequence[float] | torch.Tensor = IMAGENET_STD) -> torch.Tensor:
     """Recover the 0..255 pixels an input was normalized from.
 
     imgs: ``[N, C, H, W]`` float, made as ``Normalize(mean, std)(ToTensor()(uint8 image))``.
@@ -99,20 +100,24 @@ def whiten_histograms(hist: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return F.layer_norm(hist, hist.shape[-1:], eps=eps)
 
 
-def cells_to_patches(hist: torch.Tensor, cells_per_patch: int) -> torch.Tensor:
-    """Group cell histograms by patch, the official ``b c (ph dh) (pw dw) d -> b (ph pw) (dh dw d c)``.
+def cells_to_patches(hist: torch.Tensor, cells_per_patch: int, layout: str = "dmjd") -> torch.Tensor:
+    """Group cell histograms by patch: hist ``[N, C, ph*k, pw*k, nbins]`` with k = ``cells_per_patch`` ->
+    ``[N, ph*pw, k*k*nbins*C]``, patches in raster order. Inside a patch, cell (dh, dw), bin d, channel c
+    sits at
 
-    hist: ``[N, C, ph*k, pw*k, nbins]`` with k = ``cells_per_patch`` -> ``[N, ph*pw, k*k*nbins*C]``,
-    patches in raster order; inside a patch, cell (dh, dw), bin d, channel c sits at
-    ``((dh*k + dw)*nbins + d)*C + c`` (channel fastest).
+    - ``layout="dmjd"``: ``((dh*k + dw)*nbins + d)*C + c`` (channel fastest; the official
+      ``b c (ph dh) (pw dw) d -> b (ph pw) (dh dw d c)``);
+    - ``layout="maskfeat"``: ``((c*nbins + d)*k + dh)*k + dw`` (cell fastest; MaskMViT's
+      ``_get_hog_label_2d``: channel-bin rows, then two ``unfold``s appending dh, then dw).
     """
     n, c, hc, wc, nbins = hist.shape
     k = cells_per_patch
     if hc % k or wc % k:
         raise ValueError(f"{hc}x{wc} cells do not group into patches of {k}x{k} cells")
     ph, pw = hc // k, wc // k
-    # [N, C, ph, dh, pw, dw, d] -> [N, ph, pw, dh, dw, d, C]
-    x = hist.reshape(n, c, ph, k, pw, k, nbins).permute(0, 2, 4, 3, 5, 6, 1)
+    # dims of the view: 0 N, 1 C, 2 ph, 3 dh, 4 pw, 5 dw, 6 d
+    order = {"dmjd": (0, 2, 4, 3, 5, 6, 1), "maskfeat": (0, 2, 4, 1, 6, 3, 5)}[layout]
+    x = hist.reshape(n, c, ph, k, pw, k, nbins).permute(*order)
     return x.reshape(n, ph * pw, k * k * nbins * c)
 
 
@@ -123,7 +128,7 @@ class HogTarget(nn.Module):
     raster order. Inside a patch of k x k cells (k = patch/cell) the index of cell (dh, dw), bin d,
     channel c is ``((dh*k + dw)*nbins + d)*C + c``: the official ``b c (ph dh) (pw dw) d ->
     b (ph pw) (dh dw d c)``. Unlike the official code (14x14 hard-coded) any H, W divisible by the patch
-    size works. No parameters or buffers, so checkpoints are unaffected.
+    size works. No parameters or saved buffers, so checkpoints are unaffected.
     """
 
     def __init__(self, patch_size: int = 16, cell_size: int = 8, nbins: int = 9, in_chans: int = 3,
@@ -137,8 +142,9 @@ class HogTarget(nn.Module):
         self.cell_size = cell_size
         self.nbins = nbins
         self.in_chans = in_chans
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        # buffers (not saved): on the model's device, so no host-to-device copy at every step
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def out_dim(self, in_chans: Optional[int] = None) -> int:
         """Length of one patch's target: (patch/cell)^2 * nbins * in_chans (108 at 16/8/9/3)."""
@@ -248,30 +254,12 @@ def maskfeat_hog_cells(img: torch.Tensor, pool: int = 8, nbins: int = 9, gaussia
     return hist
 
 
-def maskfeat_cells_to_patches(hist: torch.Tensor, cells_per_patch: int) -> torch.Tensor:
-    """MaskMViT._get_hog_label_2d's layout: ``[N, C, nbins, ph*k, pw*k] -> [N, ph*pw, C*nbins*k*k]``.
-
-    Patches in raster order; inside a patch, channel c, bin d, cell (dh, dw) sits at
-    ``((c*nbins + d)*k + dh)*k + dw``: channel slowest, the cell fastest (DMJD's order is the reverse:
-    cell slowest, channel fastest). From ``hog(x).flatten(1, 2)`` (index c*nbins + d), permute to channels
-    last, then two ``unfold``s that append dh, then dw, after it.
-    """
-    n, c, nbins, hc, wc = hist.shape
-    k = cells_per_patch
-    if hc % k or wc % k:
-        raise ValueError(f"{hc}x{wc} cells do not group into patches of {k}x{k} cells")
-    ph, pw = hc // k, wc // k
-    # [N, C, d, ph, dh, pw, dw] -> [N, ph, pw, C, d, dh, dw]
-    x = hist.reshape(n, c, nbins, ph, k, pw, k).permute(0, 3, 5, 1, 2, 4, 6)
-    return x.reshape(n, ph * pw, c * nbins * k * k)
-
-
 class MaskFeatHogTarget(nn.Module):
     """MaskFeat's HOG regression target per patch, for images (SlowFast ``HOGLayerC`` + ``MaskMViT``).
 
     ``forward(imgs [N, C, H, W]) -> [N, L, out_dim]`` float32 (computed outside autocast), L = (H/p)(W/p) in
     raster order, ``out_dim = C * nbins * (p/pool)^2`` (108 at the defaults: 3 channels x 9 bins x 2x2 cells);
-    index ``((c*nbins + d)*k + dh)*k + dw`` with k = p/pool (see :func:`maskfeat_cells_to_patches`).
+    index ``((c*nbins + d)*k + dh)*k + dw`` with k = p/pool (:func:`cells_to_patches`, ``layout="maskfeat"``).
     Defaults are MaskFeat's ImageNet ViT-B setting: nbins 9, pool (cell) 8, no Gaussian window, patch 16.
 
     Input: the ImageNet-normalized model input, which is what MaskFeat feeds its HOG (``_maskfeat_forward``
@@ -288,7 +276,7 @@ class MaskFeatHogTarget(nn.Module):
 
     Unlike DMJD's :class:`HogTarget`: Sobel (not central differences), reflect padding (no zeroed border),
     ``atan2(gx, gy)`` orientation with horizontal edges at the 0/nbins-1 bin edge, sum pooling, per-cell L2
-    normalization (no LayerNorm), channel-slowest layout. No parameters or buffers.
+    normalization (no LayerNorm), channel-slowest layout. No parameters or saved buffers.
     """
 
     def __init__(self, patch_size: int = 16, pool: int = 8, nbins: int = 9, gaussian_window: int = 0,
@@ -305,8 +293,9 @@ class MaskFeatHogTarget(nn.Module):
         self.gaussian_window = gaussian_window
         self.in_chans = in_chans
         self.from_uint8 = from_uint8
-        self.mean = tuple(mean)
-        self.std = tuple(std)
+        # buffers (not saved): on the model's device, so no host-to-device copy at every step
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     def out_dim(self, in_chans: Optional[int] = None) -> int:
         """Length of one patch's target: in_chans * nbins * (patch/pool)^2 (108 at 3/9/16/8)."""
@@ -320,7 +309,7 @@ class MaskFeatHogTarget(nn.Module):
         with torch.no_grad(), torch.autocast(device_type=imgs.device.type, enabled=False):
             x = denormalize_to_uint8(imgs, self.mean, self.std) if self.from_uint8 else imgs.float()
             hist = maskfeat_hog_cells(x, self.pool, self.nbins, self.gaussian_window)
-            return maskfeat_cells_to_patches(hist, p // self.pool)
+            return cells_to_patches(hist.permute(0, 1, 3, 4, 2), p // self.pool, layout="maskfeat")
 
     def extra_repr(self) -> str:
         return (f"patch_size={self.patch_size}, pool={self.pool}, nbins={self.nbins}, "

@@ -224,8 +224,7 @@ def test_golden_hog_target(case: str):
 
 from scipy import ndimage  # noqa: E402
 
-from models.hog import (MaskFeatHogTarget, gaussian_window_2d, maskfeat_cells_to_patches,  # noqa: E402
-                        maskfeat_hog_cells, sobel_gradients)
+from models.hog import MaskFeatHogTarget, gaussian_window_2d, maskfeat_hog_cells, sobel_gradients  # noqa: E402
 
 SOBEL_X = np.array([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
 
@@ -339,7 +338,8 @@ def test_maskfeat_cells_unit_or_zero():
 
 
 def test_maskfeat_layout_index_formula():
-    """maskfeat_cells_to_patches puts (channel c, bin d, cell (dh, dw)) at ((c*9 + d)*k + dh)*k + dw."""
+    """cells_to_patches(layout="maskfeat") puts (channel c, bin d, cell (dh, dw)) at ((c*9 + d)*k + dh)*k + dw,
+    from MaskFeat's [N, C, nbins, H, W] cells."""
     n, c, nbins, k, ph, pw = 2, 3, 9, 2, 3, 4
     b_, c_, d_, r_, q_ = torch.meshgrid(*(torch.arange(s) for s in (n, c, nbins, ph * k, pw * k)), indexing="ij")
     code = (((b_ * 10 + c_) * 100 + d_) * 100 + r_) * 100 + q_  # every entry says where it came from
@@ -357,6 +357,11 @@ def test_maskfeat_layout_index_formula():
                                 assert got.item() == want
     with pytest.raises(ValueError):
         maskfeat_cells_to_patches(code.double()[..., :5], k)
+
+
+def maskfeat_cells_to_patches(cells: torch.Tensor, k: int) -> torch.Tensor:
+    """MaskFeat's cells [N, C, nbins, H, W] through the shared layout function."""
+    return cells_to_patches(cells.permute(0, 1, 3, 4, 2), k, layout="maskfeat")
 
 
 def test_maskfeat_layout_on_constructed_input():

@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+import models
 from util.errors import UsageError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -73,9 +74,8 @@ def parse_model_kwargs(items: list[str]) -> dict:
     return out
 
 
-def build_named_model(name: str, **kwargs) -> "models.Recipe":
-    """``create_recipe`` with a one-line error when a recipe does not take an option."""
-    import models
+def build_named_model(name: str, **kwargs):
+    """``models.create_recipe`` -> Recipe, with a one-line error when a recipe does not take an option."""
     try:
         return models.create_recipe(name, **kwargs)
     except TypeError as err:

@@ -22,7 +22,6 @@ values per stage at stages 1-3. State-dict keys are those of the official ``mode
 stages 2-4 owns the ``downsample``, ``norm``), of ``models_simmim_pvt.py`` (``mask_token``) and of the
 fine-tune ``models_pvt.py`` (without ``norm`` under global pooling).
 """
-import math
 from typing import Sequence
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, to_2tuple
 from torch import nn
 
-from ..init import init_conv_as_linear, init_linear_and_norm, init_token
+from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm, init_token
 from ..interfaces import EncoderOutput, FeatureInfo
 from ..masking import compact_order
 from ..pos_embed import sincos_2d
@@ -112,15 +111,6 @@ class CellEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x)
-
-
-def init_conv_fan_out(module: nn.Module) -> None:
-    """``module.apply`` target: Conv2d weights normal(0, sqrt(2 / fan_out)), zero bias (the official init)."""
-    if isinstance(module, nn.Conv2d):
-        fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels // module.groups
-        nn.init.normal_(module.weight, std=math.sqrt(2.0 / fan_out))
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
 
 
 class PyramidVisionTransformer(nn.Module):

@@ -18,7 +18,6 @@ Grids: the image is cut into ``patch_size`` cells (4 px) by ``patch_embed``; mas
 State-dict keys are the official ones (``patch_embed.{proj,norm}``, ``blocks.{i}.{norm1,attn.{qkv,proj,
 posmlp.{0,2}},norm2,mlp.{fc1,fc2},downsample.{norm,proj}}``, ``norm``, ``vis_mask_token`` / ``mask_token``).
 """
-import math
 from functools import partial
 from typing import Sequence
 
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp
 from torch import nn
 
-from ..init import init_conv_as_linear, init_linear_and_norm, init_token
+from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm, init_token
 from ..interfaces import EncoderOutput, FeatureInfo
 from ..masking import compact_order
 from .common import feature_indices, patch_visibility, run_blocks
@@ -253,14 +252,8 @@ class SwinMIM(nn.Module):
     def reset_parameters(self) -> None:
         """Linear xavier / LN 1-0, convs normal(0, sqrt(2 / fan_out)), then the patch conv xavier as a
         matrix (pretraining; the official fine-tune model keeps the conv init), tokens normal(0.02)."""
-        def init(m: nn.Module) -> None:
-            init_linear_and_norm(m)
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        self.apply(init)
+        self.apply(init_linear_and_norm)
+        self.apply(init_conv_fan_out)
         if self.masked_tokens != "none":
             init_conv_as_linear(self.patch_embed.proj)
         for name in ("vis_mask_token", "mask_token"):
