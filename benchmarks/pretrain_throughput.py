@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import models  # noqa: E402
-from models.clip_teacher import CLIPVisualEncoder  # noqa: E402
+from models.clip_teacher import openai_visual_shapes  # noqa: E402
 from util.lr import weight_decay_groups  # noqa: E402
 from util.runtime import AMP_DTYPES, parse_model_kwargs  # noqa: E402
 from util.train_loop import autocast  # noqa: E402
@@ -60,10 +60,9 @@ def measure(model_name: str, batch_size: int, steps: int, warmup: int, device: t
 def synthetic_clip_file(folder: str, input_size: int) -> str:
     """A random-weight CLIP ViT-B/16 image tower (the DeepMIM teacher's shape) saved as a state dict:
     the timing does not depend on the weights, and no download is needed."""
-    clip = CLIPVisualEncoder(input_resolution=input_size, patch_size=16, width=768, layers=12, heads=12,
-                             output_dim=512)
+    shapes = openai_visual_shapes(width=768, layers=12, patch_size=16, grid_size=input_size // 16, output_dim=512)
     path = os.path.join(folder, "clip_vit_b16_random.pt")
-    torch.save({f"visual.{k}": v for k, v in clip.state_dict().items()}, path)
+    torch.save({f"visual.{k}": 0.02 * torch.randn(shape) for k, shape in shapes.items()}, path)
     return path
 
 

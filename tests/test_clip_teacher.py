@@ -1,13 +1,14 @@
-"""The CLIP teacher: numerics against an nn.MultiheadAttention reference, the three checkpoint formats,
-frozen loading, one-line errors, and DeepMIM's golden teacher output."""
+"""The CLIP teacher (timm's VisionTransformer): numerics against an OpenAI-layout nn.MultiheadAttention
+reference, the checkpoint formats, frozen loading, one-line errors, and DeepMIM's golden teacher output."""
 import argparse
 from collections import OrderedDict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from models.clip_teacher import CLIP_MEAN, CLIP_STD, CLIPVisualEncoder, load_clip_teacher
+from models.clip_teacher import CLIP_MEAN, CLIP_STD, CLIPVisionTransformer, load_clip_teacher, openai_visual_shapes
 from tests.conftest import GOLDEN, requires_golden
 from util.errors import UsageError
 
@@ -19,8 +20,8 @@ TINY = dict(input_resolution=32, patch_size=16, width=64, layers=2, heads=1, out
 
 # --- a straightforward reference: OpenAI's layout, sequence-first nn.MultiheadAttention -------------------
 class RefLayerNorm(nn.LayerNorm):
-    def forward(self, x):
-        return super().forward(x.float()).to(x.dtype)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # no super(): TorchScript (the archives) lacks it
+        return F.layer_norm(x.float(), self.normalized_shape, self.weight, self.bias, self.eps).to(x.dtype)
 
 
 class RefQuickGELU(nn.Module):
@@ -44,8 +45,11 @@ class RefBlock(nn.Module):
 
 
 class RefVisual(nn.Module):
+    """OpenAI CLIP's ``VisionTransformer`` (keys without ``visual.``), returning every token as DeepMIM."""
+
     def __init__(self, input_resolution, patch_size, width, layers, heads, output_dim):
         super().__init__()
+        self.input_resolution = input_resolution
         self.conv1 = nn.Conv2d(3, width, patch_size, patch_size, bias=False)
         self.class_embedding = nn.Parameter(torch.zeros(width))
         self.positional_embedding = nn.Parameter(torch.zeros((input_resolution // patch_size) ** 2 + 1, width))
@@ -56,7 +60,8 @@ class RefVisual(nn.Module):
         self.proj = nn.Parameter(torch.zeros(width, output_dim))
 
     def forward(self, x):
-        x = self.conv1(x).reshape(x.shape[0], self.conv1.out_channels, -1).permute(0, 2, 1)
+        x = self.conv1(x)
+        x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
         cls = self.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1])
         x = torch.cat([cls, x], dim=1) + self.positional_embedding
         x = self.ln_pre(x).permute(1, 0, 2)  # NLD -> LND
@@ -77,62 +82,28 @@ class TinyCLIP(nn.Module):
         return self.visual(image)
 
 
-def random_clip(seed: int = 0, **overrides) -> CLIPVisualEncoder:
-    """A tiny CLIP tower whose every parameter (biases and LayerNorm affine included) is random."""
+def random_clip(seed: int = 0, **overrides) -> RefVisual:
+    """A tiny reference CLIP tower whose every parameter (biases and LayerNorm affine included) is random."""
     torch.manual_seed(seed)
-    model = CLIPVisualEncoder(**{**TINY, **overrides})
+    model = RefVisual(**{**TINY, **overrides})
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.2 if p.ndim > 1 else 0.5)
     return model.eval()
 
 
-def images(model: CLIPVisualEncoder, n: int = 2, seed: int = 1) -> torch.Tensor:
+def images(model: nn.Module, n: int = 2, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, model.input_resolution, model.input_resolution, generator=gen)
 
 
-# --- the module ------------------------------------------------------------------------------------------
-def test_key_layout_is_openai():
-    keys = set(CLIPVisualEncoder(**TINY).state_dict())
-    block = {f"transformer.resblocks.{i}.{k}" for i in range(2) for k in (
-        "ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight",
-        "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
-        "mlp.c_proj.weight", "mlp.c_proj.bias")}
-    assert keys == {"conv1.weight", "class_embedding", "positional_embedding", "ln_pre.weight", "ln_pre.bias",
-                    "ln_post.weight", "ln_post.bias", "proj"} | block
-    shapes = CLIPVisualEncoder(**TINY).state_dict()
-    assert shapes["transformer.resblocks.0.attn.in_proj_weight"].shape == (192, 64)
-    assert shapes["transformer.resblocks.0.mlp.c_fc.weight"].shape == (256, 64)
-    assert shapes["positional_embedding"].shape == (5, 64) and shapes["proj"].shape == (64, 16)
+def architecture(teacher: CLIPVisionTransformer) -> tuple[int, ...]:
+    """The inferred architecture, read from timm's modules (not from the attributes we set)."""
+    return (teacher.patch_embed.img_size[0], teacher.patch_embed.patch_size[0], teacher.embed_dim,
+            len(teacher.blocks), teacher.blocks[0].attn.num_heads, teacher.head.out_features)
 
 
-@pytest.mark.parametrize("overrides", [{}, dict(width=128, heads=2), dict(width=128, heads=4, layers=3)])
-def test_matches_multihead_attention_reference(overrides):
-    model = random_clip(**overrides)
-    ref = RefVisual(**{**TINY, **overrides}).eval()
-    ref.load_state_dict(model.state_dict(), strict=True)
-    x = images(model, n=3)
-    with torch.no_grad():
-        out, expected = model(x), ref(x)
-    assert out.shape == (3, 1 + (model.input_resolution // 16) ** 2, model.output_dim)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_runs_under_caller_autocast():
-    """As inside the student's autocast: bf16 matmuls, fp32 LayerNorms, a half-precision output."""
-    model = random_clip()
-    x = images(model)
-    with torch.no_grad():
-        full = model(x)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = model(x)
-    assert low.dtype == torch.bfloat16
-    assert (low.float() - full).abs().max() < 0.05 * full.abs().max()
-
-
-# --- loading ---------------------------------------------------------------------------------------------
-def save_as(model: CLIPVisualEncoder, fmt: str, path) -> None:
+def save_as(model: RefVisual, fmt: str, path) -> None:
     visual = {k: v.clone() for k, v in model.state_dict().items()}
     text = {"token_embedding.weight": torch.randn(10, 8), "logit_scale": torch.tensor(4.6),
             "transformer.resblocks.0.attn.in_proj_weight": torch.randn(24, 8)}  # text tower: ignored
@@ -149,32 +120,75 @@ def save_as(model: CLIPVisualEncoder, fmt: str, path) -> None:
         raise ValueError(fmt)
 
 
+# --- the module ------------------------------------------------------------------------------------------
+def test_openai_layout_table_is_the_reference_modules():
+    ref = RefVisual(**TINY)
+    assert openai_visual_shapes(64, 2, 16, 2, 16) == {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+
+
+def test_timm_configuration():
+    """OpenAI CLIP's tower in timm: pre-norm, fp32 LayerNorms (eps 1e-5), QuickGELU, bias-free patch embedding,
+    no pooling, the projection as the head."""
+    teacher = CLIPVisionTransformer(**TINY)
+    assert teacher.global_pool == "" and teacher.num_prefix_tokens == 1 and teacher.patch_embed.proj.bias is None
+    assert type(teacher.norm_pre).__name__ == type(teacher.norm).__name__ == "LayerNormFp32"
+    assert teacher.norm.eps == teacher.blocks[0].norm1.eps == 1e-5
+    assert type(teacher.blocks[0].mlp.act).__name__ == "QuickGELU"
+    assert architecture(teacher) == tuple(TINY.values())
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(width=128, heads=2), dict(width=192, heads=3, layers=3)])
+def test_matches_multihead_attention_reference(tmp_path, overrides):
+    """Loaded through --clip_path, the timm tower computes what OpenAI's module does, on every token."""
+    ref = random_clip(**overrides)
+    save_as(ref, "state_dict", tmp_path / "clip.pt")
+    teacher = load_clip_teacher(str(tmp_path / "clip.pt"))
+    x = images(ref, n=3)
+    with torch.no_grad():
+        out, expected = teacher(x), ref(x)
+    assert out.shape == (3, 1 + (ref.input_resolution // 16) ** 2, TINY["output_dim"])
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_runs_under_caller_autocast(tmp_path):
+    """As inside the student's autocast: bf16 matmuls, fp32 LayerNorms, a half-precision output."""
+    save_as(random_clip(), "state_dict", tmp_path / "clip.pt")
+    teacher = load_clip_teacher(str(tmp_path / "clip.pt"))
+    x = images(teacher)
+    with torch.no_grad():
+        full = teacher(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = teacher(x)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - full).abs().max() < 0.05 * full.abs().max()
+
+
+# --- loading ---------------------------------------------------------------------------------------------
 @pytest.mark.filterwarnings(JIT_DEPRECATED)
 @pytest.mark.parametrize("fmt", ["torchscript", "state_dict", "open_clip", "bare"])
 def test_loads_every_format_frozen(tmp_path, fmt):
-    model = random_clip()
-    path = tmp_path / f"clip-{fmt}.pt"
-    save_as(model, fmt, path)
-    teacher = load_clip_teacher(str(path))
+    ref = random_clip()
+    save_as(ref, fmt, tmp_path / f"clip-{fmt}.pt")
+    save_as(ref, "state_dict", tmp_path / "plain.pt")
+    teacher = load_clip_teacher(str(tmp_path / f"clip-{fmt}.pt"))
     assert not teacher.training
     assert all(not p.requires_grad and p.dtype == torch.float32 for p in teacher.parameters())
+    assert architecture(teacher) == tuple(TINY.values())
     assert (teacher.input_resolution, teacher.patch_size, teacher.width, teacher.layers, teacher.heads,
             teacher.output_dim) == tuple(TINY.values())
-    x = images(model)
-    with torch.no_grad():
-        expected = model(x)
+    x = images(ref)
     out = teacher(x)
     assert not out.requires_grad
-    assert torch.equal(out, expected)
+    with torch.no_grad():
+        assert torch.equal(out, load_clip_teacher(str(tmp_path / "plain.pt"))(x))
+        torch.testing.assert_close(out, ref(x), atol=1e-5, rtol=1e-5)
 
 
 def test_infers_vit_b16_like_architecture(tmp_path):
-    model = random_clip(input_resolution=224, output_dim=512)
     path = tmp_path / "clip.pt"
-    save_as(model, "state_dict", path)
+    save_as(random_clip(input_resolution=224, output_dim=512), "state_dict", path)
     teacher = load_clip_teacher(str(path))
-    assert (teacher.input_resolution, teacher.patch_size, teacher.width, teacher.layers, teacher.heads,
-            teacher.output_dim) == (224, 16, 64, 2, 1, 512)
+    assert architecture(teacher) == (224, 16, 64, 2, 1, 512)
     with torch.no_grad():
         assert teacher(images(teacher, n=1)).shape == (1, 197, 512)
 
@@ -182,17 +196,18 @@ def test_infers_vit_b16_like_architecture(tmp_path):
 @pytest.mark.filterwarnings(JIT_DEPRECATED)
 def test_half_torchscript_archive_loads_as_float32(tmp_path):
     """OpenAI's archives store fp16 weights; the teacher is built in fp32 from them."""
-    model = random_clip()
-    wrapper = torch.jit.script(TinyCLIP(model))
+    ref = random_clip()
+    wrapper = torch.jit.script(TinyCLIP(ref))
     wrapper.half()
     torch.jit.save(wrapper, str(tmp_path / "half.pt"))
     teacher = load_clip_teacher(str(tmp_path / "half.pt"))
     assert all(p.dtype == torch.float32 for p in teacher.parameters())
     rounded = random_clip()
-    rounded.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
-    x = images(model)
+    rounded.load_state_dict({k: v.half().float() for k, v in ref.state_dict().items()})
+    save_as(rounded, "state_dict", tmp_path / "rounded.pt")
+    x = images(ref)
     with torch.no_grad():
-        assert torch.equal(teacher(x), rounded(x))
+        assert torch.equal(teacher(x), load_clip_teacher(str(tmp_path / "rounded.pt"))(x))
 
 
 def test_missing_file(tmp_path):
@@ -228,6 +243,25 @@ def test_resnet_clip_and_extra_keys_are_refused(tmp_path):
     torch.save(sd, path)
     with pytest.raises(UsageError, match=r"does not match a CLIP ViT.*unexpected: transformer\.resblocks\.0\.ls_1"):
         load_clip_teacher(str(path))
+    del sd["visual.transformer.resblocks.0.ls_1.gamma"], sd["visual.ln_post.bias"]
+    sd["visual.transformer.resblocks.1.mlp.c_fc.bias"] = torch.zeros(255)
+    torch.save(sd, path)
+    with pytest.raises(UsageError, match=r"does not match a CLIP ViT.*missing: ln_post\.bias; "
+                                         r"shape: transformer\.resblocks\.1\.mlp\.c_fc\.bias \(255,\)\)$"):
+        load_clip_teacher(str(path))
+
+
+class Pickled:
+    """Any class outside the weights_only allow-list."""
+
+
+def test_arbitrary_pickle_is_refused(tmp_path):
+    path = tmp_path / "pickled.pt"
+    torch.save({"visual.proj": torch.zeros(2, 2), "extra": Pickled()}, path)
+    with pytest.raises(UsageError, match=r"cannot load --clip_path .*pickled\.pt.*stores a Python object "
+                                         r"\(.*Pickled\) that is not loaded for safety") as info:
+        load_clip_teacher(str(path))
+    assert "\n" not in str(info.value)
 
 
 def test_non_dict_checkpoint(tmp_path):

@@ -44,18 +44,37 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
         raise
 
 
+def safe_torch_load(path: str, what: str) -> Any:
+    """``torch.load`` a file on the CPU with ``weights_only=True`` (``argparse.Namespace`` allowed: the
+    MAE-family checkpoints store their args as one). Any failure is one ``UsageError`` line naming the file
+    as ``what`` (``"checkpoint"``, ``"--clip_path"``): the unpickler's own errors are pages long."""
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        reason = (f"it stores a Python object ({refused.group(1)}) that is not loaded for safety; "
+                  "re-save only its tensors" if refused else "it is not a PyTorch checkpoint")
+        raise UsageError(f"cannot load {what} {path!r}: {reason}") from err
+
+
 def load_file(path: str) -> dict[str, Any]:
     """``torch.load`` a checkpoint on the CPU with ``weights_only=True``; one-sentence errors."""
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path!r} does not exist: pass the path of a .pth file")
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # the unpickler's errors are pages long; say what matters in one line
-        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
-        reason = (f"it stores a Python object ({refused.group(1)}) that is not loaded for safety; "
-                  "re-save only its tensors" if refused else "it is not a PyTorch checkpoint")
-        raise UsageError(f"cannot load checkpoint {path!r}: {reason}") from err
+    return safe_torch_load(path, "checkpoint")
+
+
+def strip_wrapper_prefixes(key: str) -> str:
+    """``key`` without its DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes, which can nest in
+    either order."""
+    while True:
+        for prefix in _WRAPPER_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        else:
+            return key
 
 
 def rng_state() -> dict[str, Any]:
@@ -129,24 +148,14 @@ def resume_training(path: str, model: nn.Module, optimizer: torch.optim.Optimize
 
 
 def extract_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model weights of a checkpoint (``model``/``state_dict``/``module`` entry or the dict itself),
-    with DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes removed."""
+    """The model weights of a checkpoint (``model``/``state_dict``/``module`` entry or the dict itself): its
+    tensors under string keys, with DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes removed."""
     for key in ("model", "state_dict", "module"):
         if key in checkpoint and isinstance(checkpoint[key], dict):
             checkpoint = checkpoint[key]
             break
-    out = {}
-    for key, value in checkpoint.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        stripped = True
-        while stripped:  # DDP and compile can nest in either order
-            stripped = False
-            for prefix in _WRAPPER_PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
-        out[key] = value
-    return out
+    return {strip_wrapper_prefixes(key): value for key, value in checkpoint.items()
+            if isinstance(key, str) and isinstance(value, torch.Tensor)}
 
 
 @dataclass
