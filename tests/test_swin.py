@@ -194,13 +194,14 @@ def test_padded_windows_mask_padding(monkeypatch):
     encoder = SwinMIM(img_size=224, embed_dim=8, depths=(2, 1, 1, 1), num_heads=(1, 1, 1, 1), posmlp_dim=4,
                       window_size=16, masked_tokens="none").eval()
     block = encoder.blocks[1]
-    mask = block.attention_mask(56, 56, 16, 8, torch.device("cpu"))
+    mask = block.attention_mask(56, 56, torch.device("cpu"))
+    assert mask is block.attn_mask_56x56  # precomputed for the stage the model is built for
     assert mask.shape == (16, 256, 256)
     pad = torch.ones(64, 64)
     pad[:56, :56] = 0
     pad = torch.roll(pad, (-8, -8), (0, 1)).reshape(4, 16, 4, 16).permute(0, 2, 1, 3).reshape(16, 256)
     assert (mask.permute(0, 2, 1)[pad > 0] == -100).all()  # every query ignores every padded key
-    assert block.attention_mask(64, 64, 16, 0, torch.device("cpu")) is None
+    assert encoder.blocks[0].attention_mask(64, 64, torch.device("cpu")) is None  # unshifted, no padding
     imgs = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         zeros = encoder(imgs, return_layers=(1, 2)).layers

@@ -130,7 +130,6 @@ class SwinBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self._mask_cache: dict = {}
 
     def window_and_shift(self, h: int, w: int) -> tuple[int, int]:
         """The window and shift used on an h x w stage."""
@@ -138,28 +137,38 @@ class SwinBlock(nn.Module):
             return min(h, w), 0
         return self.window_size, self.shift_size
 
-    def attention_mask(self, h: int, w: int, ws: int, shift: int, device: torch.device) -> torch.Tensor | None:
-        """[nW, M, M] additive: -100 between tokens of different regions of a shifted window, and on keys
-        that are padding; None when neither occurs."""
+    def attention_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor | None:
+        """[nW, M, M] additive mask of an h x w stage: -100 between tokens of different regions of a shifted
+        window, and on keys that are padding; None when neither occurs. Precomputed (:meth:`precompute_mask`)
+        for the stage sizes the model is built for, so a step neither rebuilds it nor, under torch.compile,
+        guards on a cache."""
+        mask = getattr(self, f"attn_mask_{h}x{w}", None)
+        return mask if mask is not None else self._build_mask(h, w, device)
+
+    def precompute_mask(self, h: int, w: int) -> None:
+        """Keep the mask of an h x w stage as a (non-saved) buffer."""
+        mask = self._build_mask(h, w, torch.device("cpu"))
+        if mask is not None:
+            self.register_buffer(f"attn_mask_{h}x{w}", mask, persistent=False)
+
+    def _build_mask(self, h: int, w: int, device: torch.device) -> torch.Tensor | None:
+        ws, shift = self.window_and_shift(h, w)
         hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
         if not shift and (hp, wp) == (h, w):
             return None
-        key = (h, w, ws, shift, device)
-        if key not in self._mask_cache:
-            region = torch.zeros(hp, wp, device=device)
-            if shift:  # the official labelling of the rolled map: 3 bands per axis
-                bands = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
-                for i, hs in enumerate(bands):
-                    for j, wsl in enumerate(bands):
-                        region[hs, wsl] = 3 * i + j
-            pad = torch.ones(hp, wp, device=device)
-            pad[:h, :w] = 0
-            pad = torch.roll(pad, shifts=(-shift, -shift), dims=(0, 1))
-            region = _windows(region[None, :, :, None], ws).squeeze(-1)  # [nW, M]
-            pad = _windows(pad[None, :, :, None], ws).squeeze(-1)
-            blocked = (region.unsqueeze(1) != region.unsqueeze(2)) | (pad.unsqueeze(1) > 0)
-            self._mask_cache[key] = torch.zeros(blocked.shape, device=device).masked_fill(blocked, _MASK_VALUE)
-        return self._mask_cache[key]
+        region = torch.zeros(hp, wp, device=device)
+        if shift:  # the official labelling of the rolled map: 3 bands per axis
+            bands = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
+            for i, hs in enumerate(bands):
+                for j, wsl in enumerate(bands):
+                    region[hs, wsl] = 3 * i + j
+        pad = torch.ones(hp, wp, device=device)
+        pad[:h, :w] = 0
+        pad = torch.roll(pad, shifts=(-shift, -shift), dims=(0, 1))
+        region = _windows(region[None, :, :, None], ws).squeeze(-1)  # [nW, M]
+        pad = _windows(pad[None, :, :, None], ws).squeeze(-1)
+        blocked = (region.unsqueeze(1) != region.unsqueeze(2)) | (pad.unsqueeze(1) > 0)
+        return torch.zeros(blocked.shape, device=device).masked_fill(blocked, _MASK_VALUE)
 
     def forward(self, x: torch.Tensor, pos_hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, H, W, C]; pos_hw: [B or 1, H, W, 2] true (h, w) cell coordinates."""
@@ -178,7 +187,7 @@ class SwinBlock(nn.Module):
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
             pos = torch.roll(pos, shifts=(-shift, -shift), dims=(1, 2))
         hp, wp = h + pad_h, w + pad_w
-        mask = self.attention_mask(h, w, ws, shift, x.device)
+        mask = self.attention_mask(h, w, x.device)
         x = self.attn(_windows(x, ws), _windows(pos, ws), b, mask)
         x = _unwindows(x, ws, hp, wp)
         if shift:
@@ -239,6 +248,12 @@ class SwinMIM(nn.Module):
                 # officially the blocks are built without the model's norm_layer: their LNs keep eps 1e-5
                 self.blocks.append(SwinBlock(dim, heads, window_size, window_size // 2 if j % 2 else 0, mlp_ratio,
                                              posmlp_dim, dpr[len(self.blocks)], nn.LayerNorm, down))
+        for compact in ((False, True) if masked_tokens == "compact" else (False,)):
+            h, w = (side // patch_size // (2 if compact else 1) for side in img_size)
+            for block in self.blocks:
+                if block.downsample is not None:
+                    h, w = h // 2, w // 2
+                block.precompute_mask(h, w)
         # forward_features levels: the output of each stage (its last block)
         self.stage_ends = [sum(depths[:i + 1]) for i in range(self.num_stages)]
         self.feature_info = [FeatureInfo(embed_dim * 2 ** i, patch_size * 2 ** i) for i in range(self.num_stages)]

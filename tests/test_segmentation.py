@@ -1,0 +1,204 @@
+"""ADE20K segmentation on mmseg (segmentation/): every backbone trains, validates and slide-infers on a tiny
+ADE20K-layout tree; checkpoints (ours, official formats, mmengine's own) load safely; layer decay is the
+official one. Needs the segmentation extra (``make seg``); CI always installs it."""
+import argparse
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("mmseg", reason="the segmentation extra is not installed: run `make seg`")
+
+from mmengine.config import Config  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+
+import segmentation  # noqa: E402,F401  (registrations)
+from models import create_model  # noqa: E402
+from segmentation.backbones import MIMBackbone  # noqa: E402
+from util.errors import UsageError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "segmentation" / "configs"
+TINY = {  # config -> (backbone overrides, decode-head input channels)
+    "upernet_vit_base_512_160k_ade20k.py": (
+        dict(embed_dim=32, depth=4, num_heads=2, out_indices=(0, 1, 2, 3)), [32] * 4),
+    "upernet_convvit_base_512_160k_ade20k.py": (
+        dict(embed_dims=(8, 16, 32), depths=(1, 1, 2), num_heads=2, out_indices=(0, 1, 3)), [8, 16, 32, 32]),
+    "upernet_swin_tiny_512_160k_ade20k.py": (
+        dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), posmlp_dim=4, out_channels=16), [16] * 4),
+    "upernet_pvt_small_512_160k_ade20k.py": (
+        dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), mlp_ratios=(2, 2, 2, 2),
+             out_channels=16), [16] * 4),
+}
+
+
+@pytest.fixture(scope="module")
+def ade_tree(tmp_path_factory) -> Path:
+    """ADEChallengeData2016 layout: 4 training and 2 validation 64x96 JPEGs, PNG labels 0 (other) .. 4."""
+    root = tmp_path_factory.mktemp("ade")
+    rng = np.random.default_rng(0)
+    for split, count in (("training", 4), ("validation", 2)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "annotations" / split).mkdir(parents=True)
+        for i in range(count):
+            label = np.zeros((64, 96), np.uint8)
+            for cls in range(1, 5):
+                top, left = rng.integers(0, 40), rng.integers(0, 70)
+                label[top:top + 24, left:left + 26] = cls
+            image = (rng.uniform(0, 60, (64, 96, 3)) + label[..., None] * 45).astype(np.uint8)
+            Image.fromarray(image).save(root / "images" / split / f"{split}_{i}.jpg", quality=95)
+            Image.fromarray(label).save(root / "annotations" / split / f"{split}_{i}.png")
+    return root
+
+
+def tiny_config(name: str, data_root: Path, work_dir: Path) -> Config:
+    """The shipped config, scaled down: a tiny encoder at 64 px, narrow heads, 4 iterations, slide 64/43."""
+    cfg = Config.fromfile(str(CONFIGS / name))
+    backbone, channels = TINY[name]
+    cfg.model.backbone.update(img_size=64, **backbone)
+    cfg.model.data_preprocessor.size = (64, 64)
+    if "neck" in cfg.model:
+        cfg.model.neck.embed_dim = channels[0]
+    cfg.model.decode_head.update(in_channels=channels, channels=16)
+    cfg.model.auxiliary_head.update(in_channels=channels[2], channels=8)
+    cfg.model.test_cfg = dict(mode="slide", crop_size=(64, 64), stride=(43, 43))
+    cfg.train_dataloader.dataset.pipeline[2].scale = (128, 64)
+    cfg.train_dataloader.dataset.pipeline[3].crop_size = (64, 64)
+    cfg.val_dataloader.dataset.pipeline[1].scale = (96, 64)
+    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        cfg[loader].update(num_workers=0, persistent_workers=False, batch_size=2)
+        cfg[loader].dataset.data_root = str(data_root)
+    cfg.train_cfg.update(max_iters=4, val_interval=4)
+    cfg.default_hooks.update(logger=dict(type="LoggerHook", interval=1), checkpoint=dict(
+        type="CheckpointHook", by_epoch=False, interval=4), visualization=dict(type="SegVisualizationHook"))
+    cfg.param_scheduler = [dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=2)]
+    cfg.env_cfg.dist_cfg = dict(backend="gloo")
+    cfg.work_dir = str(work_dir)
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_each_backbone_trains_validates_and_slide_infers(name, ade_tree, tmp_path):
+    """4 training iterations, IoUMetric validation, the test loop with slide inference; then the run resumes
+    from its own mmengine checkpoint through the weights_only loader."""
+    cfg = tiny_config(name, ade_tree, tmp_path)
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    metrics = runner.test()
+    assert {"mIoU", "aAcc", "mAcc"} <= set(metrics) and 0 <= metrics["mIoU"] <= 100
+    assert (tmp_path / "iter_4.pth").is_file()
+    cfg = tiny_config(name, ade_tree, tmp_path)
+    cfg.resume = True
+    cfg.train_cfg.max_iters = 5
+    resumed = Runner.from_cfg(cfg)
+    resumed.train()
+    assert resumed.iter == 5
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_feature_maps_and_strides(name):
+    """The backbone gives UperNet 4 maps at strides 4, 8, 16, 32 with the channels the config announces."""
+    backbone, channels = TINY[name]
+    spec = {**Config.fromfile(str(CONFIGS / name)).model.backbone, "img_size": 64, **backbone}
+    spec.pop("type")
+    model = MIMBackbone(**spec)
+    with torch.no_grad():
+        maps = model(torch.randn(2, 3, 64, 64))
+    assert [tuple(m.shape) for m in maps] == [(2, c, 64 // s, 64 // s) for c, s in zip(channels, (4, 8, 16, 32))]
+    assert model.out_channels == channels
+
+
+def test_official_mae_checkpoint_loads_with_a_key_report(tmp_path, capsys):
+    """An official-format MAE pretraining checkpoint ({'model': flat keys, 'args': Namespace}) at 32 px loads
+    into the 64-px backbone: blocks equal, the position table resized, the decoder reported as unexpected."""
+    mae = create_model("mae_vit_base_patch16", img_size=32, embed_dim=32, depth=2, num_heads=2,
+                       decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    path = tmp_path / "mae_pretrain.pth"
+    torch.save({"model": mae.state_dict(), "args": argparse.Namespace(model="mae_vit_base_patch16")}, path)
+    backbone = MIMBackbone("vit_base_patch16", img_size=64, embed_dim=32, depth=2, num_heads=2,
+                           out_indices=(0, 1), pretrained=str(path))
+    backbone.init_weights()
+    torch.testing.assert_close(backbone.encoder.blocks[1].attn.qkv.weight, mae.encoder.blocks[1].attn.qkv.weight)
+    assert backbone.encoder.pos_embed.shape == (1, 17, 32)
+    torch.testing.assert_close(backbone.encoder.cls_token, mae.encoder.cls_token)
+    log = capsys.readouterr().out
+    assert "resized (1): pos_embed" in log and "unexpected" in log and "decoder_embed.weight" in log
+    assert "missing" not in log
+
+
+def test_ummae_swin_checkpoint_loads_into_the_full_grid_backbone(tmp_path):
+    """A UM-MAE Swin pretraining checkpoint (compact-grid model, vis_mask_token) loads every block."""
+    kwargs = dict(embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), posmlp_dim=4)
+    pretrain = create_model("mae_swin_tiny_256", img_size=128, decoder_embed_dim=16, decoder_depth=1,
+                            decoder_num_heads=2, **kwargs)
+    path = tmp_path / "ummae.pth"
+    torch.save({"model": pretrain.state_dict()}, path)
+    backbone = MIMBackbone("swin_tiny_256", img_size=64, out_indices=(0, 1, 2, 3), pretrained=str(path), **kwargs)
+    backbone.init_weights()
+    torch.testing.assert_close(backbone.encoder.blocks[3].attn.posmlp[0].weight,
+                               pretrain.encoder.blocks[3].attn.posmlp[0].weight)
+
+
+def test_layer_decay_scales_are_the_official_ones(ade_tree, tmp_path):
+    """lr scale rate^(L + 1 - id): stem id 0, block i id i + 1, neck/heads id L + 1; no decay for 1-D and
+    biases, the cls token and position table decayed (docs/methods.md §5.1)."""
+    cfg = tiny_config("upernet_vit_base_512_160k_ade20k.py", ade_tree, tmp_path)
+    cfg.optim_wrapper.paramwise_cfg = dict(num_layers=4, layer_decay_rate=0.5)
+    runner = Runner.from_cfg(cfg)
+    optimizer = runner.build_optim_wrapper(cfg.optim_wrapper).optimizer
+    lr = cfg.optim_wrapper.optimizer.lr
+    by_param = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    named = dict(runner.model.named_parameters())
+
+    def group(name):
+        return by_param[id(named[name])]
+
+    assert group("backbone.encoder.cls_token")["lr"] == pytest.approx(lr * 0.5 ** 5)
+    assert group("backbone.encoder.pos_embed")["weight_decay"] == 0.05
+    assert group("backbone.encoder.patch_embed.proj.weight")["lr"] == pytest.approx(lr * 0.5 ** 5)
+    for i in range(4):
+        block = group(f"backbone.encoder.blocks.{i}.attn.qkv.weight")
+        assert block["lr"] == pytest.approx(lr * 0.5 ** (4 - i)) and block["weight_decay"] == 0.05
+        assert group(f"backbone.encoder.blocks.{i}.norm1.weight")["weight_decay"] == 0.0
+    assert group("backbone.encoder.blocks.0.attn.qkv.bias")["weight_decay"] == 0.0
+    head = [n for n in named if n.startswith("decode_head.") and n.endswith(".weight")][0]
+    assert group(head)["lr"] == pytest.approx(lr)
+
+
+class _Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pretrained_is_refused(ade_tree, tmp_path):
+    """A pickle that would run code, given as --pretrained, is refused in one line; nothing runs. The same
+    file given to mmengine's own loader (load_from / resume) is refused too."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"model": _Payload(marker)}, f)
+    result = subprocess.run([sys.executable, "segmentation/train.py", str(CONFIGS / TINY_NAMES[0]),
+                             "--pretrained", str(path), "--work-dir", str(tmp_path / "w"),
+                             "--data-root", str(ade_tree)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and not marker.exists()
+    assert "not loaded for safety" in result.stderr and "Traceback" not in result.stderr
+    from mmengine.runner.checkpoint import _load_checkpoint
+    with pytest.raises(UsageError, match="not loaded for safety"):
+        _load_checkpoint(str(path), map_location="cpu")
+    assert not marker.exists()
+
+
+TINY_NAMES = sorted(TINY)
