@@ -1,13 +1,10 @@
-"""Shared fixtures: tiny models, generated image folders, the golden cases' folder."""
+"""Shared fixtures: tiny models, generated image folders, training helpers (the golden cases: golden_rules.py)."""
 import os
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
-requires_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden cases not found at {GOLDEN}")
 
 TINY_MAE = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
                 decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)

@@ -20,8 +20,8 @@ from models.clip_teacher import CLIP_MEAN, CLIP_STD
 from models.masking import Masks, group_visible_ids
 from util.checkpoint import load_pretrained
 
-GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
-CASES = sorted(p.stem for p in GOLDEN_DIR.glob("*.pt"))
+CASE_DIR = Path(__file__).resolve().parent / "golden"
+CASES = sorted(p.stem for p in CASE_DIR.glob("*.pt"))
 FAMILIES = ("mae", "dmjd", "deepmim", "ummae", "simmim")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -29,7 +29,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def load_case(name: str) -> dict:
     """The case ``name`` (``tests/golden/<name>.pt``), checked to be of the format these rules describe."""
-    case = torch.load(GOLDEN_DIR / f"{name}.pt", weights_only=True)
+    case = torch.load(CASE_DIR / f"{name}.pt", weights_only=True)
     assert case["format"] == "compact-golden/1" and case["name"] == name, (case["format"], case["name"])
     return case
 
