@@ -167,13 +167,6 @@ def compact_order(ids_keep: torch.Tensor, grid_size: tuple[int, int]) -> torch.T
     return torch.gather(ids_keep, 1, order)
 
 
-def group_visible_ids(visible: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-    """The visible patch of every 2x2 group from a bool map [N, L] (True = visible) -> [N, L/4] ids in the
-    compact grid's order (:func:`compact_order`)."""
-    ids = torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, :visible.shape[1] // 4]
-    return compact_order(ids, grid_size)
-
-
 class UniformMasking:
     """UM-MAE's uniform sampling (docs/methods.md §4.1) + secondary masking (§4.2), batched on the device.
 

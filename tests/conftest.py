@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models, generated image folders, the golden cases' folder."""
+"""Shared fixtures: tiny models, generated image folders, training helpers (the golden cases: golden_rules.py)."""
 import os
 from pathlib import Path
 
@@ -6,8 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
-requires_golden = pytest.mark.skipif(not GOLDEN.is_dir(), reason=f"golden cases not found at {GOLDEN}")
+from models.masking import compact_order
 
 TINY_MAE = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
                 decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
@@ -66,3 +65,10 @@ def adamw_losses(model: torch.nn.Module, imgs: torch.Tensor, steps: int, lr: flo
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def group_visible_ids(visible: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+    """The visible patch of every 2x2 group from a bool map [N, L] (True = visible) -> [N, L/4] ids in the
+    compact grid's order (``models.masking.compact_order``); for tests that start from a mask."""
+    ids = torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, :visible.shape[1] // 4]
+    return compact_order(ids, grid_size)

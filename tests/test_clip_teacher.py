@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from golden_rules import assert_fingerprint, case_inputs, load_case, write_teacher
 from models.clip_teacher import CLIP_MEAN, CLIP_STD, CLIPVisionTransformer, load_clip_teacher, openai_visual_shapes
-from tests.conftest import GOLDEN, requires_golden
 from util.errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -271,20 +271,18 @@ def test_non_dict_checkpoint(tmp_path):
         load_clip_teacher(str(path))
 
 
-# --- golden: DeepMIM's clip.VisionTransformer on its own tiny weights -------------------------------------
-@requires_golden
+# --- golden: DeepMIM's clip.VisionTransformer on its rule-2 weights -------------------------------------
 def test_golden_teacher_output(tmp_path):
-    case = torch.load(GOLDEN / "deepmim_tiny_clip.pt", map_location="cpu", weights_only=True)
-    path = tmp_path / "teacher.pt"
-    torch.save(case["teacher_state_dict"], path)
-    teacher = load_clip_teacher(str(path))
+    """DeepMIM's official teacher (clip.VisionTransformer) on its rule-2 weights, read from an OpenAI-layout
+    file: same architecture as the case's, and the same output (class token included) on CLIP-normalized input."""
+    case = load_case("deepmim_tiny_clip")
+    teacher = load_clip_teacher(write_teacher(case, tmp_path / "teacher.pt"))
     cfg = case["config"]["teacher"]
     assert (teacher.width, teacher.layers, teacher.heads, teacher.patch_size, teacher.output_dim) == (
         cfg["width"], cfg["layers"], cfg["heads"], cfg["patch_size"], cfg["output_dim"])
-    imgs = case["imgs"]
+    imgs = case_inputs(case)
     raw = imgs * torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     clip_in = (raw - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-    out = teacher(clip_in)
-    expected = case["teacher_out"]
-    assert out.shape == expected.shape == (imgs.shape[0], 197, 512)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+    with torch.no_grad():
+        out = teacher(clip_in)
+    assert_fingerprint(out, case["fingerprints"]["teacher_out"], "teacher_out")

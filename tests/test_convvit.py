@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import GOLDEN, requires_golden
+from golden_rules import assert_fingerprint, load_case, rule_tensor
 from models.encoders.common import patch_visibility
 from models.encoders.convvit import ConvViT, convvit_base, convvit_large
 from models.masking import BlockMasking
@@ -121,22 +121,25 @@ def test_factories():
 
 
 # ------------------------------------------------------------------------------------------ golden keys
-@requires_golden
 def test_golden_encoder_keys_and_shapes():
-    case = torch.load(GOLDEN / "dmjd_tiny_block_official.pt", weights_only=True)
-    cfg = case["config"]
-    golden = {k: v for k, v in case["state_dict"].items() if ENCODER_KEY.match(k)}
-    rest = set(case["state_dict"]) - set(golden)
+    """The official DMJDConViT's encoder keys and shapes (every key and shape of the golden case) are ours, its
+    fixed position table is our sin-cos table, its weights load strictly where they belong, and the fine-tune
+    encoder reads them all but the fusion convs."""
+    case = load_case("dmjd_tiny_block_official")
+    cfg, weights = case["config"], case["weights"]
+    encoder_keys = [k for k in weights["shapes"] if ENCODER_KEY.match(k)]
+    rest = set(weights["shapes"]) - set(encoder_keys)
     assert all(k.startswith(("mask_token", "decoder_", "proj_embed", "predictor")) for k in rest), rest
     m = ConvViT(img_size=cfg["img_size"][0], patch_sizes=tuple(cfg["patch_size"]), embed_dims=tuple(cfg["embed_dim"]),
                 depths=tuple(cfg["depth"]), num_heads=cfg["num_heads"], mlp_ratios=tuple(cfg["mlp_ratio"]))
-    ours = m.state_dict()
-    assert set(ours) == set(golden)
-    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in golden.items()}
-    m.load_state_dict(golden, strict=True)
-    torch.testing.assert_close(m.blocks3[1].attn.qkv.weight, golden["blocks3.1.attn.qkv.weight"])
+    assert {k: list(v.shape) for k, v in m.state_dict().items()} == {k: weights["shapes"][k] for k in encoder_keys}
     # the official (fixed) pos_embed is the same sin-cos table as ours
-    torch.testing.assert_close(golden["pos_embed"][0], sincos_2d(32, (14, 14)))
+    pos_embed = sincos_2d(32, (14, 14))[None]
+    assert_fingerprint(pos_embed, weights["fixed_fingerprint"]["pos_embed"], "pos_embed")
+    golden = {k: pos_embed if k in weights["fixed_keys"] else
+              rule_tensor(k, weights["shapes"][k], weights["seed"], k in weights["norm_keys"]) for k in encoder_keys}
+    m.load_state_dict(golden, strict=True)
+    assert torch.equal(m.blocks3[1].attn.qkv.weight, golden["blocks3.1.attn.qkv.weight"])
     # the fine-tune model is the same keys minus the fusion convs
     ft = ConvViT(img_size=224, **TINY, fusion=False, learnable_pos_embed=True)
     result = ft.load_state_dict(golden, strict=False)

@@ -82,7 +82,8 @@ def test_limit_keeps_first_samples(tmp_path):
     assert len(ds) == 4 and ds.classes == ["a", "b"] and ds.skipped == 0
 
 
-# spawn as well as the default fork: the skip counter's shared memory must reach workers either way.
+# spawn as well as the default fork: the skip counter (one flag per file, in memory the workers write) must
+# reach the main process either way.
 @pytest.mark.parametrize("context", [None, "spawn"])
 def test_corrupt_image_is_skipped_and_counted(tmp_path, context):
     _write_images(tmp_path / "a", 3)

@@ -1,4 +1,4 @@
-"""DMJD as a composition: golden cases of the official code, the two branches, the LR rule, the CLI."""
+"""DMJD as a composition: the two branches, the LR rule, the CLI (its golden cases: test_golden.py)."""
 import argparse
 import json
 from pathlib import Path
@@ -7,74 +7,31 @@ import pytest
 import torch
 
 import main_pretrain
-from conftest import GOLDEN, adamw_losses, requires_golden, smooth_images
+from conftest import adamw_losses, smooth_images
+from golden_rules import assert_loss, rebuild
 from models import create_model, create_recipe, list_models
 from models.official import DMJD_QUIRKS
 from models.losses import PatchLoss
 from models.masking import BlockMasking, DisjointMasking, Masks, RandomMasking
-from util.checkpoint import load_pretrained
 from util.lr import resolve_lr
 
-# the golden cases' official config: img_size [224, 56, 28], patch [4, 2, 2], decoder 16 x 1
+# tiny ConViT (the golden cases' stages 16/24/32, depths 1/1/2), decoder 16 x 1
 TINY_CONVVIT = dict(embed_dims=(16, 24, 32), depths=(1, 1, 2), num_heads=2, mlp_ratios=(8, 8, 4),
                     decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
-CASES = [f"{kind}_{variant}" for kind in ("block", "rand") for variant in ("official", "fixed")]
-
-
-def _golden_model(case: dict, **kwargs):
-    cfg = case["config"]
-    model = create_model("dmjd_convvit_base_patch16_hog", mask_ratio=cfg["mask_ratio"],
-                         mask_type=cfg["mask_type"], **TINY_CONVVIT, **kwargs)
-    report = load_pretrained(model, case["state_dict"])
-    assert not report.missing and not report.unexpected and not report.resized, report
-    return model.eval()
 
 
 def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-6) -> None:
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
-@requires_golden
-@pytest.mark.parametrize("name", CASES)
-def test_official_dmjd_golden(name):
-    """Same weights, images and kept-token order as the official DMJDConViT: the same HOG target, masked
-    predictions, visible predictions and both losses; `_official` under --official_quirks, `_fixed` without."""
-    case = torch.load(GOLDEN / f"dmjd_tiny_{name}.pt", weights_only=True)
-    official = name.endswith("official")
-    model = _golden_model(case, official_quirks=official)
-    masks = Masks.from_ids_keep(case["ids_keep"], 196, num_views=2)
-    assert torch.equal(masks.view_mask, case["masks"])
-    with torch.no_grad():
-        _assert_close(model.target(case["imgs"]), case["target"], atol=1e-5)
-        out = model(case["imgs"], mask=masks)
-    _assert_close(out.pred["mim"], case["pred"], atol=1e-5)
-    _assert_close(out.pred["vis"], case["pred_vis"], atol=1e-5)
-    _assert_close(out.losses["mim"], case["loss_mim"])
-    _assert_close(out.losses["vis"], case["loss_vis"])
-    _assert_close(out.loss, case["loss"])
-
-
-@requires_golden
 @pytest.mark.parametrize("kind", ["block", "rand"])
-def test_fixed_loss_does_not_depend_on_the_kept_order(kind):
-    """With targets gathered in the predictions' order, raster-ordered visible tokens give the same loss."""
-    case = torch.load(GOLDEN / f"dmjd_tiny_{kind}_fixed.pt", weights_only=True)
-    model = _golden_model(case)
+def test_fixed_loss_does_not_depend_on_the_kept_order(kind, tmp_path):
+    """With targets gathered in the predictions' order, raster-ordered visible tokens give the official
+    loss of the golden case that used the official kept-token order (the ``_fixed`` cases)."""
+    case, model, imgs, _ = rebuild(f"dmjd_tiny_{kind}_fixed", tmp_path)
     with torch.no_grad():
-        out = model(case["imgs"], mask=case["masks"])
-    _assert_close(out.loss, case["loss"])
-
-
-@requires_golden
-def test_official_quirk_changes_the_visible_loss_only():
-    """The ordering quirk moves loss_vis and leaves loss_mim alone (same weights, masks, order)."""
-    case = torch.load(GOLDEN / "dmjd_tiny_rand_official.pt", weights_only=True)
-    masks = Masks.from_ids_keep(case["ids_keep"], 196, num_views=2)
-    with torch.no_grad():
-        quirky = _golden_model(case, official_quirks=True)(case["imgs"], mask=masks)
-        fixed = _golden_model(case)(case["imgs"], mask=masks)
-    _assert_close(quirky.losses["mim"], fixed.losses["mim"])
-    assert not torch.allclose(quirky.losses["vis"], fixed.losses["vis"])
+        out = model(imgs, mask=case["masks"])
+    assert_loss(out.loss, case["losses"]["loss"])
 
 
 def test_official_quirks_ignore_pred_ratio_in_the_masking():

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from conftest import GOLDEN, requires_golden
+from golden_rules import load_case
 from models.masking import BlockMasking, DisjointMasking, RandomMasking
 
 CPU = torch.device("cpu")
@@ -37,18 +37,18 @@ def test_block_order_is_corner_grouped():
     assert torch.equal(keep[:, 3], keep[:, 0] + 15)
 
 
-@pytest.mark.parametrize("base,visible,shared", [
+@pytest.mark.parametrize("base,visible,overlap", [
     (RandomMasking(0.75), 49, 0), (RandomMasking(0.6), 78, 0), (BlockMasking(0.6), 76, 0),
     (RandomMasking(0.4), 117, 39), (BlockMasking(0.4), 116, 40)])
-def test_two_views_official_counts(base, visible, shared):
+def test_two_views_official_counts(base, visible, overlap):
     """The verified properties at pred_ratio 1: each view keeps the base count; the two visible sets
-    share exactly `shared` patches; the views together predict every patch not visible in both."""
+    have exactly `overlap` patches in common; the views together predict every patch not visible in both."""
     masks = draw(DisjointMasking(base, pred_ratio=1.0))
     views = masks.view_mask
     assert views.shape == (2, 6, 196) and masks.ids_keep.shape == (12, visible)
     assert ((~views).sum(2) == visible).all()
-    assert ((~views[0] & ~views[1]).sum(1) == shared).all()
-    assert ((views[0] | views[1]).sum(1) == 196 - shared).all()
+    assert ((~views[0] & ~views[1]).sum(1) == overlap).all()
+    assert ((views[0] | views[1]).sum(1) == 196 - overlap).all()
     if isinstance(base, BlockMasking):
         assert_whole_blocks(masks.mask)
 
@@ -81,12 +81,11 @@ def test_views_follow_the_generator():
     assert torch.equal(a.mask, b.mask) and torch.equal(a.ids_keep, b.ids_keep)
 
 
-@requires_golden
 @pytest.mark.parametrize("kind,ratio", [("block", 0.6), ("rand", 0.75)])
 def test_official_masks_have_the_same_structure(kind, ratio):
     """The official code's masks (golden cases) obey the invariants ours do: counts, whole blocks,
     disjoint views, and (block) the corner-grouped kept-token order."""
-    case = torch.load(GOLDEN / f"dmjd_tiny_{kind}_official.pt", weights_only=True)
+    case = load_case(f"dmjd_tiny_{kind}_official")
     views, ids_keep = case["masks"], case["ids_keep"]
     ours = draw(DisjointMasking(BlockMasking(ratio) if kind == "block" else RandomMasking(ratio)), n=2)
     assert views.shape == ours.view_mask.shape and ids_keep.shape == ours.ids_keep.shape

@@ -1,14 +1,15 @@
-"""UM-MAE's PVT encoder: the compact grid, spatial reduction, masking leaks, training, classification and
-the official golden case (models_mae_pvt.py)."""
+"""UM-MAE's PVT encoder: the compact grid, spatial reduction, masking leaks, training, classification and the
+official keys (models_mae_pvt.py; the official golden case: test_golden.py)."""
 import re
 
 import pytest
 import torch
 
-from conftest import GOLDEN, adamw_losses, requires_golden
+from conftest import adamw_losses
+from golden_rules import load_case, rebuild, rule_weights
 from models.classifier import Classifier
 from models.encoders.pvt import PyramidVisionTransformer, pvt_small
-from models.masking import Masks, UniformMasking, compact_order, group_visible_ids
+from models.masking import Masks, UniformMasking, compact_order
 from models.losses import PatchLoss
 from models.mim import Branch, MaskedImageModel
 from models.pos_embed import sincos_2d
@@ -25,16 +26,16 @@ def uniform_masks(n: int, seed: int = 0, vis_mask_ratio: float = 0.25, num_patch
     return UniformMasking(vis_mask_ratio)(n, num_patches, torch.device("cpu"), torch.Generator().manual_seed(seed))
 
 
-def tiny_um_model(raster_positions: bool = False) -> MaskedImageModel:
+def tiny_um_model() -> MaskedImageModel:
     encoder = PyramidVisionTransformer(**TINY_PVT, sr_ratios=(4, 2, 1, 1), vis_mask_token=True)
     target = PixelTarget(16, norm_pix=True)
     decoder = UMDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim=16,
-                        decoder_depth=1, decoder_num_heads=2, raster_positions=raster_positions)
+                        decoder_depth=1, decoder_num_heads=2)
     return MaskedImageModel(encoder, UniformMasking(0.25), target, {"mim": Branch(decoder, PatchLoss())})
 
 
 def reference_compact(cells: torch.Tensor, visible: torch.Tensor, k: int = 4) -> torch.Tensor:
-    """The operator as docs/methods.md §4.3 states it: zero the cells of hidden patches, then sum the four k x k
+    """The operator as METHODS.md §4.3 states it: zero the cells of hidden patches, then sum the four k x k
     sub-blocks of every 2x2 group (exactly one is non-zero). cells: [N, C, H, W]; visible: [N, h, w] bool
     patches -> [N, C, H/2, W/2]."""
     n, c, hh, ww = cells.shape
@@ -43,38 +44,12 @@ def reference_compact(cells: torch.Tensor, visible: torch.Tensor, k: int = 4) ->
     return x.sum(dim=(3, 6)).reshape(n, c, hh // 2, ww // 2)
 
 
-@requires_golden
-def test_golden_ummae_pvt():
-    """The official MaskedAutoencoderPVT (tiny, 256 px, secondary masking, norm-pix): same loss to 1e-5 and
-    same predictions, under the official decoder-position quirk."""
-    case = torch.load(GOLDEN / "ummae_pvt_tiny.pt", weights_only=True)
-    cfg = case["config"]
-    assert (cfg["img_size"], cfg["patch_size"], cfg["stride"]) == (256, 4, 16)
-    assert tuple(cfg["embed_dims"]) == TINY_PVT["embed_dims"] and tuple(cfg["depths"]) == TINY_PVT["depths"]
-    assert tuple(cfg["sr_ratios"]) == (4, 2, 1, 1) and cfg["norm_pix_loss"]
-    model = tiny_um_model(raster_positions=True).eval()
-    report = load_pretrained(model, case["state_dict"])
-    assert not report.missing and not report.unexpected and not report.mismatched
-    mask, secondary = case["mask"], case["secondary_mask"]
-    assert torch.equal(secondary, case["new_mask"] & ~mask)
-    masks = Masks.from_ids_keep(group_visible_ids(~mask, (16, 16)), 256)
-    masks.secondary = secondary
-    with torch.no_grad():
-        out = model(case["imgs"], masks)
-    torch.testing.assert_close(out.loss, case["loss"], rtol=1e-5, atol=0)
-    vis_ids, mask_ids = model.heads["mim"].sequence_order(masks)
-    order = torch.cat([vis_ids, mask_ids], dim=1)
-    pred = torch.gather(out.pred["mim"], 1, order.unsqueeze(-1).expand(-1, -1, 768))
-    torch.testing.assert_close(pred, case["pred"], rtol=1e-5, atol=1e-5)
-
-
-@requires_golden
 def test_keys_equal_official_encoder_keys():
-    """Encoder keys are the official models_mae_pvt.py ones (decoder and its mask_token aside)."""
-    official = torch.load(GOLDEN / "ummae_pvt_tiny.pt", weights_only=True)["state_dict"]
-    official = {k: tuple(v.shape) for k, v in official.items() if not k.startswith("decoder") and k != "mask_token"}
+    """Encoder keys and shapes are the official models_mae_pvt.py ones (decoder and its mask_token aside)."""
+    shapes = load_case("ummae_pvt_tiny")["weights"]["shapes"]
+    official = {k: shape for k, shape in shapes.items() if not k.startswith("decoder") and k != "mask_token"}
     encoder = PyramidVisionTransformer(**TINY_PVT, vis_mask_token=True)
-    assert {k: tuple(v.shape) for k, v in encoder.state_dict().items()} == official
+    assert {k: list(v.shape) for k, v in encoder.state_dict().items()} == official
 
 
 def test_compact_grid_matches_the_official_operator_and_positions():
@@ -213,11 +188,12 @@ def test_few_adamw_steps_reduce_the_loss():
     assert model.encoder.vis_mask_token.grad is not None and model.encoder.pos_embed.grad is None
 
 
-@requires_golden
-def test_classification_from_the_pretrained_encoder():
-    """Fine-tuning: full grid, learnable position table loaded from the fixed one (resized at 224), no final
-    norm under global pooling; only fc_norm and head are missing from a pretraining checkpoint."""
-    official = torch.load(GOLDEN / "ummae_pvt_tiny.pt", weights_only=True)["state_dict"]
+def test_classification_from_the_pretrained_encoder(tmp_path):
+    """Fine-tuning from the official pretraining keys (the golden case's rule-2 weights): full grid, learnable
+    position table loaded from the fixed one (resized at 224), no final norm under global pooling; only
+    fc_norm and head are missing from a pretraining checkpoint."""
+    case, pretrained, _, _ = rebuild("ummae_pvt_tiny", tmp_path)
+    official = rule_weights(case["weights"], pretrained.state_dict())
     for size in (256, 224):
         state_dict = dict(official)
         encoder = PyramidVisionTransformer(**{**TINY_PVT, "img_size": size}, drop_path_rate=0.1,

@@ -1,103 +1,47 @@
-"""UM-MAE's Swin (compact grid, posMLP, windows), its pyramid heads, and the official golden cases."""
+"""UM-MAE's Swin (compact grid, posMLP, windows) and its pyramid heads (official golden cases: test_golden.py)."""
 import re
 
 import pytest
 import torch
 
-from conftest import GOLDEN, adamw_losses, requires_golden
+from conftest import adamw_losses, group_visible_ids
+from golden_rules import assert_loss, rebuild
 from models.classifier import Classifier
 from models.encoders.swin import SwinMIM
-from models.masking import Masks, RandomMasking, UniformMasking, group_visible_ids
+from models.masking import RandomMasking, UniformMasking
 from models.losses import PatchLoss
 from models.mim import Branch, MaskedImageModel
 from models.pyramid_heads import SimMIMHead, UMDecoder
 from models.targets import PixelTarget
 from util.checkpoint import load_pretrained
 
-GOLDEN_SWIN = dict(img_size=256, patch_size=4, stride=16, embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8),
-                   posmlp_dim=8)
 # 128 px: 8x8 patches, a 16x16 compact cell grid, stages 16/8/4/2
 TINY_SWIN = dict(img_size=128, embed_dim=8, depths=(2, 2, 1, 1), num_heads=(1, 2, 2, 2), posmlp_dim=4, window_size=4)
 
 
-def um_model(encoder_kw: dict, decoder_dim: int = 16, raster_positions: bool = False,
-             vis_mask_ratio: float = 0.25) -> MaskedImageModel:
+def um_model(encoder_kw: dict) -> MaskedImageModel:
     encoder = SwinMIM(**encoder_kw)
     target = PixelTarget(16, norm_pix=True)
-    decoder = UMDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim=decoder_dim,
-                        decoder_depth=1, decoder_num_heads=2, raster_positions=raster_positions)
-    return MaskedImageModel(encoder, UniformMasking(vis_mask_ratio), target, {"mim": Branch(decoder, PatchLoss())})
+    decoder = UMDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim=16,
+                        decoder_depth=1, decoder_num_heads=2)
+    return MaskedImageModel(encoder, UniformMasking(0.25), target, {"mim": Branch(decoder, PatchLoss())})
 
 
-def load_case(name: str) -> dict:
-    return torch.load(GOLDEN / name, weights_only=True)
-
-
-def um_masks(case: dict) -> Masks:
-    """The case's uniform mask as ``Masks`` with the visible patches in group order, and its secondary mask."""
-    mask = case["mask"].bool()
-    masks = Masks.from_ids_keep(group_visible_ids(~mask, (16, 16)), mask.shape[1])
-    masks.secondary = case["secondary_mask"].bool()
-    return masks
-
-
-@requires_golden
-def test_golden_ummae_swin():
-    """Official MaskedAutoencoderSwin (decoder position quirk included): same keys, loss and predictions."""
-    case = load_case("ummae_swin_tiny.pt")
-    cfg = case["config"]
-    assert cfg["window_size"] == 8 and cfg["vis_mask_ratio"] == 0.25 and cfg["norm_pix_loss"]
-    model = um_model({**GOLDEN_SWIN, "window_size": 8}, cfg["decoder_embed_dim"], raster_positions=True).eval()
-    report = load_pretrained(model, case["state_dict"])
-    assert not report.missing and not report.unexpected and not report.mismatched
-    assert set(model.state_dict()) == set(case["state_dict"])
-    masks = um_masks(case)
-    assert torch.equal(masks.mask, case["mask"].bool())
-    assert torch.equal(case["new_mask"].bool(), masks.mask | masks.secondary)
+def test_raster_positions_only_change_positions(tmp_path):
+    """On the official Swin case, the fix (each visible token gets its own patch's position) changes the loss,
+    and only through the decoder positions: with the position table zeroed both orders give the same result."""
+    case, quirky, imgs, masks = rebuild("ummae_swin_tiny", tmp_path, official_quirks=True)
+    fixed = rebuild("ummae_swin_tiny", tmp_path, official_quirks=False)[1]
     with torch.no_grad():
-        out = model(case["imgs"], masks)
-    torch.testing.assert_close(out.loss, case["loss"], rtol=1e-5, atol=0)
-    head = model.heads["mim"]
-    vis, hidden = head.sequence_order(masks)
-    order = torch.cat([vis, hidden], dim=1)  # official: [visible in group order; masked in raster order]
-    pred = torch.gather(out.pred["mim"], 1, order.unsqueeze(-1).expand(-1, -1, 768))
-    torch.testing.assert_close(pred, case["pred"], rtol=1e-5, atol=1e-5)
-
-
-@requires_golden
-def test_golden_simmim_swin():
-    """Official (UM-MAE) SimMIMSwin: mask token in the encoder, window 16, L1 on raw pixels."""
-    case = load_case("simmim_swin_tiny.pt")
-    assert case["config"]["window_size"] == 16 and not case["config"]["norm_pix_loss"]
-    encoder = SwinMIM(**GOLDEN_SWIN, window_size=16, masked_tokens="token")
-    model = MaskedImageModel(encoder, RandomMasking(0.75), PixelTarget(16),
-                             {"mim": Branch(SimMIMHead(encoder.embed_dim, 768, 2), PatchLoss("l1"))}).eval()
-    report = load_pretrained(model, case["state_dict"])
-    assert not report.missing and not report.unexpected and not report.mismatched
-    with torch.no_grad():
-        out = model(case["imgs"], case["mask"].bool())
-    torch.testing.assert_close(out.loss, case["loss"], rtol=1e-5, atol=0)
-    torch.testing.assert_close(out.pred["mim"], case["pred"], rtol=1e-5, atol=1e-5)
-
-
-@requires_golden
-def test_raster_positions_only_change_positions():
-    """The fix (each visible token gets its own patch's position) changes the loss, and only through the
-    decoder positions: with the position table zeroed both orders give the same loss."""
-    case = load_case("ummae_swin_tiny.pt")
-    models = [um_model({**GOLDEN_SWIN, "window_size": 8}, raster_positions=quirk).eval() for quirk in (True, False)]
-    for model in models:
-        load_pretrained(model, case["state_dict"])
-    masks = um_masks(case)
-    with torch.no_grad():
-        quirk, fixed = (model(case["imgs"], masks) for model in models)
-        # the golden loss matches to ~1e-7; the fix moves it by ~3e-5 here (tiny random decoder)
-        assert not torch.allclose(quirk.loss, fixed.loss, rtol=2e-6, atol=0)
-        assert (quirk.pred["mim"] - fixed.pred["mim"]).abs().max() > 1e-2
-        for model in models:
+        quirk, fix = quirky(imgs, masks), fixed(imgs, masks)
+        # the golden loss matches to ~1e-7; the fix moves it by ~2e-5 here (tiny random decoder)
+        assert_loss(quirk.loss, case["losses"]["loss"])
+        assert not torch.allclose(quirk.loss, fix.loss, rtol=2e-6, atol=0)
+        assert (quirk.pred["mim"] - fix.pred["mim"]).abs().max() > 1e-2
+        for model in (quirky, fixed):
             model.heads["mim"].decoder_pos_embed.zero_()
-        quirk, fixed = (model(case["imgs"], masks) for model in models)
-    torch.testing.assert_close(quirk.pred["mim"], fixed.pred["mim"], rtol=1e-6, atol=1e-6)
+        quirk, fix = quirky(imgs, masks), fixed(imgs, masks)
+    torch.testing.assert_close(quirk.pred["mim"], fix.pred["mim"], rtol=1e-6, atol=1e-6)
 
 
 def test_group_visible_ids_is_group_order():

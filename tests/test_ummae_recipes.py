@@ -1,60 +1,18 @@
-"""UM-MAE and SimMIM recipes: official golden losses through the registered names, the official commands,
-learning, and UM-MAE's activation saving over SimMIM on the same encoder."""
+"""UM-MAE and SimMIM recipes: the official commands, learning, and UM-MAE's activation saving over SimMIM on the
+same encoder (their official golden cases, through the registered names: test_golden.py)."""
 import json
 
 import pytest
 import torch
 
 import main_pretrain
-from conftest import GOLDEN, adamw_losses, requires_golden, smooth_images
+from conftest import adamw_losses, smooth_images
 from models import create_model
-from models.masking import Masks
-from models.masking import group_visible_ids
 from util.checkpoint import load_pretrained
 
 TINY_SWIN = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), posmlp_dim=8)
 TINY_PVT = dict(embed_dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), num_heads=(1, 2, 3, 4), mlp_ratios=(8, 8, 4, 4))
 TINY_DECODER = dict(decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
-
-
-def _um_masks(case: dict) -> Masks:
-    mask = case["mask"].bool()
-    masks = Masks.from_ids_keep(group_visible_ids(~mask, (16, 16)), mask.shape[1])
-    masks.secondary = case["secondary_mask"].bool()
-    return masks
-
-
-def _loaded(name: str, case: dict, **kwargs):
-    model = create_model(name, **kwargs).eval()
-    report = load_pretrained(model, case["state_dict"])
-    assert not report.missing and not report.unexpected and not report.mismatched, report
-    return model
-
-
-@requires_golden
-@pytest.mark.parametrize("name,golden,encoder", [("ummae_swin_tiny_256", "ummae_swin_tiny", TINY_SWIN),
-                                                 ("ummae_pvt_small_256", "ummae_pvt_tiny", TINY_PVT)])
-def test_ummae_recipes_reproduce_the_official_loss(name, golden, encoder):
-    """Registered recipe + --official_quirks + the given uniform and secondary masks = the official loss;
-    without the quirk the decoder positions (and so the predictions) change."""
-    case = torch.load(GOLDEN / f"{golden}.pt", weights_only=True)
-    kwargs = dict(norm_pix_loss=True, **encoder, **TINY_DECODER)
-    masks = _um_masks(case)
-    with torch.no_grad():
-        quirky = _loaded(name, case, official_quirks=True, **kwargs)(case["imgs"], mask=masks)
-        fixed = _loaded(name, case, **kwargs)(case["imgs"], mask=masks)
-    torch.testing.assert_close(quirky.loss, case["loss"], rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(fixed.pred["mim"], quirky.pred["mim"], atol=1e-3)
-
-
-@requires_golden
-def test_simmim_recipe_reproduces_the_official_loss():
-    case = torch.load(GOLDEN / "simmim_swin_tiny.pt", weights_only=True)
-    model = _loaded("simmim_swin_tiny_256", case, official_quirks=True, **TINY_SWIN)
-    with torch.no_grad():
-        out = model(case["imgs"], mask=case["mask"].bool())
-    torch.testing.assert_close(out.loss, case["loss"], rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.pred["mim"], case["pred"], rtol=1e-5, atol=1e-5)
 
 
 def _activation_elements(model, imgs: torch.Tensor) -> int:
