@@ -19,30 +19,22 @@ from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 from engine_finetune import evaluate, train_one_epoch
 from util import distributed as dist_util
 from util.checkpoint import latest_checkpoint, load_pretrained, resume_training, save_training_state
+from util.config import add_classify_args, add_runtime_args, add_training_args
 from util.data import IMAGENET_MEAN, IMAGENET_STD, build_dataset, build_eval_transform
 from util.errors import UsageError
 from util.logging import RunLog
 from util.lr import resolve_lr
-from util.runtime import (add_runtime_args, amp_choice, build_named_model, parse_model_kwargs, run_cli,
-                          select_device, seed_everything)
+from util.runtime import amp_choice, build_named_model, parse_model_kwargs, run_cli, select_device, seed_everything
 from util.train_loop import TrainConfig
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("MIM fine-tuning", add_help=True)
-    p.add_argument("--batch_size", default=64, type=int, help="images per GPU (effective: x accum_iter x GPUs)")
-    p.add_argument("--epochs", default=50, type=int)
-    p.add_argument("--accum_iter", default=1, type=int)
-    p.add_argument("--model", default="vit_large_patch16", type=str, help="a classifier from models.list_models()")
-    p.add_argument("--input_size", default=224, type=int)
+    add_training_args(p, model="vit_large_patch16", model_help="a classifier from models.list_models()",
+                      batch_size=64, epochs=50, blr=1e-3, min_lr=1e-6, warmup_epochs=5, weight_decay=0.05,
+                      save_freq=10)
     p.add_argument("--drop_path", default=0.1, type=float, help="stochastic depth rate")
-    p.add_argument("--clip_grad", default=None, type=float)
-    p.add_argument("--weight_decay", default=0.05, type=float)
-    p.add_argument("--lr", default=None, type=float, help="absolute LR (default: blr x eff_batch / 256)")
-    p.add_argument("--blr", default=1e-3, type=float)
     p.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise LR decay")
-    p.add_argument("--min_lr", default=1e-6, type=float)
-    p.add_argument("--warmup_epochs", default=5, type=float)
     p.add_argument("--color_jitter", default=None, type=float)
     p.add_argument("--aa", default="rand-m9-mstd0.5-inc1", type=str, help="RandAugment policy")
     p.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
@@ -58,21 +50,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixup_mode", default="batch", choices=["batch", "pair", "elem"])
     p.add_argument("--model_ema", action="store_true", help="also keep and evaluate an EMA of the weights")
     p.add_argument("--model_ema_decay", default=0.9999, type=float)
-    add_common_eval_args(p, global_pool_default=True)
+    add_classify_args(p, global_pool_default=True)
     add_runtime_args(p)
     return p
-
-
-def add_common_eval_args(p: argparse.ArgumentParser, global_pool_default: bool) -> None:
-    """Flags fine-tuning and linear probing share (official names)."""
-    p.add_argument("--finetune", default="", help="pretrained checkpoint to start from (ours or official)")
-    p.add_argument("--global_pool", action="store_true", default=global_pool_default,
-                   help="average patch tokens (+ fc_norm) instead of the cls token")
-    p.add_argument("--cls_token", action="store_false", dest="global_pool", help="use the cls token")
-    p.add_argument("--nb_classes", default=None, type=int, help="default: the number of classes in the data")
-    p.add_argument("--eval", action="store_true", help="only evaluate (--resume or --finetune weights)")
-    p.add_argument("--dist_eval", action="store_true", help="shard evaluation over processes")
-    p.add_argument("--save_freq", default=10, type=int, help="save a checkpoint every N epochs (and the last)")
 
 
 @dataclass

@@ -9,27 +9,20 @@ from torch import nn
 import main_finetune
 from models.classifier import to_linear_probe
 from util import distributed as dist_util
+from util.config import add_classify_args, add_runtime_args, add_training_args
 from util.crop import build_linprobe_transform
 from util.data import build_eval_transform
 from util.lars import LARS
 from util.lr import resolve_lr
-from util.runtime import add_runtime_args, run_cli
+from util.runtime import run_cli
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("MIM linear probing", add_help=True)
-    p.add_argument("--batch_size", default=512, type=int, help="images per GPU (effective: x accum_iter x GPUs)")
-    p.add_argument("--epochs", default=90, type=int)
-    p.add_argument("--accum_iter", default=1, type=int)
-    p.add_argument("--model", default="vit_large_patch16", type=str, help="a classifier from models.list_models()")
-    p.add_argument("--input_size", default=224, type=int)
-    p.add_argument("--weight_decay", default=0.0, type=float)
-    p.add_argument("--lr", default=None, type=float, help="absolute LR (default: blr x eff_batch / 256)")
-    p.add_argument("--blr", default=0.1, type=float)
-    p.add_argument("--min_lr", default=0.0, type=float)
-    p.add_argument("--warmup_epochs", default=10, type=float)
-    p.add_argument("--clip_grad", default=None, type=float)
-    main_finetune.add_common_eval_args(p, global_pool_default=False)
+    add_training_args(p, model="vit_large_patch16", model_help="a classifier from models.list_models()",
+                      batch_size=512, epochs=90, blr=0.1, min_lr=0.0, warmup_epochs=10, weight_decay=0.0,
+                      save_freq=10)
+    add_classify_args(p, global_pool_default=False)
     add_runtime_args(p)
     return p
 

@@ -16,23 +16,21 @@ from models.masking import Masks
 from models.recipes import MASK_TYPES, PRED_TYPES
 from util import distributed as dist_util
 from util.checkpoint import latest_checkpoint, resume_training, save_training_state
+from util.config import add_runtime_args, add_training_args
 from util.data import build_dataset, build_pretrain_transform
 from util.errors import UsageError
 from util.logging import RunLog
 from util.lr import resolve_lr, weight_decay_groups
-from util.runtime import (add_runtime_args, amp_choice, build_named_model, parse_model_kwargs, run_cli,
-                          select_device, seed_everything)
+from util.runtime import amp_choice, build_named_model, parse_model_kwargs, run_cli, select_device, seed_everything
 from util.train_loop import TrainConfig, autocast
 from util.visualize import reconstruction_grid, save_png
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("MIM pretraining", add_help=True)
-    p.add_argument("--batch_size", default=64, type=int, help="images per GPU (effective: x accum_iter x GPUs)")
-    p.add_argument("--epochs", default=400, type=int)
-    p.add_argument("--accum_iter", default=1, type=int, help="accumulate gradients over this many batches")
-    p.add_argument("--model", default="mae_vit_large_patch16", type=str, help="a name from models.list_models()")
-    p.add_argument("--input_size", default=224, type=int)
+    add_training_args(p, model="mae_vit_large_patch16", model_help="a name from models.list_models()",
+                      batch_size=64, epochs=400, blr=1e-3, min_lr=0.0, warmup_epochs=40, weight_decay=0.05,
+                      save_freq=20)
     p.add_argument("--mask_ratio", default=None, type=float,
                    help="fraction of patches removed (default: the recipe's, MAE 0.75, DMJD 0.6)")
     p.add_argument("--norm_pix_loss", action="store_true", help="per-patch normalized pixel target")
@@ -59,13 +57,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--mim_loss_type", default=None, choices=["l2", "smooth_l1"], help="masked-branch loss")
     g.add_argument("--vis_loss_type", default=None, choices=["l2", "smooth_l1"], help="visible-branch loss")
     g.add_argument("--theta", default=None, type=float, help="weight of the visible-branch loss")
-    p.add_argument("--weight_decay", default=0.05, type=float)
-    p.add_argument("--lr", default=None, type=float, help="absolute LR (default: blr x eff_batch / 256)")
-    p.add_argument("--blr", default=1e-3, type=float, help="base LR: lr = blr x eff_batch / 256")
-    p.add_argument("--min_lr", default=0.0, type=float)
-    p.add_argument("--warmup_epochs", default=40, type=float)
-    p.add_argument("--clip_grad", default=None, type=float, help="max gradient norm (off by default)")
-    p.add_argument("--save_freq", default=20, type=int, help="save a checkpoint every N epochs (and the last)")
     p.add_argument("--vis_freq", default=20, type=int, help="write a reconstruction grid every N epochs")
     add_runtime_args(p)
     return p
