@@ -6,15 +6,17 @@ import argparse
 
 from torch import nn
 
-import main_finetune
+from engine_finetune import fit
 from models.classifier import to_linear_probe
 from util import distributed as dist_util
-from util.config import add_classify_args, add_runtime_args, add_training_args
+from util.classify import build_classifier, build_loaders
+from util.config import ClassifyConfig, add_classify_args, add_runtime_args, add_training_args
 from util.crop import build_linprobe_transform
 from util.data import build_eval_transform
 from util.lars import LARS
-from util.lr import resolve_lr
 from util.runtime import run_cli
+from util.session import start_session
+from util.trainer import Trainer
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -28,21 +30,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict:
-    session = main_finetune.start_session(args)
-    _, train_loader, val_loader = main_finetune.build_loaders(
-        args, session, build_linprobe_transform(args.input_size), build_eval_transform(args.input_size))
-    model = main_finetune.build_classifier(args, drop_path_rate=0.0)
-    if args.finetune and not args.resume:
-        main_finetune.load_encoder(model, args.finetune)
-    model = to_linear_probe(model)
-    eff_batch = resolve_lr(args, session.world_size)
-    optimizer = LARS(model.head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    """Linear-probe (or evaluate) as ``args`` say; returns the best validation metrics (``--eval``: the metrics)."""
+    cfg = ClassifyConfig.from_args(args)
+    session = start_session(cfg)
+    data = build_loaders(cfg, session, build_linprobe_transform(cfg.input_size), build_eval_transform(cfg.input_size))
+    model = to_linear_probe(build_classifier(cfg, data.num_classes, drop_path_rate=0.0)).to(session.device)
+    lr, eff_batch = cfg.scaled_lr(session.world_size)
+    optimizer = LARS(model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    trainer = Trainer(cfg, session, model, optimizer, lr,
+                      derived={"eff_batch": eff_batch, "nb_classes": data.num_classes})
     if dist_util.is_main_process():
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"linear probe {args.model} ({'global pool' if args.global_pool else 'cls token'}): "
-              f"{args.nb_classes} classes; {trainable} trainable parameters; eff. batch {eff_batch:g}; "
-              f"lr {args.lr:.3e}; {session.amp_name}; {session.world_size} process(es) on {session.device}")
-    return main_finetune.fit(args, session, model, optimizer, nn.CrossEntropyLoss(), train_loader, val_loader)
+        print(f"linear probe {cfg.model} ({'global pool' if cfg.global_pool else 'cls token'}): "
+              f"{data.num_classes} classes; {trainable} trainable parameters; eff. batch {eff_batch:g}; "
+              f"lr {lr:.3e}; {session.amp_name}; {session.world_size} process(es) on {session.device}")
+    return fit(trainer, nn.CrossEntropyLoss(), data.train, data.val)
 
 
 if __name__ == "__main__":

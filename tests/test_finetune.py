@@ -15,6 +15,7 @@ from conftest import TINY_MAE, make_image_folder
 from models import create_model
 from models.classifier import to_linear_probe
 from util.checkpoint import load_file, load_pretrained
+from util.config import FinetuneConfig
 from util.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,15 +133,16 @@ def test_linear_probe_surgery():
 
 def test_mixup_targets_and_criterion():
     """Mixup/CutMix on -> soft targets (rows sum to 1, smoothing inside) with soft-target CE; off -> LS-CE."""
-    parser = main_finetune.get_args_parser()
-    args = parser.parse_args(["--mixup", "0.8", "--cutmix", "1.0", "--nb_classes", "10"])
-    mixup_fn, criterion = main_finetune.build_mixup_and_criterion(args)
+    def config(*argv: str) -> FinetuneConfig:
+        return FinetuneConfig.from_args(main_finetune.get_args_parser().parse_args(argv))
+
+    mixup_fn, criterion = main_finetune.build_mixup_and_criterion(config("--mixup", "0.8", "--cutmix", "1.0"), 10)
     imgs, targets = mixup_fn(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
     assert targets.shape == (4, 10)
     torch.testing.assert_close(targets.sum(1), torch.ones(4))
     assert targets.min() >= 0.1 / 10 - 1e-6  # label smoothing spreads 0.1 over the classes
     assert type(criterion).__name__ == "SoftTargetCrossEntropy"
-    _, criterion = main_finetune.build_mixup_and_criterion(parser.parse_args(["--nb_classes", "10"]))
+    _, criterion = main_finetune.build_mixup_and_criterion(config(), 10)
     assert type(criterion).__name__ == "LabelSmoothingCrossEntropy"
 
 
