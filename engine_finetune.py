@@ -1,12 +1,17 @@
-"""Fine-tuning / linear-probing epoch and evaluation, for every encoder."""
+"""Fine-tuning and linear probing, for every encoder: the supervised epoch, evaluation, and the run over
+the epochs with its periodic and best checkpoints (or evaluation only, ``--eval``)."""
 from typing import Callable, Iterable
 
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
+from torch.utils.data import DataLoader
 
 from util import distributed as dist_util
+from util.config import ClassifyConfig
 from util.logging import RunLog
 from util.train_loop import TrainConfig, autocast, run_epoch
+from util.trainer import Trainer
 
 
 def classification_loss(criterion: nn.Module, mixup_fn: Callable | None = None):
@@ -58,3 +63,42 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
     loss_sum, top1, top5, count = totals.tolist()
     count = max(count, 1.0)
     return {"loss": loss_sum / count, "acc1": 100 * top1 / count, "acc5": 100 * top5 / count}
+
+
+def fit(trainer: Trainer[ClassifyConfig], criterion: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
+        mixup_fn: Callable | None = None, ema: ModelEmaV3 | None = None) -> dict[str, float]:
+    """Train from the resumed epoch (if any) to the last, evaluating after each epoch (and ``ema``'s weights
+    when given); keep ``checkpoint-best.pth`` and a checkpoint every ``--save_freq`` epochs. With ``--eval``
+    only evaluate. Returns the best validation metrics (``--eval``: the metrics)."""
+    cfg, device, amp_dtype = trainer.cfg, trainer.session.device, trainer.session.amp_dtype
+    ckpt = trainer.resume(with_optimizer=not cfg.eval)
+    if ema is not None and ckpt.get("model_ema"):
+        ema.module.load_state_dict(ckpt["model_ema"])
+    if cfg.eval:
+        stats = evaluate(trainer.model, val_loader, device, amp_dtype)
+        print(f"accuracy on {len(val_loader.dataset)} images: top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%"
+              f"  loss {stats['loss']:.4f}")
+        return stats
+    best = ckpt.get("best", {"acc1": -1.0})
+    model = trainer.wrapped()
+    for epoch in trainer.epochs(train_loader):
+        train_stats = train_one_epoch(model, criterion, train_loader, trainer.optimizer, device, epoch, trainer.loop,
+                                      mixup_fn, trainer.scaler, trainer.log, ema)
+        val = evaluate(trainer.model, val_loader, device, amp_dtype)
+        record = {**{f"train_{k}": v for k, v in train_stats.items()}, **{f"test_{k}": v for k, v in val.items()},
+                  "epoch": epoch}
+        if ema is not None:
+            record |= {f"test_ema_{k}": v for k, v in evaluate(ema.module, val_loader, device, amp_dtype).items()}
+        extra = {"model_ema": ema.module.state_dict()} if ema is not None else {}
+        if val["acc1"] > best["acc1"]:
+            best = {**val, "epoch": epoch}
+            trainer.save(epoch, name="checkpoint-best.pth", best=best, **extra)
+        if trainer.due(epoch, cfg.save_freq):
+            trainer.save(epoch, best=best, **extra)
+        if dist_util.is_main_process():
+            print(f"epoch {epoch}: top-1 {val['acc1']:.2f}%  top-5 {val['acc5']:.2f}%  (best {best['acc1']:.2f}%)")
+        trainer.log.scalars(val, (epoch + 1) * 1000, prefix="test")
+        trainer.log.json_line(record)
+    if dist_util.is_main_process():
+        print(f"best top-1 {best['acc1']:.2f}% at epoch {best.get('epoch')}")
+    return best

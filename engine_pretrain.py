@@ -1,11 +1,20 @@
-"""One pretraining epoch, for every method: the model's forward returns the loss."""
+"""Pretraining, for every method: the epoch (the model's forward returns the loss), the run over the
+epochs with its checkpoints, and the reconstruction pictures."""
+import os
+from dataclasses import dataclass
 from typing import Iterable
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
+from models.masking import Masks
+from util import distributed as dist_util
+from util.config import PretrainConfig
 from util.logging import RunLog
-from util.train_loop import TrainConfig, run_epoch
+from util.train_loop import TrainConfig, autocast, run_epoch
+from util.trainer import Trainer
+from util.visualize import reconstruction_grid, save_png
 
 
 def pretrain_loss(model: nn.Module, batch, device: torch.device):
@@ -22,3 +31,50 @@ def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.O
                     run_log: RunLog | None = None) -> dict[str, float]:
     """Pretrain ``model`` (maybe DDP-wrapped or compiled) for one epoch; return the epoch's mean scalars."""
     return run_epoch(model, loader, optimizer, device, epoch, cfg, pretrain_loss, scaler, run_log)
+
+
+@dataclass(frozen=True)
+class ReconstructionProbe:
+    """A fixed batch and fixed masks (first view) whose reconstructions are drawn during pretraining."""
+
+    imgs: torch.Tensor
+    masks: Masks
+
+    @classmethod
+    def sample(cls, dataset: Dataset, model: nn.Module, device: torch.device, seed: int,
+               count: int = 8) -> "ReconstructionProbe":
+        """The first ``count`` images (one augmentation draw) and masks drawn with ``seed``; sample it before
+        any RNG state is restored, so that a resumed run draws the same pictures."""
+        imgs = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))]).to(device)
+        return cls(imgs, model.sample_masks(imgs, torch.Generator(device).manual_seed(seed)))
+
+    def draw(self, model: nn.Module, norm_pix: bool, output_dir: str, run_log: RunLog, epoch: int,
+             amp_dtype: torch.dtype | None) -> None:
+        """``reconstruction-<epoch>.png`` in output_dir and a TensorBoard image; nothing for a head that
+        predicts features (HOG, CLIP) rather than pixels."""
+        model.eval()
+        with torch.no_grad(), autocast(self.imgs.device, amp_dtype):
+            out = model(self.imgs, mask=self.masks)
+        n = len(self.imgs)
+        pred = next(iter(out.pred.values()))[:n]
+        if pred.shape[-1] != model.patch_size ** 2 * 3:
+            return
+        grid = reconstruction_grid(self.imgs, pred, out.mask[:n], model.patch_size, norm_pix=norm_pix)
+        save_png(grid, os.path.join(output_dir, f"reconstruction-{epoch:04d}.png"))
+        run_log.image("reconstruction", grid, epoch)
+
+
+def pretrain(trainer: Trainer[PretrainConfig], loader: DataLoader, probe: ReconstructionProbe) -> None:
+    """Pretrain from the resumed epoch (if any) to the last: a checkpoint every ``--save_freq`` epochs and
+    reconstruction pictures every ``--vis_freq`` (both also after the last), one log.txt line an epoch."""
+    cfg, session = trainer.cfg, trainer.session
+    trainer.resume()
+    model = trainer.wrapped()
+    for epoch in trainer.epochs(loader):
+        stats = train_one_epoch(model, loader, trainer.optimizer, session.device, epoch, trainer.loop,
+                                trainer.scaler, trainer.log)
+        if trainer.due(epoch, cfg.save_freq):
+            trainer.save(epoch)
+        if dist_util.is_main_process() and trainer.due(epoch, cfg.vis_freq):
+            probe.draw(trainer.model, cfg.norm_pix_loss, cfg.output_dir, trainer.log, epoch, session.amp_dtype)
+        trainer.log.json_line({**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch})

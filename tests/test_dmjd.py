@@ -1,5 +1,4 @@
 """DMJD as a composition: the two branches, the LR rule, the CLI (its golden cases: test_golden.py)."""
-import argparse
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from models import create_model, create_recipe, list_models
 from models.official import DMJD_QUIRKS
 from models.losses import PatchLoss
 from models.masking import BlockMasking, DisjointMasking, Masks, RandomMasking
-from util.lr import resolve_lr
+from util.config import PretrainConfig
 
 # tiny ConViT (the golden cases' stages 16/24/32, depths 1/1/2), decoder 16 x 1
 TINY_CONVVIT = dict(embed_dims=(16, 24, 32), depths=(1, 1, 2), num_heads=2, mlp_ratios=(8, 8, 4),
@@ -82,9 +81,10 @@ def test_adaptive_lr_rule():
     """eff = batch x accum x world x pred / mask: the PRETRAIN.md run (64 x 8 GPUs, m 0.6, p 1, blr 6e-4)
     gives 853.3 and lr 2.0e-3; MAE recipes keep ratio 1."""
     recipe = create_recipe("dmjd_convvit_base_patch16_hog", **TINY_CONVVIT)
-    args = argparse.Namespace(blr=6e-4, lr=None, batch_size=64, accum_iter=1)
-    eff = resolve_lr(args, 8, recipe.defaults.lr_batch_ratio)
-    assert eff == pytest.approx(853.333, abs=1e-3) and args.lr == pytest.approx(2.0e-3)
+    args = main_pretrain.get_args_parser().parse_args(["--blr", "6e-4", "--batch_size", "64"])
+    lr, eff = PretrainConfig.from_args(args).scaled_lr(8, recipe.defaults.lr_batch_ratio)
+    assert eff == pytest.approx(853.333, abs=1e-3) and lr == pytest.approx(2.0e-3)
+    assert args.lr is None  # derived, never written back into the flags
     assert recipe.defaults.min_crop_scale == 0.5
     mae = create_recipe("mae_vit_tiny_patch16", img_size=32)
     assert mae.defaults.lr_batch_ratio == 1.0 and mae.defaults.min_crop_scale == 0.2

@@ -1,4 +1,5 @@
 """Fine-tuning and linear probing: classifier keys, weight loading, layer decay, LP surgery, CLIs."""
+import copy
 from functools import partial
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from conftest import TINY_MAE, make_image_folder
 from models import create_model
 from models.classifier import to_linear_probe
 from util.checkpoint import load_file, load_pretrained
+from util.config import FinetuneConfig
 from util.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,15 +134,16 @@ def test_linear_probe_surgery():
 
 def test_mixup_targets_and_criterion():
     """Mixup/CutMix on -> soft targets (rows sum to 1, smoothing inside) with soft-target CE; off -> LS-CE."""
-    parser = main_finetune.get_args_parser()
-    args = parser.parse_args(["--mixup", "0.8", "--cutmix", "1.0", "--nb_classes", "10"])
-    mixup_fn, criterion = main_finetune.build_mixup_and_criterion(args)
+    def config(*argv: str) -> FinetuneConfig:
+        return FinetuneConfig.from_args(main_finetune.get_args_parser().parse_args(argv))
+
+    mixup_fn, criterion = main_finetune.build_mixup_and_criterion(config("--mixup", "0.8", "--cutmix", "1.0"), 10)
     imgs, targets = mixup_fn(torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
     assert targets.shape == (4, 10)
     torch.testing.assert_close(targets.sum(1), torch.ones(4))
     assert targets.min() >= 0.1 / 10 - 1e-6  # label smoothing spreads 0.1 over the classes
     assert type(criterion).__name__ == "SoftTargetCrossEntropy"
-    _, criterion = main_finetune.build_mixup_and_criterion(parser.parse_args(["--nb_classes", "10"]))
+    _, criterion = main_finetune.build_mixup_and_criterion(config(), 10)
     assert type(criterion).__name__ == "LabelSmoothingCrossEntropy"
 
 
@@ -174,6 +177,23 @@ def test_finetune_separable_data_reaches_high_accuracy(separable_data, tmp_path)
         tiny_cli_args(separable_data, tmp_path / "eval", "--batch_size", "8", "--eval",
                       "--resume", str(out / "checkpoint-best.pth")))
     assert main_finetune.main(again)["acc1"] == pytest.approx(best["acc1"])
+
+
+@pytest.mark.parametrize("cli", [main_finetune, main_linprobe], ids=["finetune", "linprobe"])
+def test_same_command_gives_same_weights(separable_data, tmp_path, cli):
+    """The same command run twice gives bit-identical weights (classifier initialisation, augmentation,
+    data order), whatever the RNGs held before; the parsed flags are left as they were."""
+    states = []
+    for name, noise in (("a", 0), ("b", 1)):
+        torch.manual_seed(noise)
+        args = cli.get_args_parser().parse_args(tiny_cli_args(
+            separable_data, tmp_path / name, "--batch_size", "8", "--epochs", "1", "--warmup_epochs", "0"))
+        before = copy.deepcopy(vars(args))
+        cli.main(args)
+        assert vars(args) == before
+        states.append(load_file(str(tmp_path / name / "checkpoint-0.pth"))["model"])
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
 
 
 def test_linear_probe_keeps_encoder_frozen(separable_data, tmp_path):

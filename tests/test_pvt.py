@@ -35,7 +35,7 @@ def tiny_um_model() -> MaskedImageModel:
 
 
 def reference_compact(cells: torch.Tensor, visible: torch.Tensor, k: int = 4) -> torch.Tensor:
-    """The operator as METHODS.md §4.3 states it: zero the cells of hidden patches, then sum the four k x k
+    """The operator as docs/methods.md §4.3 states it: zero the cells of hidden patches, then sum the four k x k
     sub-blocks of every 2x2 group (exactly one is non-zero). cells: [N, C, H, W]; visible: [N, h, w] bool
     patches -> [N, C, H/2, W/2]."""
     n, c, hh, ww = cells.shape

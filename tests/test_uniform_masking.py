@@ -1,10 +1,13 @@
 """UM-MAE's uniform + secondary masking, and its ViT row (MAE with uniform masking)."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 import main_pretrain
 from models import create_model
 from models.masking import Masks, UniformMasking
+from util.config import PretrainConfig
 from util.errors import UsageError
 
 TINY_VIT = dict(img_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
@@ -68,20 +71,19 @@ def test_vit_row_secondary_tokens_and_loss():
 
 
 def test_uniform_masking_flags_and_errors():
-    args = main_pretrain.get_args_parser().parse_args(
-        ["--model", "mae_vit_base_patch16", "--mask_regular", "--vis_mask_ratio", "0.25", "--input_size", "64",
-         "--token_size", "4", "--mask_ratio", "0.75", "--model_kwargs", "embed_dim=32", "depth=1", "num_heads=2"])
-    model = main_pretrain.build_model(args).model
+    def config(*argv: str) -> PretrainConfig:
+        return PretrainConfig.from_args(main_pretrain.get_args_parser().parse_args(argv))
+
+    cfg = config("--model", "mae_vit_base_patch16", "--mask_regular", "--vis_mask_ratio", "0.25", "--input_size", "64",
+                 "--token_size", "4", "--mask_ratio", "0.75", "--model_kwargs", "embed_dim=32", "depth=1", "num_heads=2")
+    model = main_pretrain.build_model(cfg).model
     assert isinstance(model.masking, UniformMasking) and model.masking.vis_mask_ratio == 0.25
-    args.token_size = 16
     with pytest.raises(UsageError, match="token_size"):
-        main_pretrain.build_model(args)
-    args.token_size, args.mask_ratio = None, 0.6
+        main_pretrain.build_model(replace(cfg, token_size=16))
     with pytest.raises(UsageError, match="0.75"):
-        main_pretrain.build_model(args)
-    plain = main_pretrain.get_args_parser().parse_args(["--model", "mae_vit_base_patch16", "--vis_mask_ratio", "0.25"])
+        main_pretrain.build_model(replace(cfg, token_size=None, mask_ratio=0.6))
     with pytest.raises(UsageError, match="mask_regular"):
-        main_pretrain.build_model(plain)
+        main_pretrain.build_model(config("--model", "mae_vit_base_patch16", "--vis_mask_ratio", "0.25"))
 
 
 def test_masks_keep_secondary_through_from_ids_keep_order():

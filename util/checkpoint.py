@@ -112,10 +112,11 @@ def latest_checkpoint(output_dir: str) -> str | None:
 
 
 def save_training_state(output_dir: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler | None, epoch: int, step: int, args: argparse.Namespace,
+                        scaler: torch.amp.GradScaler | None, epoch: int, step: int, args: dict[str, Any],
                         name: str | None = None, **extra) -> None:
     """Every process contributes its RNG state; the main process writes ``checkpoint-<epoch>.pth``
-    (or ``name``) holding model, optimizer, scaler, epoch, step, args (plain dict) and RNG states."""
+    (or ``name``) holding model, optimizer, scaler, epoch, step, ``args`` (the run's settings, stored as
+    plain JSON values so that ``weights_only`` loading reads them) and RNG states."""
     world_size = dist_util.get_world_size()
     rng = rng_state()
     if world_size > 1:
@@ -126,7 +127,7 @@ def save_training_state(output_dir: str, model: nn.Module, optimizer: torch.opti
         save_checkpoint(os.path.join(output_dir, name or f"checkpoint-{epoch}.pth"), {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "step": step,
-            "args": json.loads(json.dumps(vars(args), default=str)), "rng": rng, "world_size": world_size,
+            "args": json.loads(json.dumps(args, default=str)), "rng": rng, "world_size": world_size,
             **extra})
     dist_util.barrier()
 

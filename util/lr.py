@@ -16,14 +16,6 @@ def scaled_lr(blr: float, batch_size: int, accum_iter: int, world_size: int,
     return blr * eff_batch / 256, eff_batch
 
 
-def resolve_lr(args, world_size: int, ratio: float = 1.0) -> float:
-    """Set ``args.lr`` from ``args.blr`` by the scaling rule unless given; return the effective batch."""
-    lr, eff_batch = scaled_lr(args.blr, args.batch_size, args.accum_iter, world_size, ratio)
-    if args.lr is None:
-        args.lr = lr
-    return eff_batch
-
-
 def lr_at(epoch: float, lr: float, min_lr: float, warmup_epochs: float, epochs: float) -> float:
     """LR at a fractional epoch: linear warmup from 0, then a half cosine from lr down to min_lr."""
     if epoch < warmup_epochs:

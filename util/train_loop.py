@@ -14,9 +14,10 @@ from util.lr import lr_at, set_lr
 ComputeLoss = Callable[[nn.Module, object, torch.device], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """The loop's knobs (a subset of the CLI flags, so tests can drive the engines directly)."""
+    """The loop's knobs: ``util.trainer.Trainer`` builds them from the run config and the resolved LR;
+    tests build them directly to drive the engines."""
 
     epochs: int
     lr: float

@@ -1,0 +1,208 @@
+"""The flags every CLI shares and the typed, frozen run configurations built once from the parsed flags.
+
+Each CLI parses its flags, builds its config with ``from_args`` and reads only the config afterwards; the
+``argparse.Namespace`` is never changed. Values derived from the flags alone (the TensorBoard folder, the
+checkpoint ``--auto_resume`` finds, DeepMIM's model name) are resolved when the config is built; values that
+need the running process (the absolute LR, the number of classes, the start epoch) are returned by the
+functions that compute them and recorded in checkpoints by ``util.trainer.Trainer``.
+"""
+import argparse
+import copy
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Mapping, Self
+
+from models import official
+from util.checkpoint import latest_checkpoint
+from util.errors import UsageError
+from util.lr import scaled_lr
+from util.runtime import AMP_DTYPES
+
+
+def add_training_args(p: argparse.ArgumentParser, *, model: str, model_help: str, batch_size: int, epochs: int,
+                      blr: float, min_lr: float, warmup_epochs: float, weight_decay: float, save_freq: int) -> None:
+    """Length, batch and optimizer-schedule flags of every CLI, with that CLI's defaults (official names)."""
+    p.add_argument("--batch_size", default=batch_size, type=int,
+                   help="images per GPU (effective: x accum_iter x GPUs)")
+    p.add_argument("--epochs", default=epochs, type=int)
+    p.add_argument("--accum_iter", default=1, type=int, help="accumulate gradients over this many batches")
+    p.add_argument("--model", default=model, type=str, help=model_help)
+    p.add_argument("--input_size", default=224, type=int)
+    p.add_argument("--weight_decay", default=weight_decay, type=float)
+    p.add_argument("--lr", default=None, type=float, help="absolute LR (default: blr x eff_batch / 256)")
+    p.add_argument("--blr", default=blr, type=float, help="base LR: lr = blr x eff_batch / 256")
+    p.add_argument("--min_lr", default=min_lr, type=float)
+    p.add_argument("--warmup_epochs", default=warmup_epochs, type=float)
+    p.add_argument("--clip_grad", default=None, type=float, help="max gradient norm (off by default)")
+    p.add_argument("--save_freq", default=save_freq, type=int,
+                   help="save a checkpoint every N epochs (and the last)")
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    """Device, precision, seed, folders, resume and data flags shared by every CLI."""
+    p.add_argument("--model_kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="override recipe defaults, e.g. decoder_depth=2 decoder_embed_dim=128")
+    p.add_argument("--amp", default=None, choices=sorted(AMP_DTYPES),
+                   help="precision: bf16 on GPU by default, fp32 on CPU; fp16 uses a GradScaler")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--seed", default=0, type=int)
+    p.add_argument("--output_dir", default="./output_dir")
+    p.add_argument("--log_dir", default=None, help="TensorBoard folder (default: output_dir)")
+    p.add_argument("--resume", default="", help="checkpoint to continue from")
+    p.add_argument("--auto_resume", action="store_true", help="continue from the newest checkpoint in output_dir")
+    p.add_argument("--start_epoch", default=0, type=int)
+    p.add_argument("--num_workers", default=10, type=int)
+    p.add_argument("--pin_mem", action="store_true", default=True)
+    p.add_argument("--no_pin_mem", action="store_false", dest="pin_mem")
+    p.add_argument("--print_freq", default=20, type=int)
+    p.add_argument("--data_set", default="imagefolder", choices=["imagefolder", "fashion_mnist"])
+    p.add_argument("--data_path", default=None, type=str,
+                   help="ImageNet-style root (train/<class>/*, val/<class>/*) or a folder of images; "
+                        "fashion_mnist: /usr/share/datasets/fashion-mnist")
+    p.add_argument("--data_limit", default=None, type=int, help="use only the first N training images (demos)")
+    p.add_argument("--local-rank", "--local_rank", dest="local_rank", default=None, type=int,
+                   help="set by python -m torch.distributed.launch")
+
+
+def add_classify_args(p: argparse.ArgumentParser, global_pool_default: bool) -> None:
+    """Flags fine-tuning and linear probing share (official names)."""
+    p.add_argument("--finetune", default="", help="pretrained checkpoint to start from (ours or official)")
+    p.add_argument("--global_pool", action="store_true", default=global_pool_default,
+                   help="average patch tokens (+ fc_norm) instead of the cls token")
+    p.add_argument("--cls_token", action="store_false", dest="global_pool", help="use the cls token")
+    p.add_argument("--nb_classes", default=None, type=int, help="default: the number of classes in the data")
+    p.add_argument("--eval", action="store_true", help="only evaluate (--resume or --finetune weights)")
+    p.add_argument("--dist_eval", action="store_true", help="shard evaluation over processes")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig:
+    """What every CLI is asked to do: one field per shared flag, with the flag's name and meaning.
+
+    ``log_dir`` and ``resume`` hold their resolved values (``--log_dir`` or ``output_dir``; ``--resume`` or,
+    with ``--auto_resume``, the newest ``checkpoint-<epoch>.pth`` in ``output_dir``, or "")."""
+
+    model: str
+    epochs: int
+    batch_size: int
+    accum_iter: int
+    input_size: int
+    weight_decay: float
+    lr: float | None  # as given: None means the scaling rule (see scaled_lr)
+    blr: float
+    min_lr: float
+    warmup_epochs: float
+    clip_grad: float | None
+    save_freq: int
+    model_kwargs: tuple[str, ...]
+    amp: str | None
+    compile: bool
+    device: str | None
+    seed: int
+    output_dir: str
+    log_dir: str
+    resume: str
+    auto_resume: bool
+    start_epoch: int
+    num_workers: int
+    pin_mem: bool
+    print_freq: int
+    data_set: str
+    data_path: str | None
+    data_limit: int | None
+    local_rank: int | None
+    # the flags exactly as parsed, kept for the checkpoint record ("what command was run")
+    flags: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.accum_iter < 1:
+            raise UsageError("--batch_size and --accum_iter must be positive")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **resolved: Any) -> Self:
+        """The config of ``args`` (left unchanged): every field from the flag of its name (lists as tuples),
+        ``resolved`` overriding; ``log_dir`` and ``resume`` resolved as the class says."""
+        values = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "flags"}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        values["log_dir"] = args.log_dir or args.output_dir
+        if args.auto_resume and not args.resume:
+            values["resume"] = latest_checkpoint(args.output_dir) or ""
+        flags = MappingProxyType(copy.deepcopy(vars(args)))
+        return cls(**values | resolved, flags=flags)
+
+    def scaled_lr(self, world_size: int, lr_batch_ratio: float = 1.0) -> tuple[float, float]:
+        """(absolute LR, effective batch): ``--lr`` when given, else ``blr x eff_batch / 256``, where eff_batch
+        counts every process and accumulation step, times the recipe's ``lr_batch_ratio`` (DMJD's pred/mask)."""
+        lr, eff_batch = scaled_lr(self.blr, self.batch_size, self.accum_iter, world_size, lr_batch_ratio)
+        return (lr if self.lr is None else self.lr), eff_batch
+
+    def record(self) -> dict[str, Any]:
+        """The fields as a plain dict, and the original flags under ``flags``: what checkpoints store."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "flags"}
+        return out | {"flags": dict(self.flags)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig(RunConfig):
+    """main_pretrain.py: the shared fields and the method flags handed to the recipe. ``model`` is the
+    recipe trained (DeepMIM's official ``--model mae_vit_base_patch16 --clip_path`` means DeepMIM-CLIP)."""
+
+    mask_ratio: float | None
+    norm_pix_loss: bool
+    min_crop_scale: float | None
+    official_quirks: bool
+    mask_regular: bool
+    vis_mask_ratio: float | None
+    token_size: int | None
+    clip_path: str | None
+    ds_layers: tuple[int, ...] | None
+    mask_type: str | None
+    pred_ratio: float | None
+    num_views: int | None
+    pred_type: str | None
+    mim_loss_type: str | None
+    vis_loss_type: str | None
+    theta: float | None
+    vis_freq: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **resolved: Any) -> Self:
+        model, note = official.pretrain_model_name(args.model, args.clip_path)
+        if note:
+            print(note)
+        return super().from_args(args, **{"model": model} | resolved)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClassifyConfig(RunConfig):
+    """main_linprobe.py, and what main_finetune.py shares with it."""
+
+    finetune: str
+    global_pool: bool
+    nb_classes: int | None  # as given: None means the number of classes in the data
+    eval: bool
+    dist_eval: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(ClassifyConfig):
+    """main_finetune.py: adds stochastic depth, layer decay, augmentation, Mixup/CutMix and EMA."""
+
+    drop_path: float
+    layer_decay: float
+    color_jitter: float | None
+    aa: str
+    smoothing: float
+    reprob: float
+    remode: str
+    recount: int
+    resplit: bool
+    mixup: float
+    cutmix: float
+    cutmix_minmax: tuple[float, ...] | None
+    mixup_prob: float
+    mixup_switch_prob: float
+    mixup_mode: str
+    model_ema: bool
+    model_ema_decay: float

@@ -1,0 +1,45 @@
+"""Where and how this process runs, set up the same way by every CLI: device, process group, seed,
+precision, and this process's shard of the training data."""
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from util import distributed as dist_util
+from util.config import RunConfig
+from util.errors import UsageError
+from util.runtime import amp_choice, seed_everything, select_device
+
+
+@dataclass(frozen=True)
+class Session:
+    """This process's rank among ``world_size``, its device, and the precision it trains in."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    amp_name: str
+    amp_dtype: torch.dtype | None
+
+
+def start_session(cfg: RunConfig) -> Session:
+    """Join the process group (torchrun, torch.distributed.launch, or none), seed every RNG with
+    ``seed + rank`` and choose the precision. Each CLI calls it first, before any model or data exists,
+    so that the same command builds the same model and draws the same batches."""
+    rank, world_size, device = dist_util.init_distributed(select_device(cfg.device), cfg.local_rank)
+    seed_everything(cfg.seed + rank)
+    return Session(rank, world_size, device, *amp_choice(cfg.amp, device))
+
+
+def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty: bool = False) -> DataLoader:
+    """This process's shard of ``dataset`` in full batches, reshuffled each epoch (``Trainer.epochs`` sets the
+    epoch). Raises ``UsageError`` when the data make no full batch, unless ``allow_empty`` (evaluation only)."""
+    sampler = DistributedSampler(dataset, num_replicas=session.world_size, rank=session.rank, shuffle=True,
+                                 seed=cfg.seed)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                        pin_memory=cfg.pin_mem and session.device.type == "cuda", drop_last=True,
+                        persistent_workers=False)  # workers reseeded from the main RNG each epoch: exact resume
+    if len(loader) == 0 and not allow_empty:
+        raise UsageError(f"{len(dataset)} images make no full batch of {cfg.batch_size} x {session.world_size} "
+                         "processes: lower --batch_size or add data")
+    return loader

@@ -1,0 +1,91 @@
+"""One training run around the optimization loop, the same for every CLI: resume, DDP and torch.compile
+wrapping, the epochs left, optimizer-step counting, checkpoints and the run's logs. The engines
+(``engine_pretrain.pretrain``, ``engine_finetune.fit``) drive it epoch by epoch."""
+import time
+from typing import Any, Generic, Iterator, Mapping, TypeVar
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from util import distributed as dist_util
+from util.checkpoint import resume_training, save_training_state
+from util.config import RunConfig
+from util.logging import RunLog
+from util.session import Session
+from util.train_loop import TrainConfig
+
+C = TypeVar("C", bound=RunConfig)
+
+
+class Trainer(Generic[C]):
+    """A run's state: the plain model (what checkpoints and evaluation see), its optimizer, the GradScaler
+    (fp16 only), the loop's knobs, the first epoch to train and the optimizer steps taken.
+
+    ``lr`` is the absolute LR the run resolved (``RunConfig.scaled_lr``); ``derived`` holds other values
+    computed at run time (effective batch, number of classes). Both are recorded in checkpoints beside
+    the config. ``cfg`` is the CLI's config (``Trainer[PretrainConfig]``, ...)."""
+
+    def __init__(self, cfg: C, session: Session, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 lr: float, derived: Mapping[str, Any] | None = None):
+        self.cfg, self.session, self.model, self.optimizer = cfg, session, model, optimizer
+        self.scaler = torch.amp.GradScaler(session.device.type) if session.amp_name == "fp16" else None
+        self.loop = TrainConfig(epochs=cfg.epochs, lr=lr, min_lr=cfg.min_lr, warmup_epochs=cfg.warmup_epochs,
+                                accum_iter=cfg.accum_iter, clip_grad=cfg.clip_grad, amp_dtype=session.amp_dtype,
+                                print_freq=cfg.print_freq)
+        self.derived = {"lr": lr, **(derived or {})}
+        self.start_epoch, self.step = cfg.start_epoch, 0
+        self.log: RunLog | None = None  # open while ``epochs`` runs
+
+    def resume(self, with_optimizer: bool = True) -> dict[str, Any]:
+        """Restore ``cfg.resume`` exactly (weights, optimizer unless ``with_optimizer`` is False, scaler, RNG
+        states): training continues after its epoch. Returns the checkpoint, or {} when there is none."""
+        if not self.cfg.resume:
+            return {}
+        ckpt = resume_training(self.cfg.resume, self.model, self.optimizer if with_optimizer else None, self.scaler)
+        # released fine-tuned checkpoints hold only 'model'
+        self.start_epoch, self.step = ckpt.get("epoch", -1) + 1, ckpt.get("step", 0)
+        if dist_util.is_main_process():
+            print(f"resumed from {self.cfg.resume}" + (f" at epoch {self.start_epoch}" if "epoch" in ckpt else ""))
+        return ckpt
+
+    def wrapped(self) -> nn.Module:
+        """The module the loop trains: DistributedDataParallel over processes, then torch.compile (--compile)."""
+        model, device = self.model, self.session.device
+        if self.session.world_size > 1:
+            model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if self.cfg.compile:
+            model = torch.compile(model)
+        return model
+
+    def epochs(self, loader: DataLoader) -> Iterator[int]:
+        """The epochs left to train. Before each: the sampler reshuffles for it and ``step`` moves to the count
+        at its end (what its checkpoints record). ``log`` (TensorBoard, log.txt) is open meanwhile."""
+        self.log = RunLog(self.cfg.output_dir, self.cfg.log_dir)
+        start = time.time()
+        try:
+            for epoch in range(self.start_epoch, self.cfg.epochs):
+                loader.sampler.set_epoch(epoch)
+                self.step += len(loader) // self.cfg.accum_iter
+                yield epoch
+        finally:
+            self.log.close()
+        if dist_util.is_main_process():
+            print(f"training time {time.time() - start:.0f}s")
+
+    def due(self, epoch: int, every: int) -> bool:
+        """Whether something done every ``every`` epochs (checkpoints, pictures) is due after ``epoch``:
+        every ``every`` epochs and after the last."""
+        return (epoch + 1) % every == 0 or epoch + 1 == self.cfg.epochs
+
+    def save(self, epoch: int, name: str | None = None, **extra) -> None:
+        """``checkpoint-<epoch>.pth`` (or ``name``) in output_dir, resumable exactly; ``extra`` entries beside
+        the weights (best metrics, EMA weights)."""
+        save_training_state(self.cfg.output_dir, self.model, self.optimizer, self.scaler, epoch, self.step,
+                            self.record(), name=name, **extra)
+
+    def record(self) -> dict[str, Any]:
+        """The run's settings as checkpoints store them (``args``): the config, the run-time derived values and
+        the epoch this process started at."""
+        return self.cfg.record() | self.derived | {"start_epoch": self.start_epoch}
