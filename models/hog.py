@@ -33,6 +33,15 @@ def _check_images(target: nn.Module, imgs: torch.Tensor) -> None:
         raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {target.patch_size}")
 
 
+def _register_input_stats(target: nn.Module, mean: Sequence[float], std: Sequence[float], in_chans: int) -> None:
+    """The input's normalization as non-saved [1, C, 1, 1] buffers ``mean``/``std``: on the model's device, so
+    no host-to-device copy at every step."""
+    if len(mean) != in_chans or len(std) != in_chans:
+        raise ValueError(f"mean/std need {in_chans} values (in_chans), got {len(mean)}/{len(std)}")
+    target.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+    target.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+
 def denormalize_to_uint8(imgs: torch.Tensor, mean: Sequence[float] | torch.Tensor = IMAGENET_MEAN,
                          std: Sequence[float] | torch.Tensor = IMAGENET_STD) -> torch.Tensor:
     """Recover the 0..255 pixels an input was normalized from.
@@ -136,15 +145,11 @@ class HogTarget(nn.Module):
         super().__init__()
         if patch_size % cell_size:
             raise ValueError(f"patch size {patch_size} is not a multiple of the HOG cell size {cell_size}")
-        if len(mean) != in_chans or len(std) != in_chans:
-            raise ValueError(f"mean/std need {in_chans} values (in_chans), got {len(mean)}/{len(std)}")
         self.patch_size = patch_size
         self.cell_size = cell_size
         self.nbins = nbins
         self.in_chans = in_chans
-        # buffers (not saved): on the model's device, so no host-to-device copy at every step
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        _register_input_stats(self, mean, std, in_chans)
 
     def out_dim(self, in_chans: Optional[int] = None) -> int:
         """Length of one patch's target: (patch/cell)^2 * nbins * in_chans (108 at 16/8/9/3)."""
@@ -285,17 +290,13 @@ class MaskFeatHogTarget(nn.Module):
         super().__init__()
         if patch_size % pool:
             raise ValueError(f"patch size {patch_size} is not a multiple of the HOG cell size {pool}")
-        if from_uint8 and (len(mean) != in_chans or len(std) != in_chans):
-            raise ValueError(f"mean/std need {in_chans} values (in_chans), got {len(mean)}/{len(std)}")
         self.patch_size = patch_size
         self.pool = pool
         self.nbins = nbins
         self.gaussian_window = gaussian_window
         self.in_chans = in_chans
         self.from_uint8 = from_uint8
-        # buffers (not saved): on the model's device, so no host-to-device copy at every step
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        _register_input_stats(self, mean, std, in_chans)
 
     def out_dim(self, in_chans: Optional[int] = None) -> int:
         """Length of one patch's target: in_chans * nbins * (patch/pool)^2 (108 at 3/9/16/8)."""
