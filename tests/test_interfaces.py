@@ -101,3 +101,18 @@ def test_quirks_are_named_per_recipe():
     assert mae.quirks == {}
     with_quirks = [n for n in list_models() if model_quirks(n)]
     assert all(n.startswith(("dmjd_", "maskfeat_", "ummae_", "mae_swin", "mae_pvt")) for n in with_quirks)
+
+
+def test_vit_relative_position_bias_and_layer_scale_start_as_identity():
+    """DeepMIM's dense fine-tuning ViT (rel_pos_bias, init_values=1) computes what the plain ViT computes
+    until training moves its zero-initialized tables."""
+    torch.manual_seed(0)
+    kwargs = dict(img_size=64, embed_dim=32, depth=2, num_heads=2, learnable_pos_embed=True, final_norm=False)
+    rel = VisionTransformer(rel_pos_bias=True, init_values=1.0, **kwargs).eval()
+    plain = VisionTransformer(**kwargs).eval()
+    result = plain.load_state_dict(rel.state_dict(), strict=False)
+    assert sorted({k.split(".", 2)[2] for k in result.unexpected_keys}) == [
+        "attn.rel_pos.relative_position_bias_table", "ls1.gamma", "ls2.gamma"]
+    imgs = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(rel.forward_features(imgs), plain.forward_features(imgs), rtol=1e-5, atol=1e-5)

@@ -8,7 +8,9 @@ from typing import Sequence
 
 import torch
 from timm.layers import PatchEmbed
+from timm.layers.pos_embed_rel import RelPosBias
 from timm.models.vision_transformer import Block
+from timm.models.vision_transformer_relpos import RelPosBlock
 from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm, init_token
@@ -22,6 +24,9 @@ class VisionTransformer(nn.Module):
 
     Pretraining keeps the position table frozen; fine-tuning makes it learnable (``learnable_pos_embed``,
     as the official fine-tune model) and, under global pooling, drops the final norm (``final_norm``).
+    For dense fine-tuning DeepMIM's segmentation backbone adds a relative position bias per block
+    (``rel_pos_bias``, tables initialized at zero) and layer scale (``init_values``, 1.0 there); both are
+    new parameters that pretraining checkpoints do not hold.
     """
 
     num_prefix_tokens = 1
@@ -29,7 +34,7 @@ class VisionTransformer(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
                  learnable_pos_embed: bool = False, final_norm: bool = True, masked_tokens: str = "drop",
-                 vis_mask_token: bool = False):
+                 vis_mask_token: bool = False, rel_pos_bias: bool = False, init_values: float | None = None):
         super().__init__()
         if masked_tokens not in ("drop", "token"):
             raise ValueError(f"masked_tokens must be 'drop' or 'token', got {masked_tokens!r}")
@@ -45,9 +50,13 @@ class VisionTransformer(nn.Module):
                                       requires_grad=learnable_pos_embed)
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear, as timm
+        if rel_pos_bias:  # BEiT-style table per block, 3 extra entries for the cls token (timm's RelPosBias)
+            block = partial(RelPosBlock, rel_pos_cls=partial(RelPosBias, window_size=self.grid_size, prefix_tokens=1))
+        else:
+            block = Block
         self.blocks = nn.ModuleList([
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i], norm_layer=norm_layer)
-            for i in range(depth)])
+            block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, init_values=init_values, drop_path=dpr[i],
+                  norm_layer=norm_layer) for i in range(depth)])
         self.depth = depth
         self.feature_info = [FeatureInfo(embed_dim, patch_size)] * depth  # one level per block
         self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
@@ -65,6 +74,9 @@ class VisionTransformer(nn.Module):
             if hasattr(self, token):
                 init_token(getattr(self, token))
         self.apply(init_linear_and_norm)
+        for block in self.blocks:  # relative position tables start at zero (no bias), as BEiT's
+            if hasattr(block.attn, "rel_pos"):
+                nn.init.zeros_(block.attn.rel_pos.relative_position_bias_table)
 
     def layer_groups(self) -> tuple[str, str]:
         """Regexes over this encoder's parameter names: the stem (layer id 0) and the numbered blocks."""
