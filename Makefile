@@ -1,4 +1,5 @@
 # Two entry points: `make demo` (pretrain, picture and linear probes on Fashion-MNIST, CPU) and `make test`.
+# The segmentation extra: `make seg` (onedl-mmcv built once into WHEEL_CACHE), `make seg-demo`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,10 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= demo_output
 DEMO_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: demo test venv fashion-mnist clean
+TORCH_VERSION := $(shell sed -n 's/^torch==//p' requirements.txt)
+WHEEL_CACHE ?= $(HOME)/.cache/mim-wheels/torch-$(TORCH_VERSION)
+
+.PHONY: demo demo-pretrain test venv seg seg-demo fashion-mnist clean
 
 venv: $(VENV)/.installed
 
@@ -30,18 +34,45 @@ PROBE := --model vit_tiny_patch16 --global_pool --data_set fashion_mnist --data_
   --data_limit 12000 --input_size 64 --batch_size 256 --epochs 3 --warmup_epochs 0.5 --blr 16 \
   --num_workers 2 --print_freq 20 --save_freq 100
 
-demo: venv fashion-mnist
-	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) main_pretrain.py --model mae_vit_tiny_patch16 \
-	  --model_kwargs decoder_embed_dim=128 decoder_depth=2 decoder_num_heads=4 \
-	  --data_set fashion_mnist --data_path $(FMNIST_DIR) --data_limit 12000 --input_size 64 \
-	  --batch_size 64 --epochs 5 --warmup_epochs 1 --blr 1.5e-3 --norm_pix_loss \
-	  --num_workers 2 --print_freq 50 --save_freq 5 --vis_freq 1 --output_dir $(DEMO_DIR)/pretrain
+# the segmentation extra: mmcv's ops compiled once (~30 CPU-minutes) into a cache outside the repository
+seg: $(VENV)/.seg-installed
+
+$(VENV)/.seg-installed: $(VENV)/.installed requirements-seg.txt tools/build_mmcv.sh
+	PY=$(PY) WHEEL_CACHE=$(WHEEL_CACHE) tools/build_mmcv.sh
+	$(PY) -m pip install --disable-pip-version-check -q --find-links $(WHEEL_CACHE) -r requirements-seg.txt
+	touch $@
+
+demo: demo-pretrain
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) main_linprobe.py $(PROBE) \
 	  --finetune $(DEMO_DIR)/pretrain/checkpoint-4.pth --output_dir $(DEMO_DIR)/linprobe_pretrained
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) main_linprobe.py $(PROBE) --output_dir $(DEMO_DIR)/linprobe_random
 	@echo "pretraining checkpoint, TensorBoard logs and reconstruction PNGs: $(DEMO_DIR)/pretrain"
 	@echo "Fashion-MNIST test accuracy of a linear probe (10,000 images):"
 	@$(PY) -m util.probe_report pretrained=$(DEMO_DIR)/linprobe_pretrained random=$(DEMO_DIR)/linprobe_random
+
+demo-pretrain: $(DEMO_DIR)/pretrain/checkpoint-4.pth
+
+$(DEMO_DIR)/pretrain/checkpoint-4.pth: | venv fashion-mnist
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) main_pretrain.py --model mae_vit_tiny_patch16 \
+	  --model_kwargs decoder_embed_dim=128 decoder_depth=2 decoder_num_heads=4 \
+	  --data_set fashion_mnist --data_path $(FMNIST_DIR) --data_limit 12000 --input_size 64 \
+	  --batch_size 64 --epochs 5 --warmup_epochs 1 --blr 1.5e-3 --norm_pix_loss \
+	  --num_workers 2 --print_freq 50 --save_freq 5 --vis_freq 1 --output_dir $(DEMO_DIR)/pretrain
+
+# UperNet on a Fashion-MNIST segmentation set (ADE20K layout) from the demo's MAE encoder and from random init
+SEG_CONFIG := segmentation/configs/demo_fmnist_upernet_vit_tiny.py
+SEG_RUN = OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) segmentation/train.py $(SEG_CONFIG) --data-root $(DEMO_DIR)/seg_data
+
+seg-demo: seg demo-pretrain
+	$(PY) -m segmentation.demo_data --fmnist $(FMNIST_DIR) --out $(DEMO_DIR)/seg_data --train 2000 --val 300
+	$(SEG_RUN) --work-dir $(DEMO_DIR)/seg_pretrained --pretrained $(DEMO_DIR)/pretrain/checkpoint-4.pth
+	$(SEG_RUN) --work-dir $(DEMO_DIR)/seg_random
+	for run in pretrained random; do OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) segmentation/test.py $(SEG_CONFIG) \
+	  $(DEMO_DIR)/seg_$$run/iter_300.pth --data-root $(DEMO_DIR)/seg_data --work-dir $(DEMO_DIR)/seg_$$run \
+	  --out-json $(DEMO_DIR)/seg_$$run/metrics.json || exit 1; done
+	@echo "Fashion-MNIST segmentation (300 validation canvases, 11 classes):"
+	@$(PY) -m segmentation.demo_report pretrained=$(DEMO_DIR)/seg_pretrained/metrics.json \
+	  random=$(DEMO_DIR)/seg_random/metrics.json
 
 test: venv
 	$(PY) -m pytest -q

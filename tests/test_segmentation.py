@@ -3,7 +3,6 @@ ADE20K-layout tree; checkpoints (ours, official formats, mmengine's own) load sa
 official one. Needs the segmentation extra (``make seg``); CI always installs it."""
 import argparse
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ pytest.importorskip("mmseg", reason="the segmentation extra is not installed: ru
 
 from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
+from mmseg.registry import MODELS  # noqa: E402
 
 import segmentation  # noqa: E402,F401  (registrations)
 from models import create_model  # noqa: E402
@@ -70,7 +70,8 @@ def tiny_config(name: str, data_root: Path, work_dir: Path) -> Config:
     cfg.model.test_cfg = dict(mode="slide", crop_size=(64, 64), stride=(43, 43))
     cfg.train_dataloader.dataset.pipeline[2].scale = (128, 64)
     cfg.train_dataloader.dataset.pipeline[3].crop_size = (64, 64)
-    cfg.val_dataloader.dataset.pipeline[1].scale = (96, 64)
+    for loader in ("val_dataloader", "test_dataloader"):  # the 64x96 images stay 64x96: 3 slide windows
+        cfg[loader].dataset.pipeline[1].scale = (96, 64)
     for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
         cfg[loader].update(num_workers=0, persistent_workers=False, batch_size=2)
         cfg[loader].dataset.data_root = str(data_root)
@@ -106,31 +107,37 @@ def test_each_backbone_trains_validates_and_slide_infers(name, ade_tree, tmp_pat
 def test_feature_maps_and_strides(name):
     """The backbone gives UperNet 4 maps at strides 4, 8, 16, 32 with the channels the config announces."""
     backbone, channels = TINY[name]
-    spec = {**Config.fromfile(str(CONFIGS / name)).model.backbone, "img_size": 64, **backbone}
+    cfg = Config.fromfile(str(CONFIGS / name)).model
+    spec = {**cfg.backbone, "img_size": 64, **backbone}
     spec.pop("type")
-    model = MIMBackbone(**spec)
+    model = MIMBackbone(**spec).eval()
     with torch.no_grad():
         maps = model(torch.randn(2, 3, 64, 64))
+        if "neck" in cfg:  # ViT: four stride-16 maps, made a pyramid by the neck
+            assert all(m.shape[-1] == 64 // 16 for m in maps)
+            maps = MODELS.build({**cfg.neck, "embed_dim": channels[0], "norm_cfg": dict(type="BN")}).eval()(maps)
     assert [tuple(m.shape) for m in maps] == [(2, c, 64 // s, 64 // s) for c, s in zip(channels, (4, 8, 16, 32))]
-    assert model.out_channels == channels
+    assert model.out_channels == (channels if "neck" not in cfg else [channels[0]] * 4)
 
 
-def test_official_mae_checkpoint_loads_with_a_key_report(tmp_path, capsys):
+def test_official_mae_checkpoint_loads_with_a_key_report(tmp_path):
     """An official-format MAE pretraining checkpoint ({'model': flat keys, 'args': Namespace}) at 32 px loads
-    into the 64-px backbone: blocks equal, the position table resized, the decoder reported as unexpected."""
+    into the 64-px DeepMIM-style backbone: blocks equal, the position table resized, the decoder reported as
+    unexpected, the new relative-position tables and layer scales as missing (and not fatal)."""
     mae = create_model("mae_vit_base_patch16", img_size=32, embed_dim=32, depth=2, num_heads=2,
                        decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
     path = tmp_path / "mae_pretrain.pth"
     torch.save({"model": mae.state_dict(), "args": argparse.Namespace(model="mae_vit_base_patch16")}, path)
     backbone = MIMBackbone("vit_base_patch16", img_size=64, embed_dim=32, depth=2, num_heads=2,
-                           out_indices=(0, 1), pretrained=str(path))
+                           out_indices=(0, 1), pretrained=str(path), rel_pos_bias=True, init_values=1.0)
     backbone.init_weights()
     torch.testing.assert_close(backbone.encoder.blocks[1].attn.qkv.weight, mae.encoder.blocks[1].attn.qkv.weight)
     assert backbone.encoder.pos_embed.shape == (1, 17, 32)
     torch.testing.assert_close(backbone.encoder.cls_token, mae.encoder.cls_token)
-    log = capsys.readouterr().out
-    assert "resized (1): pos_embed" in log and "unexpected" in log and "decoder_embed.weight" in log
-    assert "missing" not in log
+    report = backbone.load_report
+    assert report.resized == ["pos_embed"] and "decoder_embed.weight" in report.unexpected
+    assert len(report.missing) == 6  # per block: the relative position table and two layer scales
+    assert all(k.endswith(("relative_position_bias_table", "ls1.gamma", "ls2.gamma")) for k in report.missing)
 
 
 def test_ummae_swin_checkpoint_loads_into_the_full_grid_backbone(tmp_path):
@@ -187,8 +194,7 @@ def test_malicious_pretrained_is_refused(ade_tree, tmp_path):
     file given to mmengine's own loader (load_from / resume) is refused too."""
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump({"model": _Payload(marker)}, f)
+    torch.save({"model": _Payload(marker)}, path)
     result = subprocess.run([sys.executable, "segmentation/train.py", str(CONFIGS / TINY_NAMES[0]),
                              "--pretrained", str(path), "--work-dir", str(tmp_path / "w"),
                              "--data-root", str(ade_tree)],

@@ -1,0 +1,39 @@
+"""Evaluate a trained segmentor (mIoU on the config's test set, slide inference):
+
+    python segmentation/test.py segmentation/configs/upernet_vit_base_512_160k_ade20k.py work_dirs/vit_b/iter_160000.pth
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script, also under torchrun
+
+from segmentation.runner import add_common_args, build_runner, load_config, run  # noqa: E402
+from util.errors import UsageError  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("UperNet segmentation evaluation")
+    add_common_args(p)
+    p.add_argument("checkpoint", help="a checkpoint written by segmentation/train.py")
+    p.add_argument("--out-json", help="also write the metrics to this JSON file")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict:
+    if not os.path.isfile(args.checkpoint):
+        raise UsageError(f"checkpoint {args.checkpoint!r} does not exist")
+    cfg = load_config(args)
+    cfg.load_from = args.checkpoint
+    metrics = build_runner(cfg).test()
+    print(" ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
+    if args.out_json:
+        with open(args.out_json, "w") as f:
+            json.dump({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, f, indent=1)
+    return metrics
+
+
+if __name__ == "__main__":
+    run(main, get_args_parser())
