@@ -153,6 +153,39 @@ def test_ummae_swin_checkpoint_loads_into_the_full_grid_backbone(tmp_path):
                                pretrain.encoder.blocks[3].attn.posmlp[0].weight)
 
 
+CONVVIT = dict(embed_dims=(8, 16, 32), depths=(1, 1, 2), num_heads=2)
+PVT = dict(embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), mlp_ratios=(2, 2, 2, 2))
+DECODER = dict(decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+SOURCES = {  # checkpoint -> (the recipe that wrote it and its options, the backbone's model, its options)
+    "dmjd_pretrain": ("dmjd_convit_base_patch16_dec8_hog", {**CONVVIT, **DECODER}, "convvit_base_patch16", CONVVIT),
+    "convvit_finetuned": ("convit_base_patch16", {**CONVVIT, "num_classes": 5}, "convvit_base_patch16", CONVVIT),
+    "ummae_pvt_pretrain": ("mae_pvt_small_256", {**PVT, **DECODER, "img_size": 128}, "pvt_small_256", PVT),
+    "pvt_finetuned": ("pvt_small_256", {**PVT, "num_classes": 5, "img_size": 128}, "pvt_small_256", PVT),
+    "deepmim_pretrain": ("deepmim_vit_base_patch16", dict(embed_dim=32, depth=4, num_heads=2, img_size=32, **DECODER),
+                         "vit_base_patch16", dict(embed_dim=32, depth=4, num_heads=2)),
+}
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_pretraining_and_fine_tuning_checkpoints_load(source, tmp_path):
+    """Official-format pretraining checkpoints (DMJD, UM-MAE, DeepMIM) and fine-tuned classifiers load every
+    encoder weight into the backbone (position tables resized to its grid); the rest is reported."""
+    recipe, options, model, backbone_options = SOURCES[source]
+    written = create_model(recipe, **options)
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"model": written.state_dict(), "args": argparse.Namespace(model=recipe)}, path)
+    backbone = MIMBackbone(model, img_size=64, out_indices=(0, 1), pretrained=str(path), **backbone_options)
+    backbone.init_weights()
+    report = backbone.load_report
+    assert not report.missing and not report.mismatched
+    own = backbone.encoder.state_dict()
+    source_keys = written.state_dict()
+    for key in own:
+        if "pos_embed" not in key:
+            torch.testing.assert_close(own[key], source_keys[key], msg=key)
+    assert report.resized == (["pos_embed"] if "pos_embed" in own else [])
+
+
 def test_layer_decay_scales_are_the_official_ones(ade_tree, tmp_path):
     """lr scale rate^(L + 1 - id): stem id 0, block i id i + 1, neck/heads id L + 1; no decay for 1-D and
     biases, the cls token and position table decayed (docs/methods.md §5.1)."""
