@@ -27,7 +27,7 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm, init_token
-from ..interfaces import EncoderOutput, FeatureInfo
+from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..masking import compact_order
 from .common import feature_indices, patch_visibility, run_blocks
 
@@ -333,14 +333,16 @@ class SwinMIM(nn.Module):
         return x, self._cell_coords(h, w, x.device)
 
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None, return_layers: Sequence[int] = (),
-                secondary: torch.Tensor | None = None) -> EncoderOutput:
+                secondary: torch.Tensor | None = None, views: int = 1) -> EncoderOutput:
         """imgs: [N, C, H, W]; ids_keep: [N, K] visible patches of the 16-px token grid (any order; for
         ``"compact"`` exactly one per 2x2 group); secondary: [N, L] bool, visible patches to hide behind
-        ``vis_mask_token`` (``"compact"`` only).
+        ``vis_mask_token`` (``"compact"`` only); ``views`` > 1: imgs holds each image once for its views
+        (``Encoder.forward``), repeated here.
 
         patches: [N, h * w, embed_dim] the final stage in raster order (``grid`` = (h, w)); layers: the
         un-normed outputs of the requested blocks (counted from 1) as maps of their stage.
         """
+        imgs = repeat_views(imgs, views)
         def as_output(state: tuple[torch.Tensor, torch.Tensor]) -> EncoderOutput:
             x = state[0]
             return EncoderOutput(prefix=x.new_zeros(x.shape[0], 0, x.shape[-1]), patches=x.flatten(1, 2),
