@@ -44,8 +44,8 @@ TINY_SWIN = ["embed_dim=8", "depths=(1,1,1,1)", "num_heads=(1,1,2,2)", "posmlp_d
 
 def test_cpu_proxies_json(capsys):
     """--json prints one JSON object: a row per recipe with its views, GFLOPs and saved MiB per image."""
-    cpu_proxies.main(["--recipes", "dmjd_convvit_base_patch16_hog", "--input_size", "64", "--model_kwargs", *TINY_DMJD,
-          "--json"])
+    cpu_proxies.main(["--recipes", "dmjd_convvit_base_patch16_hog", "--input_size", "64", "--model_kwargs",
+                      *TINY_DMJD, "--json"])
     result = json.loads(capsys.readouterr().out)
     assert {"rows", "batch_size", "dtype", "torch", "date", "command"} <= set(result)
     (row,) = result["rows"]
@@ -55,8 +55,8 @@ def test_cpu_proxies_json(capsys):
 
 def test_cpu_proxies_table(capsys):
     """Without --json: a Markdown table, a header, a rule and one line per recipe."""
-    cpu_proxies.main(["--recipes", "ummae_swin_tiny_256", "simmim_swin_tiny_256", "--input_size", "128", "--batch_size", "1",
-          "--model_kwargs", *TINY_SWIN])
+    cpu_proxies.main(["--recipes", "ummae_swin_tiny_256", "simmim_swin_tiny_256", "--input_size", "128",
+                      "--batch_size", "1", "--model_kwargs", *TINY_SWIN])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| recipe | views | GFLOP") and len(lines) == 4
     assert lines[2].startswith("| ummae_swin_tiny_256 | 1 |") and lines[3].startswith("| simmim_swin_tiny_256 | 1 |")
