@@ -92,7 +92,8 @@ class CBlock(nn.Module):
         else:
             vis = vis.to(y.dtype)
             per_view = self.attn((y * vis).flatten(0, 1)).unflatten(0, vis.shape[:2]) * vis
-            # added view by view, not .sum(0): the sum keeps y's memory layout, so conv2 computes as per view
+            # added view by view rather than .sum(0), which returns a contiguous map: the additions keep y's
+            # memory layout (channels-last here), so conv2 computes exactly as in a per-view pass
             a = reduce(torch.add, per_view.unbind(0))
         x = x + self.drop_path(self.conv2(a))
         return x + self.drop_path(self.mlp(self.norm2(x)))
@@ -190,7 +191,7 @@ class ConvViT(nn.Module):
 
         imgs [N, C, H, W] and ids_keep [V * N, K] with ``views`` = V > 1 pairwise disjoint views: the stages
         run once per image (M = N; each view's visible tokens are exact, :class:`CBlock`), or, while DropPath
-        is active in them, once per view (M = V * N). Otherwise M = N rows, one per row of ids_keep."""
+        is active in them, once per view (M = V * N). With ``views`` = 1, M = N, one row per row of ids_keep."""
         stage1 = self.patch_embed1(imgs)
         if views > 1 and self.training and self.conv_drop_path:
             stage1, views = repeat_views(stage1, views), 1

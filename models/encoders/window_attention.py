@@ -33,10 +33,11 @@ class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with the posMLP bias: Conv1x1(2 -> posmlp_dim) -> ReLU ->
     Conv1x1(-> heads) of sign(d) log(1 + |d|), d = (key - query) true (h, w) coordinates.
 
-    The MLP runs once per step on every offset the stage can produce (its :class:`OffsetLattice`, a few
-    thousand) and the pairs of the windows look their bias up, rather than running it on every pair of every
-    window of every sample (65,536 per image at UM-MAE's first stage): the same bias, a fraction of the
-    work and of the activations kept for backward."""
+    The MLP runs once per step on every offset the stage can produce (its :class:`OffsetLattice`: 127² at
+    the first stage of a 256-px image, 63², 31², 31² after) and the pairs of the windows look their bias up,
+    rather than running it on every pair of every window of every sample (65,536 per image at UM-MAE's
+    first stage; 1,048,576 per step on SimMIM's full grid): the same bias within float rounding, a fraction
+    of the work and of the activations kept for backward."""
 
     def __init__(self, dim: int, num_heads: int, posmlp_dim: int = 32, qkv_bias: bool = True):
         super().__init__()
