@@ -25,6 +25,10 @@ class Masks:
 
     ``secondary`` [B, L] bool (UM-MAE): patches that are visible under ``mask`` (so in ``ids_keep``) but
     whose content the encoder replaces by a learned token; they are not reconstructed.
+
+    ``disjoint_views``: the V > 1 views of every image are known to see pairwise disjoint patches, which
+    lets an encoder share work across them (``Encoder.forward``'s ``views``). A masking that guarantees it
+    says so without looking at the masks; built from given masks or ids, the masks are checked (a host sync).
     """
 
     mask: torch.Tensor
@@ -32,6 +36,7 @@ class Masks:
     ids_restore: torch.Tensor
     num_views: int = 1
     secondary: torch.Tensor | None = None
+    disjoint_views: bool = False
 
     @property
     def view_mask(self) -> torch.Tensor:
@@ -39,13 +44,19 @@ class Masks:
         return self.mask.reshape(self.num_views, -1, self.mask.shape[-1])
 
     @classmethod
-    def from_shuffle(cls, ids_shuffle: torch.Tensor, len_keep: int, num_views: int = 1) -> "Masks":
-        """Build from a per-sample permutation [N, L] whose first ``len_keep`` entries stay visible."""
+    def from_shuffle(cls, ids_shuffle: torch.Tensor, len_keep: int, num_views: int = 1,
+                     disjoint_views: bool | None = None) -> "Masks":
+        """Build from a per-sample permutation [N, L] whose first ``len_keep`` entries stay visible.
+        ``disjoint_views``: whether the views are known to be disjoint; None checks the masks (a host sync)."""
         ids_restore = torch.argsort(ids_shuffle, dim=1)
         mask = torch.ones_like(ids_shuffle, dtype=torch.bool)
         mask[:, :len_keep] = False
         mask = torch.gather(mask, 1, ids_restore)
-        return cls(mask=mask, ids_keep=ids_shuffle[:, :len_keep], ids_restore=ids_restore, num_views=num_views)
+        if disjoint_views is None:
+            disjoint_views = num_views > 1 and bool(
+                ((~mask).reshape(num_views, -1, mask.shape[1]).sum(0) <= 1).all())
+        return cls(mask=mask, ids_keep=ids_shuffle[:, :len_keep], ids_restore=ids_restore, num_views=num_views,
+                   disjoint_views=disjoint_views)
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor) -> "Masks":
@@ -74,6 +85,11 @@ class Masks:
         hidden.scatter_(1, ids_keep, False)
         rest = torch.argsort(hidden.to(torch.uint8), dim=1, stable=True)[:, ids_keep.shape[1]:]
         return cls.from_shuffle(torch.cat([ids_keep, rest], dim=1), ids_keep.shape[1], num_views)
+
+
+def repeat_views(rows: torch.Tensor, views: int) -> torch.Tensor:
+    """[N, ...] per image -> [V * N, ...] per view, [all images; all images again; ...] (the views' order)."""
+    return rows.repeat(views, *[1] * (rows.dim() - 1)) if views > 1 else rows
 
 
 @dataclass
@@ -121,8 +137,14 @@ class Encoder(Protocol):
     feature_info: list[FeatureInfo]
 
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None, return_layers: Sequence[int] = (),
-                secondary: torch.Tensor | None = None) -> EncoderOutput:
-        """imgs [B, 3, H, W]; ids_keep [B, K] (None: every patch); secondary [B, L] (UM-MAE) or None."""
+                secondary: torch.Tensor | None = None, views: int = 1) -> EncoderOutput:
+        """imgs [B, 3, H, W]; ids_keep [B, K] (None: every patch); secondary [B, L] (UM-MAE) or None.
+
+        ``views`` = V > 1: imgs holds each of N images once, [N, 3, H, W], and ids_keep (and secondary) hold
+        V * N rows, row v * N + n a view of image n, the V views of an image seeing pairwise disjoint
+        patches (``Masks.disjoint_views``). An encoder may then share work across the views (ConViT runs
+        its convolution stages once per image); one that cannot repeats the images (:func:`repeat_views`).
+        The output has B = V * N rows either way."""
 
     def forward_features(self, imgs: torch.Tensor, indices: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Unmasked dense features for dense tasks: the levels ``indices`` of ``feature_info`` (default all),

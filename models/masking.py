@@ -107,8 +107,8 @@ class DisjointMasking:
     View 1 is the base masking. Each later view keeps the same number of visible units (patches, or
     blocks) but swaps ``int(min(pred_ratio - mask_ratio, mask_ratio) * S)`` of them with the previous
     view: that many of its visible units become masked and as many of its masked units become visible.
-    With pred_ratio 1 and mask_ratio >= 0.5 the visible sets of two views are disjoint and together the
-    views predict every patch. The two random permutations of a step are shared across the batch, as
+    With pred_ratio 1 and mask_ratio >= 0.5 the visible sets of two views are disjoint (``disjoint_views``)
+    and together the views predict every patch. The two random permutations of a step are shared across the batch, as
     officially (the id lists are already in random order per sample). For V > 2 each view is derived
     from the one before by the same rule.
     """
@@ -134,8 +134,11 @@ class DisjointMasking:
         for _ in range(self.num_views - 1):
             order = self._next_view(order, len_keep, swapped, generator)
             orders.append(order)
+        # two views are disjoint when every visible unit of the first is swapped; a third view may take
+        # back units the first one saw
+        disjoint = self.num_views == 2 and swapped == len_keep
         order, len_keep = self.base.units_to_patches(torch.cat(orders, dim=0), len_keep, num_patches)
-        return Masks.from_shuffle(order, len_keep, self.num_views)
+        return Masks.from_shuffle(order, len_keep, self.num_views, disjoint_views=disjoint)
 
     @staticmethod
     def _next_view(order: torch.Tensor, len_keep: int, swapped: int,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .flat_keys import FlatKeys
-from .interfaces import Encoder, Loss, Masking, Masks, Target
+from .interfaces import Encoder, Loss, Masking, Masks, Target, repeat_views
 
 
 @dataclass
@@ -84,8 +84,9 @@ class MaskedImageModel(FlatKeys, nn.Module):
         """imgs: [N, 3, H, W] ImageNet-normalized.
 
         mask: optional override of the sampler: a bool tensor [N, L] or [V, N, L] (True = masked; visible
-        tokens taken in raster order) or a ready :class:`Masks`. With V views the encoder and heads see a
-        batch of V * N rows, [view 1 of all images; view 2; ...], and the target is computed once per image.
+        tokens taken in raster order) or a ready :class:`Masks`. With V views the encoder's output and the
+        heads have V * N rows, [view 1 of all images; view 2; ...]; the target is computed once per image, and
+        so is the encoder's shareable work when the views are disjoint.
         """
         if mask is None:
             masks = self.sample_masks(imgs)
@@ -94,12 +95,12 @@ class MaskedImageModel(FlatKeys, nn.Module):
         else:
             masks = Masks.from_mask(mask.to(imgs.device))
         views = masks.num_views
-        features = self.encoder(imgs.repeat(views, 1, 1, 1) if views > 1 else imgs, masks.ids_keep,
-                                return_layers=self.tapped_layers, secondary=masks.secondary)
+        # disjoint views let the encoder take each image once and share work across its views
+        shared = views if masks.disjoint_views else 1
+        features = self.encoder(repeat_views(imgs, views // shared), masks.ids_keep,
+                                return_layers=self.tapped_layers, secondary=masks.secondary, views=shared)
         with torch.autocast(device_type=imgs.device.type, enabled=False):
-            target = self.target(imgs)
-        if views > 1:
-            target = target.repeat(views, 1, 1)
+            target = repeat_views(self.target(imgs), views)
         preds = {name: head(features, masks) for name, head in self.heads.items()}
         losses = {name: self.losses[name](pred, target, masks) for name, pred in preds.items()}
         loss = sum(self.loss_weights[name] * value for name, value in losses.items())

@@ -1,6 +1,10 @@
-"""The benchmark script runs end to end (on the CPU, tiny); it measures, the tests never time."""
-from benchmarks.pretrain_throughput import measure
+"""The benchmark scripts run end to end (on the CPU, tiny); they measure, the tests never time."""
+import json
+
 import torch
+
+from benchmarks import cpu_proxies
+from benchmarks.pretrain_throughput import measure
 
 
 def test_throughput_benchmark_runs_on_cpu():
@@ -31,3 +35,28 @@ def test_synthetic_clip_teacher_feeds_the_deepmim_benchmark(tmp_path):
                      model_kwargs=dict(clip_path=str(tmp_path / "clip_vit_b16_random.pt"), embed_dim=32, depth=4,
                                        num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2))
     assert result["img_per_s"] > 0
+
+
+TINY_DMJD = ["embed_dims=(8,16,32)", "depths=(1,1,1)", "num_heads=2", "decoder_embed_dim=16", "decoder_depth=1",
+             "decoder_num_heads=2"]
+TINY_SWIN = ["embed_dim=8", "depths=(1,1,1,1)", "num_heads=(1,1,2,2)", "posmlp_dim=4"]
+
+
+def test_cpu_proxies_json(capsys):
+    """--json prints one JSON object: a row per recipe with its views, GFLOPs and saved MiB per image."""
+    cpu_proxies.main(["--recipes", "dmjd_convvit_base_patch16_hog", "--input_size", "64", "--model_kwargs",
+                      *TINY_DMJD, "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert {"rows", "batch_size", "dtype", "torch", "date", "command"} <= set(result)
+    (row,) = result["rows"]
+    assert row["recipe"] == "dmjd_convvit_base_patch16_hog" and row["views"] == 2
+    assert row["gflop"] > 0 and row["saved_mib"] > 0
+
+
+def test_cpu_proxies_table(capsys):
+    """Without --json: a Markdown table, a header, a rule and one line per recipe."""
+    cpu_proxies.main(["--recipes", "ummae_swin_tiny_256", "simmim_swin_tiny_256", "--input_size", "128",
+                      "--batch_size", "1", "--model_kwargs", *TINY_SWIN])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| recipe | views | GFLOP") and len(lines) == 4
+    assert lines[2].startswith("| ummae_swin_tiny_256 | 1 |") and lines[3].startswith("| simmim_swin_tiny_256 | 1 |")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from golden_rules import load_case
-from models.masking import BlockMasking, DisjointMasking, RandomMasking
+from models.masking import BlockMasking, DisjointMasking, Masks, RandomMasking
 
 CPU = torch.device("cpu")
 
@@ -95,3 +95,20 @@ def test_official_masks_have_the_same_structure(kind, ratio):
         assert_whole_blocks(views.reshape(-1, 196))
         keep = ids_keep.reshape(ids_keep.shape[0], 4, -1)
         assert torch.equal(keep[:, 1], keep[:, 0] + 1) and torch.equal(keep[:, 3], keep[:, 0] + 15)
+
+
+def test_disjoint_views_flag():
+    """DisjointMasking says its views are disjoint exactly when it can guarantee it (two views, every visible
+    unit swapped); masks built from given views are checked."""
+    for base in (RandomMasking(0.75), BlockMasking(0.6)):
+        masks = draw(DisjointMasking(base))
+        assert masks.disjoint_views and not (~masks.view_mask[0] & ~masks.view_mask[1]).any()
+    assert not draw(DisjointMasking(RandomMasking(0.75), pred_ratio=0.9)).disjoint_views
+    three = draw(DisjointMasking(RandomMasking(0.75), num_views=3))
+    assert not three.disjoint_views and (~three.view_mask[0] & ~three.view_mask[2]).any()
+    assert not draw(RandomMasking(0.75)).disjoint_views
+    two = draw(DisjointMasking(BlockMasking(0.6)))
+    assert Masks.from_mask(two.view_mask).disjoint_views
+    assert Masks.from_ids_keep(two.ids_keep, 196, num_views=2).disjoint_views
+    assert not Masks.from_mask(three.view_mask).disjoint_views
+    assert not Masks.from_ids_keep(three.ids_keep, 196, num_views=3).disjoint_views

@@ -7,7 +7,7 @@ import torch
 from conftest import adamw_losses, group_visible_ids
 from golden_rules import assert_loss, rebuild
 from models.classifier import Classifier
-from models.encoders.swin import SwinMIM
+from models.encoders.swin import OffsetLattice, SwinMIM, WindowAttention
 from models.masking import RandomMasking, UniformMasking
 from models.losses import PatchLoss
 from models.mim import Branch, MaskedImageModel
@@ -226,3 +226,65 @@ def test_classification_forward():
     names = [n for n, _ in encoder.named_parameters()]
     assert {int(re.match(blocks, n).group(1)) for n in names if re.match(blocks, n)} == set(range(6))
     assert all(re.match(stem, n) or re.match(blocks, n) for n in names)
+
+
+def per_pair_bias(attn: WindowAttention, pos_windows: torch.Tensor, lattice: OffsetLattice) -> torch.Tensor:
+    """The official posMLP bias, the MLP run on every pair of every window; checks that the pairs'
+    coordinate differences lie on the stage's lattice."""
+    delta = pos_windows.unsqueeze(1) - pos_windows.unsqueeze(2)
+    steps = delta / lattice.step
+    assert torch.equal(steps, steps.round()) and (steps.abs() <= torch.tensor(lattice.radius)).all()
+    delta = delta.permute(0, 3, 1, 2)
+    return attn.posmlp(torch.sign(delta) * torch.log(1.0 + delta.abs()))
+
+
+@pytest.mark.parametrize("mode,img_size,window,run_size", [
+    ("compact", 128, 4, 128), ("compact", 192, 8, 192), ("token", 128, 8, 128), ("none", 224, 16, 224),
+    ("none", 128, 8, 160)], ids=["ummae-128", "ummae-192-padded", "simmim-128", "finetune-224-padded",
+                                 "features-160"])
+def test_position_bias_lookup_equals_the_per_pair_mlp(monkeypatch, mode, img_size, window, run_size):
+    """The bias looked up in each stage's table of offsets is the posMLP of every pair within float rounding
+    (the same MLP on the same inputs, batched differently), forward and backward, on the compact grid
+    (UM-MAE, secondary tokens), the full grid with mask tokens (SimMIM), padded windows, and dense
+    features of another image size."""
+    torch.manual_seed(0)
+    encoder = SwinMIM(img_size=img_size, embed_dim=8, depths=(2, 2, 1, 1), num_heads=(1, 2, 2, 2), posmlp_dim=4,
+                      window_size=window, masked_tokens=mode)
+    with torch.no_grad():
+        for name, p in encoder.named_parameters():
+            if "posmlp" in name:
+                p.normal_(0, 0.5)  # biases well apart from zero, so rounding is all that may differ
+    imgs = torch.randn(2, 3, run_size, run_size)
+    masks = UniformMasking(0.25)(2, encoder.num_patches, torch.device("cpu"), torch.Generator().manual_seed(1)) \
+        if mode == "compact" else RandomMasking(0.6)(2, encoder.num_patches, torch.device("cpu"))
+
+    def run() -> tuple[torch.Tensor, dict]:
+        encoder.zero_grad()
+        if mode == "none":
+            out = torch.cat([f.flatten(1) for f in encoder.forward_features(imgs)], dim=1)
+        else:
+            out = encoder(imgs, masks.ids_keep, secondary=masks.secondary if mode == "compact" else None).patches
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+        return out.detach(), {k: p.grad.clone() for k, p in encoder.named_parameters() if p.grad is not None}
+
+    looked_up, grads = run()
+    monkeypatch.setattr(WindowAttention, "position_bias", per_pair_bias)
+    reference, ref_grads = run()
+    torch.testing.assert_close(looked_up, reference, rtol=1e-5, atol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for key, g in grads.items():
+        if key.endswith("posmlp.2.bias"):  # truly 0 (softmax ignores a shift of all keys): rounding noise
+            continue
+        torch.testing.assert_close(g, ref_grads[key], rtol=1e-4, atol=1e-4 * ref_grads[key].abs().max().item())
+
+
+def test_offset_lattices_follow_the_stage_geometry():
+    """Coordinates are whole cells until the merges pass a patch (k = 4 cells), then halves of a patch
+    row; the table spans the image at the stage's step."""
+    encoder = SwinMIM(img_size=256, embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), posmlp_dim=4)
+    assert encoder.offset_lattices((64, 64)) == [OffsetLattice(1.0, (63, 63)), OffsetLattice(1.0, (31, 31)),
+                                                 OffsetLattice(1.0, (15, 15)), OffsetLattice(0.5, (15, 15))]
+    lattice = OffsetLattice(0.5, (2, 3))
+    offsets = lattice.offsets(torch.device("cpu"))
+    assert offsets.shape == (2, 5, 7) and offsets[:, 0, 0].tolist() == [-1.0, -1.5]
+    assert torch.equal(lattice.index(offsets.permute(1, 2, 0)), torch.arange(35, dtype=torch.int32).view(5, 7))

@@ -7,12 +7,14 @@ sin-cos ``pos_embed`` (no cls token) -> keep the visible tokens -> ``blocks3`` (
 
 Under masking the convolutional stages see the whole image, but every CBlock multiplies its features by
 the visibility map (1 = visible, the 14x14 mask nearest-upsampled to the stage's resolution) before the
-depthwise 5x5 conv, so nothing from a masked 16x16 patch reaches a visible one.
+depthwise 5x5 conv, so nothing from a masked 16x16 patch reaches a visible one. DMJD's V views of an image
+see disjoint patches, so the convolutional stages run once per image for all of them (``views``), with one
+masked depthwise conv per view; each view's visible tokens are bit for bit those of a pass of its own.
 
 State-dict keys are those of the official DMJD/ConvMAE models (``models_dmjd.py`` encoder part,
 ``models_convit.py`` without the fusion convs).
 """
-from functools import partial
+from functools import partial, reduce
 from math import prod
 from typing import Sequence
 
@@ -22,7 +24,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm
-from ..interfaces import EncoderOutput, FeatureInfo
+from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..pos_embed import sincos_2d
 from .common import feature_indices, patch_visibility, run_blocks, tokens_to_map
 
@@ -74,12 +76,35 @@ class CBlock(nn.Module):
         self.mlp = CMlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, vis: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [N, C, h, w]; vis: [N, 1, h, w] visibility (1 = visible), or None for no masking."""
+        """x: [N, C, h, w]; vis: None (no masking), [N, 1, h, w] the visibility of x's rows (1 = visible), or
+        [V, N, 1, h, w] the visibilities of V views of x's images that see pairwise disjoint positions.
+
+        With V views, x at a position visible in view v stands for view v's map there: the depthwise conv,
+        the only op that mixes positions, runs per view on that view's visible positions, and each position
+        keeps the result of the view it is visible in. Every other op is per position, so a view's visible
+        positions come out exactly as from a block run on that view alone; the positions visible in no view
+        take values nothing visible ever reads."""
         y = self.conv1(self.norm1(x))
-        if vis is not None:
-            y = y * vis.to(y.dtype)
-        x = x + self.drop_path(self.conv2(self.attn(y)))
+        if vis is None:
+            a = self.attn(y)
+        elif vis.dim() == 4:
+            a = self.attn(y * vis.to(y.dtype))
+        else:
+            vis = vis.to(y.dtype)
+            per_view = self.attn((y * vis).flatten(0, 1)).unflatten(0, vis.shape[:2]) * vis
+            # added view by view rather than .sum(0), which returns a contiguous map: the additions keep y's
+            # memory layout (channels-last here), so conv2 computes exactly as in a per-view pass
+            a = reduce(torch.add, per_view.unbind(0))
+        x = x + self.drop_path(self.conv2(a))
         return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+def gather_visible(tokens: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor:
+    """tokens [M, L, C] in raster order, ids_keep [V * M, K] -> [V * M, K, C]: row v * M + m takes its tokens
+    from row m (V = 1: row by row; V > 1: the views of M images, without copying the images' tokens)."""
+    m, length, c = tokens.shape
+    index = ids_keep.reshape(-1, m, ids_keep.shape[1], 1).expand(-1, -1, -1, c)
+    return torch.gather(tokens.expand(index.shape[0], m, length, c), 2, index).flatten(0, 1)
 
 
 class ConvViT(nn.Module):
@@ -115,6 +140,8 @@ class ConvViT(nn.Module):
         total = sum(depths)
         dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear over all stages
         d1, d2, d3 = depths
+        # DropPath in the convolution stages draws per row, so training with it gives every view its own rows
+        self.conv_drop_path = any(rate > 0 for rate in dpr[:d1 + d2])
 
         self.patch_embed1 = ConvPatchEmbed(patch_sizes[0], in_chans, c1)
         self.patch_embed2 = ConvPatchEmbed(patch_sizes[1], c1, c2)
@@ -156,17 +183,29 @@ class ConvViT(nn.Module):
         (``norm``) the last id."""
         return r"^(?:pos_embed|patch_embed\d|blocks1|blocks2|stage\d_output_decode)", r"^blocks3\.(\d+)"
 
-    def conv_stages(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None
+    def conv_stages(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None, views: int = 1
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The convolutional stages: -> stage-1 map [N, C1, H/4, W/4], stage-2 map [N, C2, H/8, W/8] and the
-        positioned tokens [N, L, C3] in raster order. With ``ids_keep`` every CBlock masks its depthwise
-        conv input by the visibility of its stage."""
+        """The convolutional stages: -> stage-1 map [M, C1, H/4, W/4], stage-2 map [M, C2, H/8, W/8] and the
+        positioned tokens [M, L, C3] in raster order. With ``ids_keep`` every CBlock masks its depthwise
+        conv input by the visibility of its stage.
+
+        imgs [N, C, H, W] and ids_keep [V * N, K] with ``views`` = V > 1 pairwise disjoint views: the stages
+        run once per image (M = N; each view's visible tokens are exact, :class:`CBlock`), or, while DropPath
+        is active in them, once per view (M = V * N). With ``views`` = 1, M = N, one row per row of ids_keep."""
+        stage1 = self.patch_embed1(imgs)
+        if views > 1 and self.training and self.conv_drop_path:
+            stage1, views = repeat_views(stage1, views), 1
         vis1 = vis2 = None
         if ids_keep is not None:
             k1, k2 = self.patch_sizes[1] * self.patch_sizes[2], self.patch_sizes[2]
             vis1 = patch_visibility(ids_keep, self.grid_size, k1).unsqueeze(1).to(imgs.dtype)
             vis2 = patch_visibility(ids_keep, self.grid_size, k2).unsqueeze(1).to(imgs.dtype)
-        stage1 = self.patch_embed1(imgs)
+            if views > 1:
+                vis1, vis2 = vis1.unflatten(0, (views, -1)), vis2.unflatten(0, (views, -1))
+                torch._assert_async((vis2.sum(0) <= 1).all(), "the views share the convolution stages only when "
+                                    "no patch is visible in two of them (Masks.disjoint_views)")
+        elif views > 1:
+            raise ValueError("views > 1 needs ids_keep with one row per view")
         for block in self.blocks1:
             stage1 = block(stage1, vis1)
         stage2 = self.patch_embed2(stage1)
@@ -176,23 +215,25 @@ class ConvViT(nn.Module):
         return stage1, stage2, self.patch_embed4(x) + self.pos_embed
 
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
-                return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None) -> EncoderOutput:
-        """imgs: [N, C, H, W]; ids_keep: [N, K] visible patch indices on the token grid (None keeps all L).
+                return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None,
+                views: int = 1) -> EncoderOutput:
+        """imgs: [N, C, H, W]; ids_keep: [B, K] visible patch indices on the token grid (None keeps all L),
+        B = N, or B = V * N for ``views`` = V > 1 pairwise disjoint views of each image (``Encoder.forward``:
+        the convolution stages then run once per image).
 
-        patches: [N, K, C3] final-normed, in ids_keep order (no prefix tokens); layers: un-normed blocks3
+        patches: [B, K, C3] final-normed, in ids_keep order (no prefix tokens); layers: un-normed blocks3
         outputs (before fusion). ConViT has no secondary masking.
         """
         if secondary is not None:
             raise ValueError("ConViT has no secondary masking (vis_mask_token)")
-        stage1, stage2, x = self.conv_stages(imgs, ids_keep)
+        stage1, stage2, x = self.conv_stages(imgs, ids_keep, views)
         if self.fusion:
             stage1 = self.stage1_output_decode(stage1).flatten(2).transpose(1, 2)
             stage2 = self.stage2_output_decode(stage2).flatten(2).transpose(1, 2)
         if ids_keep is not None:
-            index = ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1])
-            x = torch.gather(x, 1, index)
+            x = gather_visible(x, ids_keep)
             if self.fusion:
-                stage1, stage2 = torch.gather(stage1, 1, index), torch.gather(stage2, 1, index)
+                stage1, stage2 = gather_visible(stage1, ids_keep), gather_visible(stage2, ids_keep)
         grid = self.grid_size if ids_keep is None else None
 
         def split(tokens: torch.Tensor) -> EncoderOutput:

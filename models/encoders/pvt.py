@@ -30,7 +30,7 @@ from timm.layers import DropPath, Mlp, to_2tuple
 from torch import nn
 
 from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm, init_token
-from ..interfaces import EncoderOutput, FeatureInfo
+from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..masking import compact_order
 from ..pos_embed import sincos_2d
 from .common import feature_indices, patch_visibility, run_blocks, tokens_to_map
@@ -256,14 +256,17 @@ class PyramidVisionTransformer(nn.Module):
         return run_blocks(self.blocks[:count], (x, hw), taps, step=step, read=lambda xs: read(*xs))
 
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
-                return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None) -> EncoderOutput:
+                return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None,
+                views: int = 1) -> EncoderOutput:
         """imgs: [N, C, H, W]; ids_keep: [N, K] visible 16-px patches (None: the full grid); secondary:
-        [N, L] bool, visible patches whose content becomes ``vis_mask_token`` (``"compact"`` only).
+        [N, L] bool, visible patches whose content becomes ``vis_mask_token`` (``"compact"`` only);
+        ``views`` > 1: imgs holds each image once for its views (``Encoder.forward``), repeated here.
 
         patches: [N, S, C4] final-normed last-stage tokens in raster order of the map the encoder ran on
         (``grid``): S = L/16 on the compact grid (the groups of ids_keep in raster order of the groups,
         whatever the order of ids_keep), L/4 on the full grid. layers: {block from 1: un-normed output}.
         """
+        imgs = repeat_views(imgs, views)
         def as_output(x: torch.Tensor, hw: tuple[int, int]) -> EncoderOutput:
             return EncoderOutput(prefix=x[:, :0], patches=x, grid=tuple(hw))
 

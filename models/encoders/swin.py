@@ -3,7 +3,8 @@ the SimMIM baseline (mask token on the full grid) and fine-tuning (full grid, no
 
 Differences from the original Swin: the relative-position bias table is a small MLP (``posmlp``) of the
 log-spaced differences of the tokens' *true* coordinates, so it stays correct on the compacted grid where
-neighbours are not evenly spaced and does not depend on the window size; patch merging is LN + a 2x2
+neighbours are not evenly spaced and does not depend on the window size (``window_attention.py``: the MLP
+runs once per step on the offsets a stage can produce, looked up per pair); patch merging is LN + a 2x2
 stride-2 conv; every block sits in one flat ``blocks`` list and the first block of stages 2.. owns the
 ``downsample``. There is no absolute position embedding.
 
@@ -18,6 +19,7 @@ Grids: the image is cut into ``patch_size`` cells (4 px) by ``patch_embed``; mas
 State-dict keys are the official ones (``patch_embed.{proj,norm}``, ``blocks.{i}.{norm1,attn.{qkv,proj,
 posmlp.{0,2}},norm2,mlp.{fc1,fc2},downsample.{norm,proj}}``, ``norm``, ``vis_mask_token`` / ``mask_token``).
 """
+import math
 from functools import partial
 from typing import Sequence
 
@@ -27,9 +29,10 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm, init_token
-from ..interfaces import EncoderOutput, FeatureInfo
+from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..masking import compact_order
 from .common import feature_indices, patch_visibility, run_blocks
+from .window_attention import OffsetLattice, WindowAttention
 
 MASKED_TOKENS = ("compact", "token", "none")
 _MASK_VALUE = -100.0  # the official additive mask of the shifted windows (not -inf)
@@ -75,43 +78,6 @@ class PatchMerge(nn.Module):
         return x, pos_hw[:, 0::2, 0::2] / 2.0
 
 
-class WindowAttention(nn.Module):
-    """Multi-head self-attention inside windows with the posMLP bias: Conv1x1(2 -> posmlp_dim) -> ReLU ->
-    Conv1x1(-> heads) of sign(d) log(1 + |d|), d = (key - query) true (h, w) coordinates."""
-
-    def __init__(self, dim: int, num_heads: int, posmlp_dim: int = 32, qkv_bias: bool = True):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.posmlp = nn.Sequential(nn.Conv2d(2, posmlp_dim, 1), nn.ReLU(inplace=True),
-                                    nn.Conv2d(posmlp_dim, num_heads, 1))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def position_bias(self, pos_windows: torch.Tensor) -> torch.Tensor:
-        """pos_windows: [B' * nW, M, 2] -> bias [B' * nW, heads, M(query), M(key)]."""
-        delta = pos_windows.unsqueeze(1) - pos_windows.unsqueeze(2)  # [., i, j, 2] = p_j - p_i
-        delta = delta.permute(0, 3, 1, 2)
-        return self.posmlp(torch.sign(delta) * torch.log(1.0 + delta.abs()))
-
-    def forward(self, x: torch.Tensor, pos_windows: torch.Tensor, batch: int,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: [B * nW, M, C]; pos_windows: [B' * nW, M, 2] with B' in {1, B}; mask: [nW, M, M] additive."""
-        bnw, m, c = x.shape
-        nw, h = bnw // batch, self.num_heads
-        qkv = self.qkv(x).reshape(batch, nw, m, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)
-        q, k, v = (t.reshape(batch, nw * h, m, c // h) for t in qkv.unbind(0))
-        bias = self.position_bias(pos_windows).reshape(-1, nw, h, m, m)
-        if mask is not None:
-            bias = bias + mask.unsqueeze(1).to(bias.dtype)
-        # windows x heads folded into one axis so a bias shared by the batch broadcasts without a copy
-        bias = bias.reshape(-1, nw * h, m, m).to(q.dtype)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.reshape(batch, nw, h, m, c // h).permute(0, 1, 3, 2, 4).reshape(bnw, m, c)
-        return self.proj(out)
-
-
 class SwinBlock(nn.Module):
     """(Optional downsample), then pre-norm (shifted-)window attention and MLP with residuals.
 
@@ -121,9 +87,9 @@ class SwinBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, shift_size: int, mlp_ratio: float,
-                 posmlp_dim: int, drop_path: float, norm_layer, downsample: nn.Module | None = None):
+                 posmlp_dim: int, drop_path: float, norm_layer, stage: int, downsample: nn.Module | None = None):
         super().__init__()
-        self.window_size, self.shift_size = window_size, shift_size
+        self.window_size, self.shift_size, self.stage = window_size, shift_size, stage
         self.downsample = downsample
         self.norm1 = norm_layer(dim)
         self.attn = WindowAttention(dim, num_heads, posmlp_dim)
@@ -170,8 +136,10 @@ class SwinBlock(nn.Module):
         blocked = (region.unsqueeze(1) != region.unsqueeze(2)) | (pad.unsqueeze(1) > 0)
         return torch.zeros(blocked.shape, device=device).masked_fill(blocked, _MASK_VALUE)
 
-    def forward(self, x: torch.Tensor, pos_hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: [B, H, W, C]; pos_hw: [B or 1, H, W, 2] true (h, w) cell coordinates."""
+    def forward(self, x: torch.Tensor, pos_hw: torch.Tensor, lattice: OffsetLattice
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [B, H, W, C]; pos_hw: [B or 1, H, W, 2] true (h, w) cell coordinates (after the downsample: of
+        this block's stage), whose differences lie on ``lattice``."""
         if self.downsample is not None:
             x, pos_hw = self.downsample(x, pos_hw)
         b, h, w, c = x.shape
@@ -188,7 +156,7 @@ class SwinBlock(nn.Module):
             pos = torch.roll(pos, shifts=(-shift, -shift), dims=(1, 2))
         hp, wp = h + pad_h, w + pad_w
         mask = self.attention_mask(h, w, x.device)
-        x = self.attn(_windows(x, ws), _windows(pos, ws), b, mask)
+        x = self.attn(_windows(x, ws), _windows(pos, ws), b, lattice, mask)
         x = _unwindows(x, ws, hp, wp)
         if shift:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
@@ -247,7 +215,7 @@ class SwinMIM(nn.Module):
                 down = PatchMerge(dim // 2, dim, norm_layer) if stage > 0 and j == 0 else None
                 # officially the blocks are built without the model's norm_layer: their LNs keep eps 1e-5
                 self.blocks.append(SwinBlock(dim, heads, window_size, window_size // 2 if j % 2 else 0, mlp_ratio,
-                                             posmlp_dim, dpr[len(self.blocks)], nn.LayerNorm, down))
+                                             posmlp_dim, dpr[len(self.blocks)], nn.LayerNorm, stage, down))
         for compact in ((False, True) if masked_tokens == "compact" else (False,)):
             h, w = (side // patch_size // (2 if compact else 1) for side in img_size)
             for block in self.blocks:
@@ -278,6 +246,26 @@ class SwinMIM(nn.Module):
     def layer_groups(self) -> tuple[str, str]:
         """Regexes over this encoder's parameter names: the stem (layer id 0) and the flat blocks."""
         return r"^(?:patch_embed|vis_mask_token|mask_token)", r"^blocks\.(\d+)"
+
+    def offset_lattices(self, cells: tuple[int, int]) -> list[OffsetLattice]:
+        """Per stage, the lattice of the coordinate differences on an image of ``cells`` (h, w) cells. Stage s
+        keeps every 2^s-th cell of the grid it runs on, halving coordinates at each merge: c / 2^s for a cell
+        coordinate c. On the full grid c is a multiple of 2^s; on the compact grid, whose runs of k cells (a
+        patch) start at multiples of k, a multiple of gcd(2^s, k). Padding sits at 0, so every difference is
+        a multiple of gcd(2^s, k) / 2^s, at most (cells - 1) / 2^s."""
+        lattices = []
+        for stage in range(self.num_stages):
+            unit = math.gcd(2 ** stage, self.cells_per_patch)
+            lattices.append(OffsetLattice(unit / 2 ** stage, ((cells[0] - 1) // unit, (cells[1] - 1) // unit)))
+        return lattices
+
+    def _run(self, imgs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], count: int, taps: Sequence[int],
+             read) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
+        """The first ``count`` blocks on ``embed``'s state (x, pos) of ``imgs``; ``read(state)`` after the
+        blocks ``taps``."""
+        lattices = self.offset_lattices((imgs.shape[-2] // self.cell_size, imgs.shape[-1] // self.cell_size))
+        return run_blocks(self.blocks[:count], state, taps, read=read,
+                          step=lambda block, xs: block(*xs, lattices[block.stage]))
 
     def _cell_coords(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """[1, h, w, 2] float (row, col) cell coordinates."""
@@ -333,21 +321,23 @@ class SwinMIM(nn.Module):
         return x, self._cell_coords(h, w, x.device)
 
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None, return_layers: Sequence[int] = (),
-                secondary: torch.Tensor | None = None) -> EncoderOutput:
+                secondary: torch.Tensor | None = None, views: int = 1) -> EncoderOutput:
         """imgs: [N, C, H, W]; ids_keep: [N, K] visible patches of the 16-px token grid (any order; for
         ``"compact"`` exactly one per 2x2 group); secondary: [N, L] bool, visible patches to hide behind
-        ``vis_mask_token`` (``"compact"`` only).
+        ``vis_mask_token`` (``"compact"`` only); ``views`` > 1: imgs holds each image once for its views
+        (``Encoder.forward``), repeated here.
 
         patches: [N, h * w, embed_dim] the final stage in raster order (``grid`` = (h, w)); layers: the
         un-normed outputs of the requested blocks (counted from 1) as maps of their stage.
         """
+        imgs = repeat_views(imgs, views)
         def as_output(state: tuple[torch.Tensor, torch.Tensor]) -> EncoderOutput:
             x = state[0]
             return EncoderOutput(prefix=x.new_zeros(x.shape[0], 0, x.shape[-1]), patches=x.flatten(1, 2),
                                  grid=tuple(x.shape[1:3]))
 
-        (x, _), layers = run_blocks(self.blocks, self.embed(imgs, ids_keep, secondary), return_layers,
-                                    step=lambda block, state: block(*state), read=as_output)
+        (x, _), layers = self._run(imgs, self.embed(imgs, ids_keep, secondary), self.depth, return_layers,
+                                   as_output)
         out = as_output((self.norm(x), None))
         out.layers = layers
         return out
@@ -357,8 +347,7 @@ class SwinMIM(nn.Module):
         [N, C * 2^i, H / (4 * 2^i), W / (4 * 2^i)] (strides 4, 8, 16, 32 for 4-px cells)."""
         chosen = feature_indices(indices, self.num_stages)
         taps = [self.stage_ends[i] for i in chosen]
-        _, layers = run_blocks(self.blocks[:taps[-1]], self.embed(imgs), taps, step=lambda block, state: block(*state),
-                               read=lambda state: state[0].permute(0, 3, 1, 2))
+        _, layers = self._run(imgs, self.embed(imgs), taps[-1], taps, lambda state: state[0].permute(0, 3, 1, 2))
         return [layers[t] for t in taps]
 
 

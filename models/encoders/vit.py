@@ -14,7 +14,7 @@ from timm.models.vision_transformer_relpos import RelPosBlock
 from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm, init_token
-from ..interfaces import EncoderOutput, FeatureInfo
+from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..pos_embed import sincos_2d
 from .common import feature_indices, patch_visibility, run_blocks, tokens_to_map
 
@@ -98,14 +98,17 @@ class VisionTransformer(nn.Module):
         return torch.cat([cls, x], dim=1)
 
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
-                return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None) -> EncoderOutput:
+                return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None,
+                views: int = 1) -> EncoderOutput:
         """imgs: [N, C, H, W]; ids_keep: [N, K] visible patch indices (None keeps all L); secondary: [N, L]
-        bool, visible patches whose embedding UM-MAE replaces by ``vis_mask_token`` (positions kept).
+        bool, visible patches whose embedding UM-MAE replaces by ``vis_mask_token`` (positions kept);
+        ``views`` > 1: imgs holds each image once for its views (``Encoder.forward``), repeated here.
 
         ``masked_tokens="drop"`` (MAE) encodes only the K visible tokens, in ids_keep order (``grid`` None);
         ``"token"`` (SimMIM, MaskFeat) replaces the masked patches' embeddings by the learned ``mask_token``
         and encodes all L tokens in raster order. prefix: the cls token [N, 1, D].
         """
+        imgs = repeat_views(imgs, views)
         grid = self.grid_size if ids_keep is None or self.masked_tokens == "token" else None
 
         def split(x: torch.Tensor) -> EncoderOutput:
