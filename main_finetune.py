@@ -65,26 +65,26 @@ def build_mixup_and_criterion(cfg: FinetuneConfig, num_classes: int) -> tuple[Mi
 def main(args: argparse.Namespace) -> dict:
     """Fine-tune (or evaluate) as ``args`` say; returns the best validation metrics (``--eval``: the metrics)."""
     cfg = FinetuneConfig.from_args(args)
-    session = start_session(cfg)
-    train_tf = create_transform(input_size=cfg.input_size, is_training=True, color_jitter=cfg.color_jitter,
-                                auto_augment=cfg.aa, interpolation="bicubic", re_prob=cfg.reprob,
-                                re_mode=cfg.remode, re_count=cfg.recount, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    classes = data_classes(cfg)
-    model = build_classifier(cfg, classes.count, drop_path_rate=cfg.drop_path).to(session.device)
-    data = build_loaders(cfg, session, train_tf, build_eval_transform(cfg.input_size), classes)
-    mixup_fn, criterion = build_mixup_and_criterion(cfg, classes.count)
-    lr, eff_batch = cfg.scaled_lr(session.world_size)
-    groups = param_groups_layer_decay(model, cfg.weight_decay, no_weight_decay_list=model.no_weight_decay(),
-                                      layer_decay=cfg.layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=lr, fused=session.device.type == "cuda")
-    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
-    trainer = Trainer(cfg, session, model, optimizer, lr,
-                      derived={"eff_batch": eff_batch, "nb_classes": classes.count})
-    if dist_util.is_main_process():
-        print(f"fine-tune {cfg.model}: {classes.count} classes; eff. batch {eff_batch:g}; lr {lr:.3e}; "
-              f"layer decay {cfg.layer_decay}; {session.amp_name}; {session.world_size} process(es) on "
-              f"{session.device}")
-    return fit(trainer, criterion, data.train, data.val, mixup_fn, ema)
+    with start_session(cfg) as session:
+        train_tf = create_transform(input_size=cfg.input_size, is_training=True, color_jitter=cfg.color_jitter,
+                                    auto_augment=cfg.aa, interpolation="bicubic", re_prob=cfg.reprob,
+                                    re_mode=cfg.remode, re_count=cfg.recount, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        classes = data_classes(cfg)
+        model = build_classifier(cfg, classes.count, drop_path_rate=cfg.drop_path).to(session.device)
+        data = build_loaders(cfg, session, train_tf, build_eval_transform(cfg.input_size), classes)
+        mixup_fn, criterion = build_mixup_and_criterion(cfg, classes.count)
+        lr, eff_batch = cfg.scaled_lr(session.world_size)
+        groups = param_groups_layer_decay(model, cfg.weight_decay, no_weight_decay_list=model.no_weight_decay(),
+                                          layer_decay=cfg.layer_decay)
+        optimizer = torch.optim.AdamW(groups, lr=lr, fused=session.device.type == "cuda")
+        ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+        trainer = Trainer(cfg, session, model, optimizer, lr,
+                          derived={"eff_batch": eff_batch, "nb_classes": classes.count})
+        if dist_util.is_main_process():
+            print(f"fine-tune {cfg.model}: {classes.count} classes; eff. batch {eff_batch:g}; lr {lr:.3e}; "
+                  f"layer decay {cfg.layer_decay}; {session.amp_name}; {session.world_size} process(es) on "
+                  f"{session.device}")
+        return fit(trainer, criterion, data.train, data.val, mixup_fn, ema)
 
 
 if __name__ == "__main__":

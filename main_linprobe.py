@@ -33,21 +33,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     """Linear-probe (or evaluate) as ``args`` say; returns the best validation metrics (``--eval``: the metrics)."""
     cfg = ClassifyConfig.from_args(args)
-    session = start_session(cfg)
-    classes = data_classes(cfg)
-    model = to_linear_probe(build_classifier(cfg, classes.count, drop_path_rate=0.0)).to(session.device)
-    data = build_loaders(cfg, session, build_linprobe_transform(cfg.input_size), build_eval_transform(cfg.input_size),
-                         classes)
-    lr, eff_batch = cfg.scaled_lr(session.world_size)
-    optimizer = LARS(model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    trainer = Trainer(cfg, session, model, optimizer, lr,
-                      derived={"eff_batch": eff_batch, "nb_classes": classes.count})
-    if dist_util.is_main_process():
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"linear probe {cfg.model} ({'global pool' if cfg.global_pool else 'cls token'}): "
-              f"{classes.count} classes; {trainable} trainable parameters; eff. batch {eff_batch:g}; "
-              f"lr {lr:.3e}; {session.amp_name}; {session.world_size} process(es) on {session.device}")
-    return fit(trainer, nn.CrossEntropyLoss(), data.train, data.val)
+    with start_session(cfg) as session:
+        classes = data_classes(cfg)
+        model = to_linear_probe(build_classifier(cfg, classes.count, drop_path_rate=0.0)).to(session.device)
+        data = build_loaders(cfg, session, build_linprobe_transform(cfg.input_size),
+                             build_eval_transform(cfg.input_size), classes)
+        lr, eff_batch = cfg.scaled_lr(session.world_size)
+        optimizer = LARS(model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        trainer = Trainer(cfg, session, model, optimizer, lr,
+                          derived={"eff_batch": eff_batch, "nb_classes": classes.count})
+        if dist_util.is_main_process():
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            print(f"linear probe {cfg.model} ({'global pool' if cfg.global_pool else 'cls token'}): "
+                  f"{classes.count} classes; {trainable} trainable parameters; eff. batch {eff_batch:g}; "
+                  f"lr {lr:.3e}; {session.amp_name}; {session.world_size} process(es) on {session.device}")
+        return fit(trainer, nn.CrossEntropyLoss(), data.train, data.val)
 
 
 if __name__ == "__main__":

@@ -81,27 +81,27 @@ def build_model(cfg: PretrainConfig) -> Recipe:
 def main(args: argparse.Namespace) -> None:
     """Pretrain as ``args`` say: config -> session -> recipe, data, optimizer -> ``engine_pretrain.pretrain``."""
     cfg = PretrainConfig.from_args(args)
-    session = start_session(cfg)
-    recipe = build_model(cfg)  # before the data: an unknown --model fails fast
-    model = recipe.model
-    min_scale = cfg.min_crop_scale if cfg.min_crop_scale is not None else recipe.defaults.min_crop_scale
-    dataset = build_dataset(cfg.data_set, cfg.data_path, build_pretrain_transform(cfg.input_size, min_scale),
-                            train=True, limit=cfg.data_limit)
-    probe = ReconstructionProbe.sample(dataset, model, session.device, cfg.seed)
-    loader = train_loader(cfg, session, dataset)
-    model.to(session.device)
-    # DMJD's adaptive rule counts unique images x pred_ratio / mask_ratio (docs/methods.md §2.6); MAE's ratio is 1
-    ratio = recipe.defaults.lr_batch_ratio
-    lr, eff_batch = cfg.scaled_lr(session.world_size, ratio)
-    optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95),
-                                  fused=session.device.type == "cuda")
-    trainer = Trainer(cfg, session, model, optimizer, lr, derived={"eff_batch": eff_batch})
-    if dist_util.is_main_process():
-        print(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
-              f"{len(dataset)} images; eff. batch {eff_batch:g} = {cfg.batch_size} x {cfg.accum_iter} accum x "
-              f"{session.world_size} process(es) x {ratio:.4g} (pred/mask); lr {lr:.3e}; "
-              f"{session.amp_name} on {session.device}")
-    pretrain(trainer, loader, probe)
+    with start_session(cfg) as session:
+        recipe = build_model(cfg)  # before the data: an unknown --model fails fast
+        model = recipe.model
+        min_scale = cfg.min_crop_scale if cfg.min_crop_scale is not None else recipe.defaults.min_crop_scale
+        dataset = build_dataset(cfg.data_set, cfg.data_path, build_pretrain_transform(cfg.input_size, min_scale),
+                                train=True, limit=cfg.data_limit)
+        probe = ReconstructionProbe.sample(dataset, model, session.device, cfg.seed)
+        loader = train_loader(cfg, session, dataset)
+        model.to(session.device)
+        # DMJD's adaptive rule counts unique images x pred_ratio / mask_ratio (docs/methods.md §2.6); MAE's ratio is 1
+        ratio = recipe.defaults.lr_batch_ratio
+        lr, eff_batch = cfg.scaled_lr(session.world_size, ratio)
+        optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95),
+                                      fused=session.device.type == "cuda")
+        trainer = Trainer(cfg, session, model, optimizer, lr, derived={"eff_batch": eff_batch})
+        if dist_util.is_main_process():
+            print(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
+                  f"{len(dataset)} images; eff. batch {eff_batch:g} = {cfg.batch_size} x {cfg.accum_iter} accum x "
+                  f"{session.world_size} process(es) x {ratio:.4g} (pred/mask); lr {lr:.3e}; "
+                  f"{session.amp_name} on {session.device}")
+        pretrain(trainer, loader, probe)
 
 
 if __name__ == "__main__":

@@ -179,9 +179,9 @@ def run_cli(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
     (["--model", "mae_vit_bse_patch16", "--data_path", "/tmp"], "did you mean mae_vit_base_patch16"),
     (["--data_set", "fashion_mnist", "--data_path", "/no/such/folder"], "dataset-fashion-mnist"),
 ])
-def test_cli_errors_are_one_line(argv, expected):
+def test_cli_errors_are_one_line(argv, expected, tmp_path):
     """Bad flags and paths fail with exit code 2 and one line naming the fix, no traceback."""
-    result = run_cli("main_pretrain.py", "--device", "cpu", *argv)
+    result = run_cli("main_pretrain.py", "--device", "cpu", "--output_dir", str(tmp_path), *argv)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr

@@ -1,6 +1,8 @@
 """Where and how this process runs, set up the same way by every CLI: device, process group, seed,
-precision, and this process's shard of the training data."""
+precision, the output folder's lock, and this process's shard of the training data."""
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -8,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from util import distributed as dist_util
 from util.config import RunConfig
 from util.errors import UsageError
+from util.output_lock import claim_output_dir
 from util.runtime import amp_choice, seed_everything, select_device
 
 
@@ -22,13 +25,26 @@ class Session:
     amp_dtype: torch.dtype | None
 
 
-def start_session(cfg: RunConfig) -> Session:
+@contextlib.contextmanager
+def start_session(cfg: RunConfig) -> Iterator[Session]:
     """Join the process group (torchrun, torch.distributed.launch, or none), seed every RNG with
-    ``seed + rank`` and choose the precision. Each CLI calls it first, before any model or data exists,
-    so that the same command builds the same model and draws the same batches."""
+    ``seed + rank``, choose the precision and hold ``--output_dir`` (``util.output_lock``; the main process
+    locks it, every process learns whether that failed) while the block runs. Each CLI enters it first,
+    before any model or data exists, so that the same command builds the same model and draws the same
+    batches, and a folder in use or not writable is refused at once. ``--eval`` writes nothing: no lock."""
     rank, world_size, device = dist_util.init_distributed(select_device(cfg.device), cfg.local_rank)
     seed_everything(cfg.seed + rank)
-    return Session(rank, world_size, device, *amp_choice(cfg.amp, device))
+    with contextlib.ExitStack() as lock:
+        refusal = None
+        if rank == 0 and not getattr(cfg, "eval", False):
+            try:
+                lock.enter_context(claim_output_dir(cfg.output_dir, cfg.log_dir))
+            except UsageError as err:
+                refusal = str(err)
+        refusal = dist_util.broadcast_from_main(refusal)
+        if refusal:
+            raise UsageError(refusal)
+        yield Session(rank, world_size, device, *amp_choice(cfg.amp, device))
 
 
 def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty: bool = False) -> DataLoader:
