@@ -10,9 +10,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from util import distributed as dist_util
-from util.checkpoint import resume_training, save_training_state
+from util.checkpoint import checkpoints_newest_first, save_training_state
 from util.config import RunConfig
 from util.logging import RunLog
+from util.resume import batch_change_note, check_resumable, read_checkpoint, restore
 from util.session import Session
 from util.train_loop import TrainConfig
 
@@ -36,18 +37,29 @@ class Trainer(Generic[C]):
                                 print_freq=cfg.print_freq)
         self.derived = {"lr": lr, **(derived or {})}
         self.start_epoch, self.step = cfg.start_epoch, 0
+        self.resumed_from = ""
         self.log: RunLog | None = None  # open while ``epochs`` runs
 
     def resume(self, with_optimizer: bool = True) -> dict[str, Any]:
         """Restore ``cfg.resume`` exactly (weights, optimizer unless ``with_optimizer`` is False, scaler, RNG
-        states): training continues after its epoch. Returns the checkpoint, or {} when there is none."""
+        states): training continues after its epoch. With ``--auto_resume``, an unreadable newest checkpoint
+        falls back on the one before. Returns the checkpoint, or {} when there is none."""
         if not self.cfg.resume:
             return {}
-        ckpt = resume_training(self.cfg.resume, self.model, self.optimizer if with_optimizer else None, self.scaler)
+        auto = self.cfg.auto_resume and not self.cfg.flags.get("resume")
+        older = [p for p in checkpoints_newest_first(self.cfg.output_dir) if p != self.cfg.resume] if auto else []
+        path, ckpt = read_checkpoint(self.cfg.resume, older)
+        optimizer = self.optimizer if with_optimizer else None
+        check_resumable(path, ckpt, self.model, optimizer, can_finetune=hasattr(self.cfg, "finetune"))
+        restore(ckpt, self.model, optimizer, self.scaler)
         # released fine-tuned checkpoints hold only 'model'
         self.start_epoch, self.step = ckpt.get("epoch", -1) + 1, ckpt.get("step", 0)
+        self.resumed_from = path
         if dist_util.is_main_process():
-            print(f"resumed from {self.cfg.resume}" + (f" at epoch {self.start_epoch}" if "epoch" in ckpt else ""))
+            print(f"resumed from {path}" + (f" at epoch {self.start_epoch}" if "epoch" in ckpt else ""))
+            note = batch_change_note(path, ckpt, self.derived)
+            if note and with_optimizer:
+                print(note)
         return ckpt
 
     def wrapped(self) -> nn.Module:
@@ -61,7 +73,15 @@ class Trainer(Generic[C]):
 
     def epochs(self, loader: DataLoader) -> Iterator[int]:
         """The epochs left to train. Before each: the sampler reshuffles for it and ``step`` moves to the count
-        at its end (what its checkpoints record). ``log`` (TensorBoard, log.txt) is open meanwhile."""
+        at its end (what its checkpoints record). ``log`` (TensorBoard, log.txt) is open meanwhile. When no
+        epoch is left (a finished run resumed), says so and yields nothing."""
+        if self.start_epoch >= self.cfg.epochs:
+            if dist_util.is_main_process():
+                source = f"{self.resumed_from} ends at epoch {self.start_epoch - 1}" if self.resumed_from else \
+                    f"--start_epoch is {self.start_epoch}"
+                print(f"nothing left to train: {source} and --epochs is {self.cfg.epochs}; pass a larger --epochs "
+                      "to train on")
+            return
         self.log = RunLog(self.cfg.output_dir, self.cfg.log_dir)
         start = time.time()
         try:
