@@ -1,7 +1,9 @@
 """Bad inputs end in one clear line before anything is built: class folders that differ between splits, flag
-values out of range, an --input_size the model cannot cut into patches (RELIABILITY.md, items 1 and 3)."""
+values out of range, an --input_size the model cannot cut into patches, unreadable images (RELIABILITY.md, items 1,
+3 and 9)."""
 import errno
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import main_finetune
 import main_linprobe
 import main_pretrain
 from conftest import make_image_folder
+from test_pretrain import pretrain_args, read_log
 from util.classify import build_loaders, data_classes
 from util.config import FinetuneConfig
 from util.data import build_dataset, build_eval_transform
@@ -43,7 +46,7 @@ def test_empty_val_class_keeps_every_label(tmp_path):
     with pytest.warns(UserWarning, match="class0"):
         data = classify_loaders(root)
     val = data.val.dataset
-    assert val.classes == data.train.dataset.classes == ["class0", "class1", "class2"]
+    assert val.classes == data.train.dataset.dataset.classes == ["class0", "class1", "class2"]
     assert sorted({label for _, label in val.samples}) == [1, 2]
     assert all(Path(path).parent.name == val.classes[label] for path, label in val.samples)
 
@@ -116,3 +119,12 @@ def test_input_size_not_a_multiple_of_the_patch(tmp_path, cli, model, size, expe
     with pytest.raises(UsageError) as info:
         cli.main(args)
     assert str(info.value) == f"--input_size {size} is not a multiple of {model}'s patch size 16: {expected}"
+
+
+def test_skipped_images_are_reported_each_epoch(image_folder, tmp_path, capsys):
+    """An unreadable image, met by a data loader worker: the epoch's printed line and its log.txt line count it."""
+    (image_folder / "train" / "class1" / "3.png").write_bytes(b"not a png")
+    out = tmp_path / "run"
+    main_pretrain.main(pretrain_args(image_folder, out, "--epochs", "2", "--num_workers", "1", "--vis_freq", "100"))
+    assert [rec["skipped_images"] for rec in read_log(out)] == [1, 1]
+    assert re.search(r"^epoch 1: loss \d\.\d+; 1 unreadable image\(s\) skipped$", capsys.readouterr().out, re.M)

@@ -28,11 +28,14 @@ TINY_KWARGS = ["embed_dim=32", "depth=2", "num_heads=2", "patch_size=8",
                "decoder_embed_dim=32", "decoder_depth=1", "decoder_num_heads=2"]
 
 
-def pretrain_args(data: Path, out: Path, *extra: str):
-    argv = ["--model", "mae_vit_tiny_patch16", "--model_kwargs", *TINY_KWARGS, "--data_path", str(data),
+def pretrain_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", "mae_vit_tiny_patch16", "--model_kwargs", *TINY_KWARGS, "--data_path", str(data),
             "--input_size", "32", "--batch_size", "8", "--warmup_epochs", "1", "--lr", "2e-3",
             "--num_workers", "0", "--device", "cpu", "--output_dir", str(out), "--print_freq", "2", *extra]
-    return main_pretrain.get_args_parser().parse_args(argv)
+
+
+def pretrain_args(data: Path, out: Path, *extra: str):
+    return main_pretrain.get_args_parser().parse_args(pretrain_argv(data, out, *extra))
 
 
 def read_log(out: Path) -> list[dict]:

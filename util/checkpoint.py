@@ -132,14 +132,27 @@ def _as_tuples(value):
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def checkpoints_newest_first(output_dir: str) -> list[str]:
-    """The ``checkpoint-<epoch>.pth`` files of ``output_dir``, newest (highest epoch) first."""
+def _numbered_checkpoints(output_dir: str) -> list[tuple[int, float, str]]:
+    """(epoch, batches done, path) of each ``checkpoint-<epoch>.pth`` (an epoch done: inf batches) and each
+    ``checkpoint-<epoch>-batch<k>.pth`` (saved at a stop, ``k`` batches into the epoch) in ``output_dir``."""
     found = []
     for path in glob.glob(os.path.join(output_dir, "checkpoint-*.pth")):
-        match = re.fullmatch(r"checkpoint-(\d+)\.pth", os.path.basename(path))
+        match = re.fullmatch(r"checkpoint-(\d+)(?:-batch(\d+))?\.pth", os.path.basename(path))
         if match:
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found, reverse=True)]
+            found.append((int(match.group(1)), float(match.group(2) or "inf"), path))
+    return found
+
+
+def checkpoints_newest_first(output_dir: str) -> list[str]:
+    """The checkpoints of ``output_dir`` a run can continue from, the furthest in training first."""
+    return [path for *_, path in sorted(_numbered_checkpoints(output_dir), reverse=True)]
+
+
+def remove_partial_checkpoints(output_dir: str, epoch: int) -> None:
+    """Delete the checkpoints saved at a stop part-way through ``epoch`` or before: one at its end supersedes them."""
+    for done_epoch, batches, path in _numbered_checkpoints(output_dir):
+        if batches != float("inf") and done_epoch <= epoch:
+            os.remove(path)
 
 
 def latest_checkpoint(output_dir: str) -> str | None:

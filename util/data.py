@@ -135,7 +135,11 @@ class ImageFiles(Dataset):
     @property
     def skipped(self) -> int:
         """Number of distinct files found unreadable so far, across all worker processes."""
-        return int(np.frombuffer(self._bad, dtype=np.int8).sum())
+        return int(self.skipped_flags().sum())
+
+    def skipped_flags(self) -> torch.Tensor:
+        """A copy of the per-file flags, 1 where the file was found unreadable: what processes combine."""
+        return torch.from_numpy(np.frombuffer(self._bad, dtype=np.uint8).copy())
 
     def __getitem__(self, index: int) -> tuple[object, int]:
         n = len(self.samples)

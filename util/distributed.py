@@ -60,6 +60,13 @@ def broadcast_from_main(value: Any) -> Any:
     return box[0]
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``tensor`` over processes (in place; identity when not distributed)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
