@@ -52,7 +52,7 @@ def run_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimiz
     """
     model.train()
     num_steps = first_batch + len(loader)
-    logger = MetricLogger(f"Epoch: [{epoch}]", num_steps, cfg.print_freq, device)
+    logger = MetricLogger(f"Epoch: [{epoch}]", num_steps, cfg.print_freq, device, first_batch)
     optimizer.zero_grad(set_to_none=True)
     lr = optimizer.param_groups[0]["lr"]
     for step, batch in enumerate(loader, start=first_batch):
