@@ -88,9 +88,10 @@ def _images_under(folder: str) -> list[str]:
 def _check_classes(root: str, found: list[str], expected: list[str]) -> None:
     if found != expected:
         missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-        lists = [f"lacks {', '.join(missing)}"] * bool(missing) + [f"has extra {', '.join(extra)}"] * bool(extra)
-        raise UsageError(f"the class folders of {root} differ from the training data's ({' and '.join(lists)}): "
-                         "give it the same class folders, empty ones included")
+        differences = ([f"lacks {', '.join(missing)}"] if missing else []) + \
+            ([f"has extra {', '.join(extra)}"] if extra else [])
+        raise UsageError(f"the class folders of {root} differ from the training data's "
+                         f"({' and '.join(differences)}): give it the same class folders, empty ones included")
 
 
 class ImageFiles(Dataset):

@@ -22,16 +22,13 @@ class Range:
     ``*_open``. NaN and infinities are refused too: no flag means anything by them."""
 
     kind: type
-    low: float | None = None
+    low: float
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
 
-    @property
-    def __name__(self) -> str:  # argparse names the type in some of its messages
-        return self.describe()
-
     def describe(self) -> str:
+        """The values it takes, in words: "a positive integer", "a number in (0, 1)"."""
         noun = "an integer" if self.kind is int else "a number"
         show = (lambda v: str(int(v))) if self.kind is int else (lambda v: f"{v:g}")
         if self.high is not None:
@@ -51,7 +48,7 @@ class Range:
         return value
 
     def _within(self, value: float) -> bool:
-        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        above = value > self.low if self.low_open else value >= self.low
         below = self.high is None or (value < self.high if self.high_open else value <= self.high)
         return above and below
 
