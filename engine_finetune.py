@@ -31,11 +31,12 @@ def classification_loss(criterion: nn.Module, mixup_fn: Callable | None = None):
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, cfg: TrainConfig, mixup_fn: Callable | None = None,
                     scaler: torch.amp.GradScaler | None = None, run_log: RunLog | None = None,
-                    ema=None) -> dict[str, float]:
-    """One epoch of supervised training; ``ema`` (timm ModelEmaV3) is updated after each optimizer step."""
+                    ema=None, first_batch: int = 0, stop: Callable[[int], bool] | None = None) -> dict[str, float]:
+    """One epoch of supervised training (from ``first_batch``, until ``stop``: see ``run_epoch``); ``ema``
+    (timm ModelEmaV3) is updated after each optimizer step."""
     after_step = (lambda: ema.update(model)) if ema is not None else None
     return run_epoch(model, loader, optimizer, device, epoch, cfg, classification_loss(criterion, mixup_fn),
-                     scaler, run_log, after_step)
+                     scaler, run_log, after_step, first_batch, stop)
 
 
 @torch.no_grad()
@@ -68,8 +69,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
 def fit(trainer: Trainer[ClassifyConfig], criterion: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
         mixup_fn: Callable | None = None, ema: ModelEmaV3 | None = None) -> dict[str, float]:
     """Train from the resumed epoch (if any) to the last, evaluating after each epoch (and ``ema``'s weights
-    when given); keep ``checkpoint-best.pth`` and a checkpoint every ``--save_freq`` epochs. With ``--eval``
-    only evaluate. Returns the best validation metrics (``--eval``: the metrics)."""
+    when given); keep ``checkpoint-best.pth`` and a checkpoint every ``--save_freq`` epochs (at SIGTERM, one where
+    the epoch stopped). With ``--eval`` only evaluate. Returns the best validation metrics (``--eval``: the
+    metrics)."""
     cfg, device, amp_dtype = trainer.cfg, trainer.session.device, trainer.session.amp_dtype
     ckpt = trainer.resume(with_optimizer=not cfg.eval)
     if ema is not None and ckpt.get("model_ema"):
@@ -83,22 +85,24 @@ def fit(trainer: Trainer[ClassifyConfig], criterion: nn.Module, train_loader: Da
     model = trainer.wrapped()
     for epoch in trainer.epochs(train_loader):
         train_stats = train_one_epoch(model, criterion, train_loader, trainer.optimizer, device, epoch, trainer.loop,
-                                      mixup_fn, trainer.scaler, trainer.log, ema)
+                                      mixup_fn, trainer.scaler, trainer.log, ema, trainer.first_batch,
+                                      trainer.stop.poll)
+        extra = {"model_ema": ema.module.state_dict()} if ema is not None else {}
+        if trainer.stopped:
+            trainer.save(epoch, best=best, **extra)
+            break
         val = evaluate(trainer.model, val_loader, device, amp_dtype)
-        record = {**{f"train_{k}": v for k, v in train_stats.items()}, **{f"test_{k}": v for k, v in val.items()},
-                  "epoch": epoch}
+        record = {**{f"train_{k}": v for k, v in train_stats.items()}, **{f"test_{k}": v for k, v in val.items()}}
         if ema is not None:
             record |= {f"test_ema_{k}": v for k, v in evaluate(ema.module, val_loader, device, amp_dtype).items()}
-        extra = {"model_ema": ema.module.state_dict()} if ema is not None else {}
         if val["acc1"] > best["acc1"]:
             best = {**val, "epoch": epoch}
             trainer.save(epoch, name="checkpoint-best.pth", best=best, **extra)
         if trainer.due(epoch, cfg.save_freq):
             trainer.save(epoch, best=best, **extra)
-        if dist_util.is_main_process():
-            print(f"epoch {epoch}: top-1 {val['acc1']:.2f}%  top-5 {val['acc5']:.2f}%  (best {best['acc1']:.2f}%)")
         trainer.log.scalars(val, (epoch + 1) * 1000, prefix="test")
-        trainer.log.json_line(record)
+        trainer.log_epoch(epoch, record,
+                          f"top-1 {val['acc1']:.2f}%  top-5 {val['acc5']:.2f}%  (best {best['acc1']:.2f}%)")
     if dist_util.is_main_process():
         print(f"best top-1 {best['acc1']:.2f}% at epoch {best.get('epoch')}")
     return best

@@ -2,7 +2,7 @@
 epochs with its checkpoints, and the reconstruction pictures."""
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -27,10 +27,12 @@ def pretrain_loss(model: nn.Module, batch, device: torch.device):
 
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, cfg: TrainConfig,
-                    scaler: torch.amp.GradScaler | None = None,
-                    run_log: RunLog | None = None) -> dict[str, float]:
-    """Pretrain ``model`` (maybe DDP-wrapped or compiled) for one epoch; return the epoch's mean scalars."""
-    return run_epoch(model, loader, optimizer, device, epoch, cfg, pretrain_loss, scaler, run_log)
+                    scaler: torch.amp.GradScaler | None = None, run_log: RunLog | None = None,
+                    first_batch: int = 0, stop: Callable[[int], bool] | None = None) -> dict[str, float]:
+    """Pretrain ``model`` (maybe DDP-wrapped or compiled) for one epoch (from ``first_batch``, until ``stop``:
+    see ``run_epoch``); return the epoch's mean scalars."""
+    return run_epoch(model, loader, optimizer, device, epoch, cfg, pretrain_loss, scaler, run_log,
+                     first_batch=first_batch, stop=stop)
 
 
 @dataclass(frozen=True)
@@ -66,15 +68,18 @@ class ReconstructionProbe:
 
 def pretrain(trainer: Trainer[PretrainConfig], loader: DataLoader, probe: ReconstructionProbe) -> None:
     """Pretrain from the resumed epoch (if any) to the last: a checkpoint every ``--save_freq`` epochs and
-    reconstruction pictures every ``--vis_freq`` (both also after the last), one log.txt line an epoch."""
+    reconstruction pictures every ``--vis_freq`` (both also after the last), one log.txt line an epoch; at
+    SIGTERM, a checkpoint where the epoch stopped."""
     cfg, session = trainer.cfg, trainer.session
     trainer.resume()
     model = trainer.wrapped()
     for epoch in trainer.epochs(loader):
         stats = train_one_epoch(model, loader, trainer.optimizer, session.device, epoch, trainer.loop,
-                                trainer.scaler, trainer.log)
-        if trainer.due(epoch, cfg.save_freq):
+                                trainer.scaler, trainer.log, trainer.first_batch, trainer.stop.poll)
+        if trainer.stopped or trainer.due(epoch, cfg.save_freq):
             trainer.save(epoch)
+        if trainer.stopped:
+            break
         if dist_util.is_main_process() and trainer.due(epoch, cfg.vis_freq):
             probe.draw(trainer.model, cfg.norm_pix_loss, cfg.output_dir, trainer.log, epoch, session.amp_dtype)
-        trainer.log.json_line({**{f"train_{k}": v for k, v in stats.items()}, "epoch": epoch})
+        trainer.log_epoch(epoch, {f"train_{k}": v for k, v in stats.items()}, f"loss {stats['loss']:.4f}")

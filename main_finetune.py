@@ -12,36 +12,38 @@ from torch import nn
 
 from engine_finetune import fit
 from util import distributed as dist_util
-from util.classify import build_classifier, build_loaders
+from util.classify import build_classifier, build_loaders, data_classes
 from util.config import FinetuneConfig, add_classify_args, add_runtime_args, add_training_args
 from util.data import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform
+from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, POSITIVE_FRACTION, POSITIVE_INT, PROBABILITY,
+                         ArgumentParser)
 from util.runtime import run_cli
 from util.session import start_session
 from util.trainer import Trainer
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("MIM fine-tuning", add_help=True)
+    p = ArgumentParser("MIM fine-tuning", add_help=True)
     add_training_args(p, model="vit_large_patch16", model_help="a classifier from models.list_models()",
                       batch_size=64, epochs=50, blr=1e-3, min_lr=1e-6, warmup_epochs=5, weight_decay=0.05,
                       save_freq=10)
-    p.add_argument("--drop_path", default=0.1, type=float, help="stochastic depth rate")
-    p.add_argument("--layer_decay", default=0.75, type=float, help="layer-wise LR decay")
-    p.add_argument("--color_jitter", default=None, type=float)
+    p.add_argument("--drop_path", default=0.1, type=FRACTION_BELOW_ONE, help="stochastic depth rate")
+    p.add_argument("--layer_decay", default=0.75, type=POSITIVE_FRACTION, help="layer-wise LR decay")
+    p.add_argument("--color_jitter", default=None, type=NON_NEGATIVE)
     p.add_argument("--aa", default="rand-m9-mstd0.5-inc1", type=str, help="RandAugment policy")
-    p.add_argument("--smoothing", default=0.1, type=float, help="label smoothing")
-    p.add_argument("--reprob", default=0.25, type=float, help="random erasing probability")
+    p.add_argument("--smoothing", default=0.1, type=FRACTION_BELOW_ONE, help="label smoothing")
+    p.add_argument("--reprob", default=0.25, type=PROBABILITY, help="random erasing probability")
     p.add_argument("--remode", default="pixel", type=str)
-    p.add_argument("--recount", default=1, type=int)
+    p.add_argument("--recount", default=1, type=POSITIVE_INT)
     p.add_argument("--resplit", action="store_true", default=False)
-    p.add_argument("--mixup", default=0.0, type=float, help="mixup alpha (on if > 0)")
-    p.add_argument("--cutmix", default=0.0, type=float, help="cutmix alpha (on if > 0)")
-    p.add_argument("--cutmix_minmax", default=None, type=float, nargs="+")
-    p.add_argument("--mixup_prob", default=1.0, type=float)
-    p.add_argument("--mixup_switch_prob", default=0.5, type=float)
+    p.add_argument("--mixup", default=0.0, type=NON_NEGATIVE, help="mixup alpha (on if > 0)")
+    p.add_argument("--cutmix", default=0.0, type=NON_NEGATIVE, help="cutmix alpha (on if > 0)")
+    p.add_argument("--cutmix_minmax", default=None, type=PROBABILITY, nargs="+")
+    p.add_argument("--mixup_prob", default=1.0, type=PROBABILITY)
+    p.add_argument("--mixup_switch_prob", default=0.5, type=PROBABILITY)
     p.add_argument("--mixup_mode", default="batch", choices=["batch", "pair", "elem"])
     p.add_argument("--model_ema", action="store_true", help="also keep and evaluate an EMA of the weights")
-    p.add_argument("--model_ema_decay", default=0.9999, type=float)
+    p.add_argument("--model_ema_decay", default=0.9999, type=PROBABILITY)
     add_classify_args(p, global_pool_default=True)
     add_runtime_args(p)
     return p
@@ -63,25 +65,26 @@ def build_mixup_and_criterion(cfg: FinetuneConfig, num_classes: int) -> tuple[Mi
 def main(args: argparse.Namespace) -> dict:
     """Fine-tune (or evaluate) as ``args`` say; returns the best validation metrics (``--eval``: the metrics)."""
     cfg = FinetuneConfig.from_args(args)
-    session = start_session(cfg)
-    train_tf = create_transform(input_size=cfg.input_size, is_training=True, color_jitter=cfg.color_jitter,
-                                auto_augment=cfg.aa, interpolation="bicubic", re_prob=cfg.reprob,
-                                re_mode=cfg.remode, re_count=cfg.recount, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    data = build_loaders(cfg, session, train_tf, build_eval_transform(cfg.input_size))
-    model = build_classifier(cfg, data.num_classes, drop_path_rate=cfg.drop_path).to(session.device)
-    mixup_fn, criterion = build_mixup_and_criterion(cfg, data.num_classes)
-    lr, eff_batch = cfg.scaled_lr(session.world_size)
-    groups = param_groups_layer_decay(model, cfg.weight_decay, no_weight_decay_list=model.no_weight_decay(),
-                                      layer_decay=cfg.layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=lr, fused=session.device.type == "cuda")
-    ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
-    trainer = Trainer(cfg, session, model, optimizer, lr,
-                      derived={"eff_batch": eff_batch, "nb_classes": data.num_classes})
-    if dist_util.is_main_process():
-        print(f"fine-tune {cfg.model}: {data.num_classes} classes; eff. batch {eff_batch:g}; lr {lr:.3e}; "
-              f"layer decay {cfg.layer_decay}; {session.amp_name}; {session.world_size} process(es) on "
-              f"{session.device}")
-    return fit(trainer, criterion, data.train, data.val, mixup_fn, ema)
+    with start_session(cfg) as session:
+        train_tf = create_transform(input_size=cfg.input_size, is_training=True, color_jitter=cfg.color_jitter,
+                                    auto_augment=cfg.aa, interpolation="bicubic", re_prob=cfg.reprob,
+                                    re_mode=cfg.remode, re_count=cfg.recount, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        classes = data_classes(cfg)
+        model = build_classifier(cfg, classes.count, drop_path_rate=cfg.drop_path).to(session.device)
+        data = build_loaders(cfg, session, train_tf, build_eval_transform(cfg.input_size), classes)
+        mixup_fn, criterion = build_mixup_and_criterion(cfg, classes.count)
+        lr, eff_batch = cfg.scaled_lr(session.world_size)
+        groups = param_groups_layer_decay(model, cfg.weight_decay, no_weight_decay_list=model.no_weight_decay(),
+                                          layer_decay=cfg.layer_decay)
+        optimizer = torch.optim.AdamW(groups, lr=lr, fused=session.device.type == "cuda")
+        ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
+        trainer = Trainer(cfg, session, model, optimizer, lr,
+                          derived={"eff_batch": eff_batch, "nb_classes": classes.count})
+        if dist_util.is_main_process():
+            print(f"fine-tune {cfg.model}: {classes.count} classes; eff. batch {eff_batch:g}; lr {lr:.3e}; "
+                  f"layer decay {cfg.layer_decay}; {session.amp_name}; {session.world_size} process(es) on "
+                  f"{session.device}")
+        return fit(trainer, criterion, data.train, data.val, mixup_fn, ema)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ from torch import nn
 from engine_finetune import fit
 from models.classifier import to_linear_probe
 from util import distributed as dist_util
-from util.classify import build_classifier, build_loaders
+from util.classify import build_classifier, build_loaders, data_classes
 from util.config import ClassifyConfig, add_classify_args, add_runtime_args, add_training_args
 from util.crop import build_linprobe_transform
 from util.data import build_eval_transform
+from util.flags import ArgumentParser
 from util.lars import LARS
 from util.runtime import run_cli
 from util.session import start_session
@@ -20,7 +21,7 @@ from util.trainer import Trainer
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("MIM linear probing", add_help=True)
+    p = ArgumentParser("MIM linear probing", add_help=True)
     add_training_args(p, model="vit_large_patch16", model_help="a classifier from models.list_models()",
                       batch_size=512, epochs=90, blr=0.1, min_lr=0.0, warmup_epochs=10, weight_decay=0.0,
                       save_freq=10)
@@ -32,19 +33,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     """Linear-probe (or evaluate) as ``args`` say; returns the best validation metrics (``--eval``: the metrics)."""
     cfg = ClassifyConfig.from_args(args)
-    session = start_session(cfg)
-    data = build_loaders(cfg, session, build_linprobe_transform(cfg.input_size), build_eval_transform(cfg.input_size))
-    model = to_linear_probe(build_classifier(cfg, data.num_classes, drop_path_rate=0.0)).to(session.device)
-    lr, eff_batch = cfg.scaled_lr(session.world_size)
-    optimizer = LARS(model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    trainer = Trainer(cfg, session, model, optimizer, lr,
-                      derived={"eff_batch": eff_batch, "nb_classes": data.num_classes})
-    if dist_util.is_main_process():
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"linear probe {cfg.model} ({'global pool' if cfg.global_pool else 'cls token'}): "
-              f"{data.num_classes} classes; {trainable} trainable parameters; eff. batch {eff_batch:g}; "
-              f"lr {lr:.3e}; {session.amp_name}; {session.world_size} process(es) on {session.device}")
-    return fit(trainer, nn.CrossEntropyLoss(), data.train, data.val)
+    with start_session(cfg) as session:
+        classes = data_classes(cfg)
+        model = to_linear_probe(build_classifier(cfg, classes.count, drop_path_rate=0.0)).to(session.device)
+        data = build_loaders(cfg, session, build_linprobe_transform(cfg.input_size),
+                             build_eval_transform(cfg.input_size), classes)
+        lr, eff_batch = cfg.scaled_lr(session.world_size)
+        optimizer = LARS(model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        trainer = Trainer(cfg, session, model, optimizer, lr,
+                          derived={"eff_batch": eff_batch, "nb_classes": classes.count})
+        if dist_util.is_main_process():
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            print(f"linear probe {cfg.model} ({'global pool' if cfg.global_pool else 'cls token'}): "
+                  f"{classes.count} classes; {trainable} trainable parameters; eff. batch {eff_batch:g}; "
+                  f"lr {lr:.3e}; {session.amp_name}; {session.world_size} process(es) on {session.device}")
+        return fit(trainer, nn.CrossEntropyLoss(), data.train, data.val)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from util import distributed as dist_util
 from util.config import PretrainConfig, add_runtime_args, add_training_args
 from util.data import build_dataset, build_pretrain_transform
 from util.errors import UsageError
+from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, OPEN_FRACTION, POSITIVE_FRACTION, POSITIVE_INT,
+                         ArgumentParser)
 from util.lr import weight_decay_groups
 from util.runtime import build_named_model, parse_model_kwargs, run_cli
 from util.session import start_session, train_loader
@@ -20,37 +22,37 @@ from util.trainer import Trainer
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("MIM pretraining", add_help=True)
+    p = ArgumentParser("MIM pretraining", add_help=True)
     add_training_args(p, model="mae_vit_large_patch16", model_help="a name from models.list_models()",
                       batch_size=64, epochs=400, blr=1e-3, min_lr=0.0, warmup_epochs=40, weight_decay=0.05,
                       save_freq=20)
-    p.add_argument("--mask_ratio", default=None, type=float,
+    p.add_argument("--mask_ratio", default=None, type=OPEN_FRACTION,
                    help="fraction of patches removed (default: the recipe's, MAE 0.75, DMJD 0.6)")
     p.add_argument("--norm_pix_loss", action="store_true", help="per-patch normalized pixel target")
-    p.add_argument("--min_crop_scale", default=None, type=float,
+    p.add_argument("--min_crop_scale", default=None, type=POSITIVE_FRACTION,
                    help="RandomResizedCrop lower scale (default: the recipe's, MAE 0.2, DMJD 0.5)")
     p.add_argument("--official_quirks", action="store_true",
                    help="reproduce the official code's documented bugs exactly (see PRETRAIN.md)")
     g = p.add_argument_group("UM-MAE", "uniform masking for pyramid encoders")
     g.add_argument("--mask_regular", action="store_true", help="uniform masking: one visible patch per 2x2 group")
-    g.add_argument("--vis_mask_ratio", default=None, type=float,
+    g.add_argument("--vis_mask_ratio", default=None, type=FRACTION_BELOW_ONE,
                    help="secondary masking: fraction of the visible patches replaced by a learned token")
-    g.add_argument("--token_size", default=None, type=int,
+    g.add_argument("--token_size", default=None, type=POSITIVE_INT,
                    help="the mask grid's side (input_size / 16); checked against the model's patch grid")
     g = p.add_argument_group("DeepMIM", "deep supervision (default: the recipe's)")
     g.add_argument("--clip_path", default=None, help="CLIP checkpoint (OpenAI .pt, state dict or open_clip)")
-    g.add_argument("--ds_layers", default=None, type=int, nargs="+",
+    g.add_argument("--ds_layers", default=None, type=POSITIVE_INT, nargs="+",
                    help="encoder blocks that get a decoder (the depth = the final output); default 6 8 10 12")
     g = p.add_argument_group("DMJD", "disjoint masking and joint distillation (default: the recipe's)")
     g.add_argument("--mask_type", default=None, choices=MASK_TYPES, help="random patches or 2x2 blocks")
-    g.add_argument("--pred_ratio", default=None, type=float,
+    g.add_argument("--pred_ratio", default=None, type=POSITIVE_FRACTION,
                    help="target union prediction rate of the views; also scales the LR by pred/mask")
-    g.add_argument("--num_views", default=None, type=int, help="masked views per image (DMJD: 2)")
+    g.add_argument("--num_views", default=None, type=POSITIVE_INT, help="masked views per image (DMJD: 2)")
     g.add_argument("--pred_type", default=None, choices=PRED_TYPES, help="prediction target")
     g.add_argument("--mim_loss_type", default=None, choices=["l2", "smooth_l1"], help="masked-branch loss")
     g.add_argument("--vis_loss_type", default=None, choices=["l2", "smooth_l1"], help="visible-branch loss")
-    g.add_argument("--theta", default=None, type=float, help="weight of the visible-branch loss")
-    p.add_argument("--vis_freq", default=20, type=int, help="write a reconstruction grid every N epochs")
+    g.add_argument("--theta", default=None, type=NON_NEGATIVE, help="weight of the visible-branch loss")
+    p.add_argument("--vis_freq", default=20, type=POSITIVE_INT, help="write a reconstruction grid every N epochs")
     add_runtime_args(p)
     return p
 
@@ -79,27 +81,27 @@ def build_model(cfg: PretrainConfig) -> Recipe:
 def main(args: argparse.Namespace) -> None:
     """Pretrain as ``args`` say: config -> session -> recipe, data, optimizer -> ``engine_pretrain.pretrain``."""
     cfg = PretrainConfig.from_args(args)
-    session = start_session(cfg)
-    recipe = build_model(cfg)  # before the data: an unknown --model fails fast
-    model = recipe.model
-    min_scale = cfg.min_crop_scale if cfg.min_crop_scale is not None else recipe.defaults.min_crop_scale
-    dataset = build_dataset(cfg.data_set, cfg.data_path, build_pretrain_transform(cfg.input_size, min_scale),
-                            train=True, limit=cfg.data_limit)
-    probe = ReconstructionProbe.sample(dataset, model, session.device, cfg.seed)
-    loader = train_loader(cfg, session, dataset)
-    model.to(session.device)
-    # DMJD's adaptive rule counts unique images x pred_ratio / mask_ratio (docs/methods.md §2.6); MAE's ratio is 1
-    ratio = recipe.defaults.lr_batch_ratio
-    lr, eff_batch = cfg.scaled_lr(session.world_size, ratio)
-    optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95),
-                                  fused=session.device.type == "cuda")
-    trainer = Trainer(cfg, session, model, optimizer, lr, derived={"eff_batch": eff_batch})
-    if dist_util.is_main_process():
-        print(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
-              f"{len(dataset)} images; eff. batch {eff_batch:g} = {cfg.batch_size} x {cfg.accum_iter} accum x "
-              f"{session.world_size} process(es) x {ratio:.4g} (pred/mask); lr {lr:.3e}; "
-              f"{session.amp_name} on {session.device}")
-    pretrain(trainer, loader, probe)
+    with start_session(cfg) as session:
+        recipe = build_model(cfg)  # before the data: an unknown --model fails fast
+        model = recipe.model
+        min_scale = cfg.min_crop_scale if cfg.min_crop_scale is not None else recipe.defaults.min_crop_scale
+        dataset = build_dataset(cfg.data_set, cfg.data_path, build_pretrain_transform(cfg.input_size, min_scale),
+                                train=True, limit=cfg.data_limit)
+        probe = ReconstructionProbe.sample(dataset, model, session.device, cfg.seed)
+        loader = train_loader(cfg, session, dataset)
+        model.to(session.device)
+        # DMJD's adaptive rule counts unique images x pred_ratio / mask_ratio (docs/methods.md §2.6); MAE's ratio is 1
+        ratio = recipe.defaults.lr_batch_ratio
+        lr, eff_batch = cfg.scaled_lr(session.world_size, ratio)
+        optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95),
+                                      fused=session.device.type == "cuda")
+        trainer = Trainer(cfg, session, model, optimizer, lr, derived={"eff_batch": eff_batch})
+        if dist_util.is_main_process():
+            print(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
+                  f"{len(dataset)} images; eff. batch {eff_batch:g} = {cfg.batch_size} x {cfg.accum_iter} accum x "
+                  f"{session.world_size} process(es) x {ratio:.4g} (pred/mask); lr {lr:.3e}; "
+                  f"{session.amp_name} on {session.device}")
+        pretrain(trainer, loader, probe)
 
 
 if __name__ == "__main__":

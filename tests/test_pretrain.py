@@ -28,11 +28,14 @@ TINY_KWARGS = ["embed_dim=32", "depth=2", "num_heads=2", "patch_size=8",
                "decoder_embed_dim=32", "decoder_depth=1", "decoder_num_heads=2"]
 
 
-def pretrain_args(data: Path, out: Path, *extra: str):
-    argv = ["--model", "mae_vit_tiny_patch16", "--model_kwargs", *TINY_KWARGS, "--data_path", str(data),
+def pretrain_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--model", "mae_vit_tiny_patch16", "--model_kwargs", *TINY_KWARGS, "--data_path", str(data),
             "--input_size", "32", "--batch_size", "8", "--warmup_epochs", "1", "--lr", "2e-3",
             "--num_workers", "0", "--device", "cpu", "--output_dir", str(out), "--print_freq", "2", *extra]
-    return main_pretrain.get_args_parser().parse_args(argv)
+
+
+def pretrain_args(data: Path, out: Path, *extra: str):
+    return main_pretrain.get_args_parser().parse_args(pretrain_argv(data, out, *extra))
 
 
 def read_log(out: Path) -> list[dict]:
@@ -179,9 +182,9 @@ def run_cli(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
     (["--model", "mae_vit_bse_patch16", "--data_path", "/tmp"], "did you mean mae_vit_base_patch16"),
     (["--data_set", "fashion_mnist", "--data_path", "/no/such/folder"], "dataset-fashion-mnist"),
 ])
-def test_cli_errors_are_one_line(argv, expected):
+def test_cli_errors_are_one_line(argv, expected, tmp_path):
     """Bad flags and paths fail with exit code 2 and one line naming the fix, no traceback."""
-    result = run_cli("main_pretrain.py", "--device", "cpu", *argv)
+    result = run_cli("main_pretrain.py", "--device", "cpu", "--output_dir", str(tmp_path), *argv)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr

@@ -5,6 +5,7 @@ official MAE-family checkpoints hold an ``argparse.Namespace`` under ``'args'``;
 allow-listed so they load without ``weights_only=False``.
 """
 import argparse
+import errno
 import fnmatch
 import glob
 import json
@@ -27,7 +28,8 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, then rename."""
+    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, then rename. A full disk
+    is one line saying which checkpoint is still intact (torch.save buries the OS error in a page of C++)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
@@ -38,10 +40,39 @@ def save_checkpoint(path: str, state: dict[str, Any]) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared with colleagues
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if _disk_full(err):
+            raise UsageError(f"No space left on device while writing {path}; {previous_checkpoint_note(folder)}: "
+                             "free some space, then resume with --auto_resume") from err
         raise
+
+
+def _disk_full(err: BaseException | None) -> bool:
+    """Whether ``err`` or an error it was raised from is the OS saying the disk (or the quota) is full."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def previous_checkpoint_note(output_dir: str) -> str:
+    """The clause "the previous checkpoint <path> is intact", for messages about a checkpoint not written."""
+    previous = latest_checkpoint(output_dir)
+    return f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint was written"
+
+
+def check_finite_weights(model: nn.Module, epoch: int, output_dir: str) -> None:
+    """Refuse to save diverged weights: NaN, infinite, or so large that their norm overflows (max |w| 3e37 is
+    finite but garbage). One norm on the device and one host sync per save, nothing per step."""
+    tensors = [t.detach() for t in model.state_dict().values() if t.is_floating_point()]
+    norm = torch.nn.utils.get_total_norm(tensors)
+    if not torch.isfinite(norm):
+        raise UsageError(f"the weights after epoch {epoch} are not finite (norm {norm.item()}): training diverged, "
+                         f"so no checkpoint was written and {previous_checkpoint_note(output_dir)}; resume from it "
+                         "with a lower --blr (or --lr) or with --clip_grad")
 
 
 def safe_torch_load(path: str, what: str) -> Any:
@@ -101,14 +132,32 @@ def _as_tuples(value):
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def latest_checkpoint(output_dir: str) -> str | None:
-    """The ``checkpoint-<epoch>.pth`` of highest epoch in ``output_dir`` (``--auto_resume``), or None."""
+def _numbered_checkpoints(output_dir: str) -> list[tuple[int, float, str]]:
+    """(epoch, batches done, path) of each ``checkpoint-<epoch>.pth`` (an epoch done: inf batches) and each
+    ``checkpoint-<epoch>-batch<k>.pth`` (saved at a stop, ``k`` batches into the epoch) in ``output_dir``."""
     found = []
     for path in glob.glob(os.path.join(output_dir, "checkpoint-*.pth")):
-        match = re.fullmatch(r"checkpoint-(\d+)\.pth", os.path.basename(path))
+        match = re.fullmatch(r"checkpoint-(\d+)(?:-batch(\d+))?\.pth", os.path.basename(path))
         if match:
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
+            found.append((int(match.group(1)), float(match.group(2) or "inf"), path))
+    return found
+
+
+def checkpoints_newest_first(output_dir: str) -> list[str]:
+    """The checkpoints of ``output_dir`` a run can continue from, the furthest in training first."""
+    return [path for *_, path in sorted(_numbered_checkpoints(output_dir), reverse=True)]
+
+
+def remove_partial_checkpoints(output_dir: str, epoch: int) -> None:
+    """Delete the checkpoints saved at a stop part-way through ``epoch`` or before: one at its end supersedes them."""
+    for done_epoch, batches, path in _numbered_checkpoints(output_dir):
+        if batches != float("inf") and done_epoch <= epoch:
+            os.remove(path)
+
+
+def latest_checkpoint(output_dir: str) -> str | None:
+    """The newest checkpoint in ``output_dir`` (``--auto_resume``), or None."""
+    return next(iter(checkpoints_newest_first(output_dir)), None)
 
 
 def save_training_state(output_dir: str, model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -116,7 +165,9 @@ def save_training_state(output_dir: str, model: nn.Module, optimizer: torch.opti
                         name: str | None = None, **extra) -> None:
     """Every process contributes its RNG state; the main process writes ``checkpoint-<epoch>.pth``
     (or ``name``) holding model, optimizer, scaler, epoch, step, ``args`` (the run's settings, stored as
-    plain JSON values so that ``weights_only`` loading reads them) and RNG states."""
+    plain JSON values so that ``weights_only`` loading reads them) and RNG states. Diverged weights are
+    never written (``check_finite_weights``: every process has the same weights, so all stop alike)."""
+    check_finite_weights(model, epoch, output_dir)
     world_size = dist_util.get_world_size()
     rng = rng_state()
     if world_size > 1:
@@ -130,22 +181,6 @@ def save_training_state(output_dir: str, model: nn.Module, optimizer: torch.opti
             "args": json.loads(json.dumps(args, default=str)), "rng": rng, "world_size": world_size,
             **extra})
     dist_util.barrier()
-
-
-def resume_training(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    scaler: torch.amp.GradScaler | None) -> dict[str, Any]:
-    """Restore a ``save_training_state`` checkpoint exactly: weights (strict), optimizer, scaler, and
-    this process's RNG states when the world size is unchanged. Returns the checkpoint."""
-    ckpt = load_file(path)
-    model.load_state_dict(ckpt["model"], strict=True)
-    if optimizer is not None and ckpt.get("optimizer"):
-        optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler is not None and ckpt.get("scaler"):
-        scaler.load_state_dict(ckpt["scaler"])
-    rng = ckpt.get("rng")
-    if rng is not None and ckpt.get("world_size", 1) == dist_util.get_world_size():
-        set_rng_state(rng[dist_util.get_rank()] if isinstance(rng, list) else rng)
-    return ckpt
 
 
 def extract_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -1,5 +1,5 @@
-"""What fine-tuning and linear probing build alike: the train / validation loaders with the number of
-classes, and the classifier with its pretrained encoder."""
+"""What fine-tuning and linear probing build alike: the classes, the classifier with its pretrained encoder,
+and the train / validation loaders."""
 from typing import NamedTuple
 
 from torch import nn
@@ -8,31 +8,46 @@ from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
 from util import distributed as dist_util
 from util.checkpoint import load_pretrained
 from util.config import ClassifyConfig
-from util.data import Transform, build_dataset
+from util.data import Transform, build_dataset, dataset_classes
+from util.errors import UsageError
 from util.runtime import build_named_model, parse_model_kwargs
 from util.session import Session, train_loader
+
+
+class Classes(NamedTuple):
+    names: list[str]  # the training data's classes, label i = names[i]
+    count: int  # the classifier's outputs: --nb_classes, or the number of names
 
 
 class ClassifyData(NamedTuple):
     train: DataLoader
     val: DataLoader
-    num_classes: int  # --nb_classes, or the number of classes in the training data
 
 
-def build_loaders(cfg: ClassifyConfig, session: Session, train_transform: Transform,
-                  eval_transform: Transform) -> ClassifyData:
+def data_classes(cfg: ClassifyConfig) -> Classes:
+    """The classes of the training data, from its folder names (no image is read, so that the classifier is
+    built, and its ``--input_size`` checked, before the data)."""
+    names = dataset_classes(cfg.data_set, cfg.data_path)
+    if cfg.nb_classes is not None and cfg.nb_classes < len(names):
+        raise UsageError(f"--nb_classes {cfg.nb_classes} is fewer than the {len(names)} classes of the data: "
+                         f"pass at least {len(names)}")
+    return Classes(names, cfg.nb_classes or len(names))
+
+
+def build_loaders(cfg: ClassifyConfig, session: Session, train_transform: Transform, eval_transform: Transform,
+                  classes: Classes) -> ClassifyData:
     """The training shard and the validation loader (``val/`` of an ImageFolder, or the test split), sharded
-    too with ``--dist_eval``."""
-    train_set = build_dataset(cfg.data_set, cfg.data_path, train_transform, train=True, limit=cfg.data_limit)
-    val_set = build_dataset(cfg.data_set, cfg.data_path, eval_transform, train=False)
+    too with ``--dist_eval``; both splits must have the training data's class folders."""
+    train_set = build_dataset(cfg.data_set, cfg.data_path, train_transform, train=True, limit=cfg.data_limit,
+                              classes=classes.names)
+    val_set = build_dataset(cfg.data_set, cfg.data_path, eval_transform, train=False, classes=classes.names)
     if cfg.dist_eval and session.world_size > 1:
         val_sampler = DistributedSampler(val_set, num_replicas=session.world_size, rank=session.rank, shuffle=False)
     else:
         val_sampler = SequentialSampler(val_set)
     val = DataLoader(val_set, batch_size=cfg.batch_size, sampler=val_sampler, num_workers=cfg.num_workers,
                      pin_memory=cfg.pin_mem and session.device.type == "cuda", drop_last=False)
-    num_classes = cfg.nb_classes if cfg.nb_classes is not None else len(train_set.classes)
-    return ClassifyData(train_loader(cfg, session, train_set, allow_empty=cfg.eval), val, num_classes)
+    return ClassifyData(train_loader(cfg, session, train_set, allow_empty=cfg.eval), val)
 
 
 def build_classifier(cfg: ClassifyConfig, num_classes: int, **kwargs) -> nn.Module:

@@ -58,29 +58,64 @@ def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
 
 
+def _unreadable(err: OSError) -> UsageError:
+    return UsageError(f"cannot read the folder {err.filename} of --data_path ({err.strerror}): fix its permissions "
+                      "or move it out of the data")
+
+
+def _raise_unreadable(err: OSError):
+    raise _unreadable(err) from err
+
+
+def class_folders(root: str) -> list[str]:
+    """The sorted names of the non-hidden folders in ``root``: the classes, as torchvision's ImageFolder has them."""
+    try:
+        return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError as err:
+        raise _unreadable(err) from err
+
+
 def _images_under(folder: str) -> list[str]:
-    """All image files below ``folder``, in a deterministic (sorted) order."""
+    """All image files below ``folder``, in a deterministic (sorted) order; a folder that cannot be listed is an
+    error (``os.walk`` would skip it silently, and its images with it)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise_unreadable, followlinks=True):
         dirnames.sort()
         found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
     return found
 
 
+def _check_classes(root: str, found: list[str], expected: list[str]) -> None:
+    if found != expected:
+        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        differences = ([f"lacks {', '.join(missing)}"] if missing else []) + \
+            ([f"has extra {', '.join(extra)}"] if extra else [])
+        raise UsageError(f"the class folders of {root} differ from the training data's "
+                         f"({' and '.join(differences)}): give it the same class folders, empty ones included")
+
+
 class ImageFiles(Dataset):
     """Images from a class-per-folder tree (``root/<class>/**/*.jpg``) or a flat folder (all label 0).
 
+    The classes are the folder names in ``root``, an empty one included (with a warning), so that labels mean
+    the same classes in every split; ``classes``, when given (the training split's), must be exactly those.
+    Without ``classes``, a root whose folders hold no image is a flat folder of images.
     Unreadable files are skipped with a warning: the sample at the next readable index is returned
     instead, so ``len`` and the number of items per epoch stay fixed.
     """
 
-    def __init__(self, root: str, transform: Transform | None = None, limit: int | None = None):
+    def __init__(self, root: str, transform: Transform | None = None, limit: int | None = None,
+                 classes: list[str] | None = None):
         self.root, self.transform = root, transform
-        subdirs = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        subdirs = class_folders(root)
+        if classes is not None:
+            _check_classes(root, subdirs, classes)
         per_class = [(name, _images_under(os.path.join(root, name))) for name in subdirs]
-        per_class = [(name, paths) for name, paths in per_class if paths]
-        if per_class:
-            self.classes = [name for name, _ in per_class]
+        if classes is not None or any(paths for _, paths in per_class):
+            for name in (name for name, paths in per_class if not paths):
+                warnings.warn(f"class folder {os.path.join(root, name)} holds no images: class {name!r} keeps its "
+                              "label but has no samples")
+            self.classes = subdirs
             self.samples = [(p, label) for label, (_, paths) in enumerate(per_class) for p in paths]
         else:
             self.classes = [os.path.basename(os.path.abspath(root))]
@@ -101,7 +136,11 @@ class ImageFiles(Dataset):
     @property
     def skipped(self) -> int:
         """Number of distinct files found unreadable so far, across all worker processes."""
-        return int(np.frombuffer(self._bad, dtype=np.int8).sum())
+        return int(self.skipped_flags().sum())
+
+    def skipped_flags(self) -> torch.Tensor:
+        """A copy of the per-file flags, 1 where the file was found unreadable: what processes combine."""
+        return torch.from_numpy(np.frombuffer(self._bad, dtype=np.uint8).copy())
 
     def __getitem__(self, index: int) -> tuple[object, int]:
         n = len(self.samples)
@@ -164,10 +203,30 @@ class FashionMNIST(Dataset):
 
 
 def build_dataset(data_set: str, data_path: str | None, transform: Transform | None, train: bool = True,
-                  limit: int | None = None) -> Dataset:
-    """Build the ``train`` (or validation) split of ``data_set``, keeping its first ``limit`` samples."""
+                  limit: int | None = None, classes: list[str] | None = None) -> Dataset:
+    """Build the ``train`` (or validation) split of ``data_set``, keeping its first ``limit`` samples; an image
+    folder split must have exactly the class folders ``classes`` when given (``dataset_classes``)."""
     if data_set == "fashion_mnist":
         return FashionMNIST(data_path or FASHION_MNIST_DIR, train, transform, limit)
+    return ImageFiles(_split_root(data_set, data_path, train), transform, limit, classes)
+
+
+def dataset_classes(data_set: str, data_path: str | None) -> list[str]:
+    """The class names of ``data_set``'s training split, from its folder names alone (no image is read), for a
+    classifier to be built before its data."""
+    if data_set == "fashion_mnist":
+        return list(FASHION_MNIST_CLASSES)
+    root = _split_root(data_set, data_path, train=True)
+    classes = class_folders(root)
+    if not classes:
+        raise UsageError(f"{root} has no class folders: classification needs <class>/ folders of images "
+                         "in train/ and val/")
+    return classes
+
+
+def _split_root(data_set: str, data_path: str | None, train: bool) -> str:
+    """The folder of an image-folder split: ``data_path/train`` (``val``), or ``data_path`` itself when it has
+    neither."""
     if data_set != "imagefolder":
         raise UsageError(f"--data_set {data_set} is unknown: choose one of {', '.join(DATA_SETS)}.")
     if data_path is None:
@@ -183,4 +242,4 @@ def build_dataset(data_set: str, data_path: str | None, transform: Transform | N
             raise UsageError(f"--data_path {data_path} has {other}/ but no {split}/: "
                              f"add {split}/<class>/ folders of images.")
         root = data_path
-    return ImageFiles(root, transform, limit)
+    return root

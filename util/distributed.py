@@ -1,5 +1,6 @@
 """Process-group set-up for torchrun and ``python -m torch.distributed.launch``, and small collectives."""
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -48,6 +49,22 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.clone()
     dist.all_reduce(tensor)
     return tensor / get_world_size()
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """The main process's ``value`` on every process (a picklable object; identity when not distributed)."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maximum of ``tensor`` over processes (in place; identity when not distributed)."""
+    if is_distributed():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
 
 
 def barrier() -> None:

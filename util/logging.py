@@ -22,8 +22,9 @@ class NonFiniteLossError(UsageError):
 class MetricLogger:
     """Sums per-step scalars on the device; prints and averages them every ``print_freq`` steps."""
 
-    def __init__(self, header: str, num_steps: int, print_freq: int, device: torch.device):
+    def __init__(self, header: str, num_steps: int, print_freq: int, device: torch.device, first_step: int = 0):
         self.header, self.num_steps, self.print_freq, self.device = header, num_steps, print_freq, device
+        self.first_step = first_step  # steps of the epoch done before (a resumed epoch): not timed here
         self.sums: dict[str, torch.Tensor] = {}
         self.count = 0
         self.window_start = time.time()
@@ -60,7 +61,7 @@ class MetricLogger:
         now = time.time()
         speed = self.window_images / max(now - self.window_start, 1e-9)
         self.window_start, self.window_images = now, 0
-        eta = (now - self.start) / (step + 1) * (self.num_steps - step - 1)
+        eta = (now - self.start) / (step + 1 - self.first_step) * (self.num_steps - step - 1)
         parts = [f"{self.header} [{step:>{len(str(self.num_steps))}}/{self.num_steps}]",
                  f"eta {datetime.timedelta(seconds=int(eta))}"]
         parts += [f"{k} {v:.4f}" for k, v in current.items()] + [f"lr {lr:.3e}", f"{speed:.1f} img/s"]

@@ -48,21 +48,34 @@ def parse_model_kwargs(items: Iterable[str]) -> dict:
 
 
 def build_named_model(name: str, **kwargs):
-    """``models.create_recipe`` -> Recipe, with a one-line error when a recipe does not take an option."""
+    """``models.create_recipe`` -> Recipe, with a one-line error when a recipe does not take an option or
+    ``img_size`` (``--input_size``) is no whole number of the encoder's patches."""
     try:
-        return models.create_recipe(name, **kwargs)
+        recipe = models.create_recipe(name, **kwargs)
     except TypeError as err:
         raise UsageError(f"--model {name} does not accept these options: {err}") from err
     except ValueError as err:  # a recipe refusing a combination of options
         raise UsageError(f"--model {name}: {err}") from err
+    check_input_size(name, kwargs.get("img_size"), getattr(getattr(recipe.model, "encoder", None), "patch_size", None))
+    return recipe
+
+
+def check_input_size(name: str, size: int | None, patch: int | None) -> None:
+    """A ViT crops what is left of an image past its last whole patch and fails at the first batch (pyramid
+    encoders check this themselves): refuse such an ``--input_size`` up front."""
+    if size is None or not isinstance(patch, int) or (size % patch == 0 and size >= patch):
+        return
+    below = size // patch * patch
+    sizes = f"{below} or {below + patch}" if below else str(patch)
+    raise UsageError(f"--input_size {size} is not a multiple of {name}'s patch size {patch}: pass {sizes}")
 
 
 def run_cli(main: Callable[[argparse.Namespace], object], parser: Callable[[], argparse.ArgumentParser]) -> None:
-    """Parse flags and run ``main``; a ``UsageError`` prints one line and exits 2, no traceback."""
+    """Parse flags and run ``main``; a ``UsageError`` (a bad flag value included) prints one line and exits 2,
+    no traceback."""
     from util import distributed as dist_util
-    args = parser().parse_args()
     try:
-        main(args)
+        main(parser().parse_args())
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

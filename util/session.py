@@ -1,14 +1,18 @@
 """Where and how this process runs, set up the same way by every CLI: device, process group, seed,
-precision, and this process's shard of the training data."""
+precision, the output folder's lock, and this process's shard of the training data."""
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from util import distributed as dist_util
 from util.config import RunConfig
 from util.errors import UsageError
+from util.output_lock import claim_output_dir
 from util.runtime import amp_choice, seed_everything, select_device
+from util.sampling import ResumableSampler, SeededItems, ignore_sigterm
 
 
 @dataclass(frozen=True)
@@ -22,24 +26,41 @@ class Session:
     amp_dtype: torch.dtype | None
 
 
-def start_session(cfg: RunConfig) -> Session:
+@contextlib.contextmanager
+def start_session(cfg: RunConfig) -> Iterator[Session]:
     """Join the process group (torchrun, torch.distributed.launch, or none), seed every RNG with
-    ``seed + rank`` and choose the precision. Each CLI calls it first, before any model or data exists,
-    so that the same command builds the same model and draws the same batches."""
+    ``seed + rank``, choose the precision and hold ``--output_dir`` (``util.output_lock``; the main process
+    locks it, every process learns whether that failed) while the block runs. Each CLI enters it first,
+    before any model or data exists, so that the same command builds the same model and draws the same
+    batches, and a folder in use or not writable is refused at once. ``--eval`` writes nothing: no lock."""
     rank, world_size, device = dist_util.init_distributed(select_device(cfg.device), cfg.local_rank)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: cuDNN picks its fastest kernels once
     seed_everything(cfg.seed + rank)
-    return Session(rank, world_size, device, *amp_choice(cfg.amp, device))
+    with contextlib.ExitStack() as lock:
+        refusal = None
+        if rank == 0 and not getattr(cfg, "eval", False):
+            try:
+                lock.enter_context(claim_output_dir(cfg.output_dir, cfg.log_dir))
+            except UsageError as err:
+                refusal = str(err)
+        refusal = dist_util.broadcast_from_main(refusal)
+        if refusal:
+            raise UsageError(refusal)
+        yield Session(rank, world_size, device, *amp_choice(cfg.amp, device))
 
 
 def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty: bool = False) -> DataLoader:
-    """This process's shard of ``dataset`` in full batches, reshuffled each epoch (``Trainer.epochs`` sets the
-    epoch). Raises ``UsageError`` when the data make no full batch, unless ``allow_empty`` (evaluation only)."""
-    sampler = DistributedSampler(dataset, num_replicas=session.world_size, rank=session.rank, shuffle=True,
-                                 seed=cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        pin_memory=cfg.pin_mem and session.device.type == "cuda", drop_last=True,
-                        persistent_workers=False)  # workers reseeded from the main RNG each epoch: exact resume
+    """This process's shard of ``dataset`` in full batches, reshuffled each epoch, each item augmented from its
+    own seed (``util.sampling``: ``Trainer.epochs`` sets the epoch, and where a resumed one starts). Raises
+    ``UsageError`` when the data make no full batch, unless ``allow_empty`` (evaluation only)."""
+    sampler = ResumableSampler(dataset, num_replicas=session.world_size, rank=session.rank, shuffle=True,
+                               seed=cfg.seed)
+    # workers start afresh each epoch (they read the dataset's epoch); the loader's own generator draws their
+    # base seeds, so the global RNG, which the checkpoints restore, sees only what the model draws
+    loader = DataLoader(SeededItems(dataset, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
+                        num_workers=cfg.num_workers, pin_memory=cfg.pin_mem and session.device.type == "cuda",
+                        drop_last=True, persistent_workers=False, worker_init_fn=ignore_sigterm,
+                        generator=torch.Generator().manual_seed(cfg.seed + session.rank))
     if len(loader) == 0 and not allow_empty:
         raise UsageError(f"{len(dataset)} images make no full batch of {cfg.batch_size} x {session.world_size} "
                          "processes: lower --batch_size or add data")

@@ -39,19 +39,23 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 def run_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
               epoch: int, cfg: TrainConfig, compute_loss: ComputeLoss,
               scaler: torch.amp.GradScaler | None = None, run_log: RunLog | None = None,
-              after_step: Callable[[], None] | None = None) -> dict[str, float]:
+              after_step: Callable[[], None] | None = None, first_batch: int = 0,
+              stop: Callable[[int], bool] | None = None) -> dict[str, float]:
     """Train ``model`` (maybe DDP-wrapped or compiled) for one epoch; return the epoch's mean scalars.
 
     The LR is set per optimizer step from the fractional epoch. Gradients are accumulated over
     ``accum_iter`` batches without all-reducing the intermediate ones; as in the official loop, a
     trailing partial accumulation is dropped. ``after_step`` runs after every optimizer step (EMA).
+    ``first_batch``: the batches of the epoch already trained (a run resumed mid-epoch; ``loader`` yields
+    the rest). ``stop(batches_done)`` is asked after each optimizer step but the epoch's last, and ends the
+    epoch there when it says so (``util.preemption``).
     """
     model.train()
-    num_steps = len(loader)
-    logger = MetricLogger(f"Epoch: [{epoch}]", num_steps, cfg.print_freq, device)
+    num_steps = first_batch + len(loader)
+    logger = MetricLogger(f"Epoch: [{epoch}]", num_steps, cfg.print_freq, device, first_batch)
     optimizer.zero_grad(set_to_none=True)
     lr = optimizer.param_groups[0]["lr"]
-    for step, batch in enumerate(loader):
+    for step, batch in enumerate(loader, start=first_batch):
         if step % cfg.accum_iter == 0:
             lr = lr_at(epoch + step / num_steps, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
             set_lr(optimizer, lr)
@@ -78,6 +82,8 @@ def run_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimiz
         logger.update(len(batch[0]), loss=loss, **logs)
         if logger.maybe_print(step, lr) and run_log:
             run_log.scalars({**logger.last, "lr": lr}, int((epoch + step / num_steps) * 1000))
+        if update and stop is not None and step + 1 < num_steps and stop(step + 1):
+            break
     stats = logger.averages()
     stats["lr"] = lr
     return stats
