@@ -68,7 +68,7 @@ seg-demo: seg demo-pretrain
 	$(SEG_RUN) --work-dir $(DEMO_DIR)/seg_pretrained --pretrained $(DEMO_DIR)/pretrain/checkpoint-4.pth
 	$(SEG_RUN) --work-dir $(DEMO_DIR)/seg_random
 	for run in pretrained random; do OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) segmentation/test.py $(SEG_CONFIG) \
-	  $(DEMO_DIR)/seg_$$run/iter_300.pth --data-root $(DEMO_DIR)/seg_data --work-dir $(DEMO_DIR)/seg_$$run \
+	  $(DEMO_DIR)/seg_$$run/iter_1000.pth --data-root $(DEMO_DIR)/seg_data --work-dir $(DEMO_DIR)/seg_$$run \
 	  --out-json $(DEMO_DIR)/seg_$$run/metrics.json || exit 1; done
 	@echo "Fashion-MNIST segmentation (300 validation canvases, 11 classes):"
 	@$(PY) -m segmentation.demo_report pretrained=$(DEMO_DIR)/seg_pretrained/metrics.json \

@@ -19,6 +19,7 @@ from PIL import Image
 from util.data import FASHION_MNIST_CLASSES, FashionMNIST
 
 CLASSES = ("background",) + tuple(FASHION_MNIST_CLASSES)
+PALETTE = [[40, 40, 40]] + [[(37 * i) % 256, (91 * i) % 256, (151 * i) % 256] for i in range(1, len(CLASSES))]
 
 
 def make_canvas(items: FashionMNIST, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@
 """
 import argparse
 import json
+import numbers
 import os
 import sys
 from pathlib import Path
@@ -28,11 +29,12 @@ def main(args: argparse.Namespace) -> dict:
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
     metrics = build_runner(cfg).test()
-    print(" ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float)))
+    scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, numbers.Real)}  # numpy floats too
+    print(" ".join(f"{k} {v:.2f}" for k, v in scalars.items()))
     if args.out_json:
         with open(args.out_json, "w") as f:
-            json.dump({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, f, indent=1)
-    return metrics
+            json.dump(scalars, f, indent=1)
+    return scalars
 
 
 if __name__ == "__main__":

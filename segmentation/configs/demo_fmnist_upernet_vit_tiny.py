@@ -3,9 +3,6 @@
 _base_ = ["./_base_upernet_ade20k.py"]
 crop_size = (128, 128)
 num_classes = 11
-classes = ("background", "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-           "Bag", "Ankle boot")
-palette = [[40, 40, 40]] + [[(37 * i) % 256, (91 * i) % 256, (151 * i) % 256] for i in range(1, num_classes)]
 norm_cfg = dict(type="SyncBN", requires_grad=True)
 model = dict(
     data_preprocessor=dict(size=crop_size),
@@ -15,7 +12,6 @@ model = dict(
     auxiliary_head=dict(in_channels=192, channels=64, num_classes=num_classes),
     test_cfg=dict(mode="whole"))
 data_root = "demo_output/seg_data"
-metainfo = dict(classes=classes, palette=palette)
 train_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="LoadAnnotations", reduce_zero_label=True),
@@ -28,16 +24,18 @@ test_pipeline = [
     dict(type="PackSegInputs"),
 ]
 train_dataloader = dict(batch_size=8, num_workers=2,
-                        dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline))
+                        dataset=dict(type="FashionMNISTSegDataset", data_root=data_root,
+                                     pipeline=train_pipeline))
 val_dataloader = dict(batch_size=8, num_workers=2,
-                      dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
+                      dataset=dict(type="FashionMNISTSegDataset", data_root=data_root,
+                                   pipeline=test_pipeline))
 test_dataloader = val_dataloader
-optim_wrapper = dict(optimizer=dict(lr=4e-4), paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.9))
+optim_wrapper = dict(optimizer=dict(lr=1e-3), paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.9))
 param_scheduler = [
-    dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=30),
-    dict(type="PolyLR", eta_min=0.0, power=1.0, begin=30, end=300, by_epoch=False),
+    dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=50),
+    dict(type="PolyLR", eta_min=0.0, power=1.0, begin=50, end=1000, by_epoch=False),
 ]
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=300, val_interval=300)
-default_hooks = dict(logger=dict(interval=25), checkpoint=dict(interval=300),
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=1000, val_interval=1000)
+default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=1000),
                      visualization=dict(type="SegVisualizationHook", draw=False))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo"))
