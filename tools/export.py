@@ -98,9 +98,11 @@ def timm_vit_kwargs(model: Classifier) -> dict:
 
 
 def to_timm(model: Classifier) -> tuple[dict[str, torch.Tensor], dict]:
-    """(timm state dict, timm kwargs). Our ViT classifier already uses timm's names: ``norm`` after the blocks
-    for the cls token, none and ``fc_norm`` after average pooling (timm's ``global_pool="avg"``). Checked
-    against a timm model built on the meta device (no memory) so a difference fails here, not in timm."""
+    """(timm state dict, timm kwargs). Our ViT classifier already uses timm's names and layout, so no key is
+    renamed: with the cls token, ``norm`` after the blocks (timm's ``global_pool="token"``); under average
+    pooling no ``norm`` and ``fc_norm`` after the mean (timm's ``global_pool="avg"``). The keys and shapes are
+    checked against a timm model built on the meta device (no memory), so a difference fails here, not in
+    timm's non-strict ``pretrained=True`` load."""
     kwargs = timm_vit_kwargs(model)
     state_dict = model.state_dict()
     with torch.device("meta"):
@@ -131,7 +133,8 @@ def timm_call(kwargs: dict, out: str) -> str:
     args = {k: v for k, v in kwargs.items() if base.get(k, object()) != v}
     args = {k: (v[0] if k == "img_size" and v[0] == v[1] else v) for k, v in args.items()}
     shown = "".join(f", {k}={v!r}" for k, v in args.items())
-    return f'timm.create_model("vit_base_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(file={out!r}){shown})'
+    return (f'timm.create_model("vit_base_patch16_224", pretrained=True, '
+            f'pretrained_cfg_overlay=dict(file={out!r}){shown})')
 
 
 def export(args: argparse.Namespace) -> None:
