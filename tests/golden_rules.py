@@ -8,6 +8,7 @@ regenerate them, each checked against the sums the case keeps; :func:`assert_fin
 weights under the official key names with ``load_pretrained`` and gives the official masks as ``Masks``;
 :func:`run_case` names our outputs as the case names its losses and fingerprints.
 """
+import json
 import math
 import re
 import zlib
@@ -22,15 +23,29 @@ from models.masking import Masks
 from util.checkpoint import load_pretrained
 
 CASE_DIR = Path(__file__).resolve().parent / "golden"
-CASES = sorted(p.stem for p in CASE_DIR.glob("*.pt"))
+CASES = sorted(p.stem for p in CASE_DIR.glob("*.json"))
 FAMILIES = ("mae", "dmjd", "deepmim", "ummae", "simmim")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _decode(value):
+    """JSON back to the case's values: ``{"__tensor__": dtype, "shape", "data"}`` objects become tensors
+    (exact: float32 values survive the round trip through JSON's float64 text)."""
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            dtype = getattr(torch, value["__tensor__"])
+            return torch.tensor(value["data"], dtype=dtype).reshape(value["shape"])
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
 def load_case(name: str) -> dict:
-    """The case ``name`` (``tests/golden/<name>.pt``), checked to be of the format these rules describe."""
-    case = torch.load(CASE_DIR / f"{name}.pt", weights_only=True)
+    """The case ``name`` (``tests/golden/<name>.json``: text, nothing unpickled), checked to be of the format
+    these rules describe."""
+    case = _decode(json.loads((CASE_DIR / f"{name}.json").read_text()))
     assert case["format"] == "compact-golden/1" and case["name"] == name, (case["format"], case["name"])
     return case
 
