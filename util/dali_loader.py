@@ -60,10 +60,17 @@ def choose_backend(requested: str | None, device: torch.device, data_set: str) -
 
 
 def _load_encoded(path: str) -> tuple[bytes, Image.Image]:
-    """The file's bytes, and PIL's reading of its header alone (the size; a file that is no image fails here)."""
+    """The file's bytes, and PIL's reading of its header alone (the size; a file that is no image fails here).
+    A JPEG must also end its last scan with the end-of-image marker: DALI decodes only the crop's rows, so a
+    truncated file would pass or fail by where the crop falls, while PIL's full decode always refuses it."""
     with open(path, "rb") as f:
         data = f.read()
-    return data, Image.open(io.BytesIO(data))
+    header = Image.open(io.BytesIO(data))
+    # FF D9 cannot occur inside entropy-coded data (FF is stuffed there), and an EXIF thumbnail's EOI comes
+    # before the main image's scans (FF DA)
+    if header.format == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise OSError("JPEG data end before the end-of-image marker (a truncated file)")
+    return data, header
 
 
 class EncodedCrops(torch.utils.data.Dataset):
