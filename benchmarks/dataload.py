@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     print("| backend | workers / threads | img/s |\n|---|---|---|")
     for row in rows:
         print(f"| {row['backend']} | {row['workers']} | {row['img_per_s']:.1f} |")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
-    result = {"rows": rows, "device": f"{device.type}: {name}, {os.cpu_count()} CPU cores",
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
+    result = {"rows": rows, "device": f"{device.type} ({name}), {os.cpu_count()} CPU cores",
               "batch_size": args.batch_size, "input_size": args.input_size,
               "date": datetime.date.today().isoformat(), "torch": torch.__version__,
               "command": " ".join(["python", "benchmarks/dataload.py", *(sys.argv[1:] if argv is None else argv)])}

@@ -30,11 +30,11 @@ SIZE = 32
 
 
 def loaders(folder: Path, *, seed: int = 0, rank: int = 0, world_size: int = 1, batch_size: int = 4,
-            min_scale: float = 0.2, size: int = SIZE):
-    """(DALI loader, PIL loader, the ImageFiles they share) over ``folder`` on the CPU."""
+            min_scale: float = 0.2, size: int = SIZE, device: str = "cpu"):
+    """(DALI loader, PIL loader, the ImageFiles they share) over ``folder``, batches on ``device``."""
     files = ImageFiles(str(folder), build_pretrain_transform(size, min_scale))
     cfg = SimpleNamespace(seed=seed, batch_size=batch_size, num_workers=0, pin_mem=True, input_size=size)
-    session = Session(rank, world_size, torch.device("cpu"), "fp32", None)
+    session = Session(rank, world_size, torch.device(device), "fp32", None)
     return dali_train_loader(cfg, session, files, min_scale), train_loader(cfg, session, files), files
 
 
@@ -72,11 +72,13 @@ def smooth_folder(tmp_path_factory) -> Path:
     return write_smooth(tmp_path_factory.mktemp("smooth"), 16)
 
 
-def test_batches_match_the_pil_path(smooth_folder):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the mixed (GPU) decoder needs a GPU"))])
+def test_batches_match_the_pil_path(smooth_folder, device):
     """Per epoch, as many batches as the PIL path, the same labels in the same order and the same crop windows
-    and flips: the pixels differ only by the two resamplers' rounding. Float32 NCHW on the device, normalized,
-    and quantized to 0..255 levels, which DMJD's HOG recovers exactly."""
-    dali, pil, _ = loaders(smooth_folder)
+    and flips: the pixels differ only by the decoders' and resamplers' rounding. Float32 NCHW on the device,
+    normalized, and quantized to 0..255 levels, which DMJD's HOG recovers exactly."""
+    dali, pil, _ = loaders(smooth_folder, device=device)
     for epoch in (0, 1):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no batch falls back on PIL
@@ -85,7 +87,8 @@ def test_batches_match_the_pil_path(smooth_folder):
         assert len(got) == len(ref) == len(dali) == 4
         for (images, labels), (ref_images, ref_labels) in zip(got, ref):
             assert images.shape == (4, 3, SIZE, SIZE) and images.dtype == torch.float32
-            assert images.device.type == "cpu" and torch.equal(labels, ref_labels)
+            assert images.device.type == device and torch.equal(labels, ref_labels)
+            images = images.cpu()
             diff = (images - ref_images).abs()
             assert diff.mean() < 0.01 and diff.max() < 0.1, (diff.mean(), diff.max())  # 1/255/0.225 = 0.017
             pixels = (images * torch.tensor([0.229, 0.224, 0.225])[:, None, None]
