@@ -249,18 +249,25 @@ TINY = ["--model", "mae_vit_tiny_patch16", "--model_kwargs", "embed_dim=32", "de
         "--batch_size", "4", "--warmup_epochs", "1", "--device", "cpu", "--print_freq", "100", "--vis_freq", "100"]
 
 
-def test_pretrain_cli_runs_on_dali(smooth_folder, tmp_path):
-    """main_pretrain.py --data_backend dali end to end (a file-reading worker, DALI's CPU operators)."""
-    out = tmp_path / "run"
-    args = main_pretrain.get_args_parser().parse_args(
-        [*TINY, "--data_backend", "dali", "--epochs", "2", "--num_workers", "1", "--data_path", str(smooth_folder),
-         "--output_dir", str(out)])
-    main_pretrain.main(args)
-    log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+def test_pretrain_cli_runs_on_dali_and_resumes_exactly(smooth_folder, tmp_path):
+    """main_pretrain.py --data_backend dali end to end (a file-reading worker, DALI's CPU operators); resumed
+    from epoch 0's checkpoint, epoch 1 gives the uninterrupted run's weights bit for bit."""
+    def run(out: Path, *extra: str) -> None:
+        main_pretrain.main(main_pretrain.get_args_parser().parse_args(
+            [*TINY, "--data_backend", "dali", "--epochs", "2", "--save_freq", "1", "--num_workers", "1",
+             "--data_path", str(smooth_folder), "--output_dir", str(out), *extra]))
+
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run(full)
+    log = [json.loads(line) for line in (full / "log.txt").read_text().splitlines()]
     assert [rec["epoch"] for rec in log] == [0, 1] and all(np.isfinite(rec["train_loss"]) for rec in log)
     assert all(rec["skipped_images"] == 0 for rec in log)
-    ckpt = torch.load(out / "checkpoint-1.pth", weights_only=True)
+    ckpt = torch.load(full / "checkpoint-1.pth", weights_only=True)
     assert ckpt["args"]["data_backend"] == "dali" and ckpt["args"]["flags"]["data_backend"] == "dali"
+    run(resumed, "--resume", str(full / "checkpoint-0.pth"))
+    again = torch.load(resumed / "checkpoint-1.pth", weights_only=True)["model"]
+    assert ckpt["model"].keys() == again.keys()
+    assert all(torch.equal(ckpt["model"][k], again[k]) for k in again)
 
 
 def test_dali_where_unsupported_is_a_usage_error(tmp_path):
