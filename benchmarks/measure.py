@@ -62,10 +62,33 @@ def count_flops(step: Step, imgs: torch.Tensor, amp_dtype: torch.dtype | None) -
     return counter.get_total_flops(), target_flops
 
 
+# autograd nodes of casts and views: a saved tensor reached from a parameter through these alone is a copy of
+# the parameter (autocast's bf16 weights), whose size does not grow with the batch
+_CAST_OR_VIEW = {"ToCopyBackward0", "TBackward0", "TransposeBackward0", "PermuteBackward0", "ViewBackward0",
+                 "UnsafeViewBackward0", "ExpandBackward0", "AliasBackward0"}
+
+
+def _parameter_copy(tensor: torch.Tensor, state: set[int], max_depth: int = 4) -> bool:
+    """Whether ``tensor`` is a cast or a view of a parameter, one whose storage is in ``state`` (its history:
+    casts and views, then that leaf)."""
+    node = tensor.grad_fn
+    for _ in range(max_depth):
+        if node is None or node.name() not in _CAST_OR_VIEW:
+            leaf = getattr(node, "variable", None)
+            return leaf is not None and leaf.untyped_storage().data_ptr() in state
+        inputs = [next_node for next_node, _ in node.next_functions if next_node is not None]
+        if len(inputs) != 1:
+            return False
+        node = inputs[0]
+    return False
+
+
 def saved_bytes(step: Step, imgs: torch.Tensor, amp_dtype: torch.dtype | None) -> int:
-    """Bytes autograd keeps for backward after the forward of ``step`` on ``imgs``: the unique storages (by data
-    pointer) that the saved-tensor hooks see, parameters and buffers excluded (they exist anyway). Under
-    gradient checkpointing only what is kept outside the checkpointed regions counts, which is the point."""
+    """Bytes of activations autograd keeps for backward after the forward of ``step`` on ``imgs``: the unique
+    storages (by data pointer) that the saved-tensor hooks see, less parameters, buffers and their casts (they
+    exist whatever the batch; under bf16 autocast the weights' bf16 copies would otherwise count, about 2 bytes
+    per parameter). Under gradient checkpointing only what is kept outside the checkpointed regions counts,
+    which is the point."""
     state = {t.untyped_storage().data_ptr() for t in [*step.module.parameters(), *step.module.buffers()]}
     if step.target is not None:
         state |= {t.untyped_storage().data_ptr() for t in [*step.target.parameters(), *step.target.buffers()]}
@@ -73,8 +96,11 @@ def saved_bytes(step: Step, imgs: torch.Tensor, amp_dtype: torch.dtype | None) -
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
         ptr = tensor.untyped_storage().data_ptr()
-        if ptr not in state:
-            saved[ptr] = tensor.untyped_storage().nbytes()
+        if ptr not in state and ptr not in saved:
+            if _parameter_copy(tensor, state):
+                state.add(ptr)
+            else:
+                saved[ptr] = tensor.untyped_storage().nbytes()
         return tensor
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor), autocast(imgs.device, amp_dtype):

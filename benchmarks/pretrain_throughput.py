@@ -28,7 +28,8 @@ from benchmarks.measure import Step, count_flops, our_step, saved_bytes, time_st
 from models.clip_teacher import openai_visual_shapes  # noqa: E402
 from util.errors import UsageError  # noqa: E402
 from util.flags import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, device_name  # noqa: E402
-from util.runtime import AMP_DTYPES, amp_choice, build_named_model, parse_model_kwargs, run_cli, select_device  # noqa: E402
+from util.runtime import (AMP_DTYPES, amp_choice, build_named_model, parse_model_kwargs, run_cli,  # noqa: E402
+                          select_device)
 
 # the five recipes the issues set goals for -> their input size at full scale
 RECIPES = {"mae_vit_base_patch16": 224, "dmjd_convvit_base_patch16_hog": 224, "deepmim_vit_base_patch16_clip": 224,
@@ -73,7 +74,7 @@ def measure(step: Step, imgs: torch.Tensor, amp: str, steps: int, warmup: int,
             **time_steps(timed, imgs, dtype, steps, warmup)}
 
 
-def _sig(value: float, digits: int = 4) -> float:
+def significant(value: float, digits: int = 4) -> float:
     """``value`` to ``digits`` significant digits (tiny CPU runs and H100 runs differ by orders of magnitude)."""
     return float(f"{value:.{digits}g}")
 
@@ -82,12 +83,12 @@ def describe(m: dict, batch: int, device: torch.device, peak: tuple[float | None
     """The reported figures of one measured step ``m`` (``measure``), per unique image where they say so; a
     figure that cannot be had is None, with its reason added to ``null_reasons``."""
     tflops = m["flops"] / m["step_s"] / 1e12
-    row = {"img_per_s": _sig(batch / m["step_s"]), "step_ms": _sig(m["step_s"] * 1e3),
-           "peak_mem_gib": _sig(m["peak_bytes"] / 2 ** 30) if "peak_bytes" in m else None,
-           "saved_mib_per_img": _sig(m["saved"] / batch / 2 ** 20),
-           "flops_per_step": m["flops"], "gflop_per_img": _sig(m["flops"] / batch / 1e9),
-           "target_gflop_per_img": _sig(m["target_flops"] / batch / 1e9),
-           "tflops": _sig(tflops), "mfu": _sig(tflops / peak[0]) if peak[0] else None}
+    row = {"img_per_s": significant(batch / m["step_s"]), "step_ms": significant(m["step_s"] * 1e3),
+           "peak_mem_gib": significant(m["peak_bytes"] / 2 ** 30) if "peak_bytes" in m else None,
+           "saved_mib_per_img": significant(m["saved"] / batch / 2 ** 20),
+           "flops_per_step": m["flops"], "gflop_per_img": significant(m["flops"] / batch / 1e9),
+           "target_gflop_per_img": significant(m["target_flops"] / batch / 1e9),
+           "tflops": significant(tflops), "mfu": significant(tflops / peak[0]) if peak[0] else None}
     if row["peak_mem_gib"] is None:
         null_reasons["peak_mem_gib"] = f"no CUDA device ({device.type}): see saved_mib_per_img"
     if row["mfu"] is None:
@@ -136,7 +137,7 @@ def run_one(name: str, args: argparse.Namespace, device: torch.device, amp: str,
         official_reasons: dict = {}
         row["official"] = {**describe(measured, args.batch_size, device, peak, official_reasons),
                            "null_reasons": official_reasons}
-        row["step_time_ratio"] = _sig(ours["step_s"] / measured["step_s"], 3)
+        row["step_time_ratio"] = significant(ours["step_s"] / measured["step_s"], 3)
         del theirs, helper
     row["null_reasons"] = null_reasons
     if device.type == "cuda":
