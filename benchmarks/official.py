@@ -27,6 +27,7 @@ from benchmarks.measure import Step
 from util.errors import UsageError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OLD_LIBRARIES = "timm 0.3.2 / 0.4.12 and NumPy < 1.24 (only Block's qk_scale and np.float are bridged here)"
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,9 @@ class _Timm032Block(timm_vit.Block):
 
 def _top_level_names(path: str) -> set[str]:
     """The module and package names a checkout provides at its top level."""
-    names = set()
-    for entry in os.listdir(path):
-        if entry.endswith(".py"):
-            names.add(entry[:-3])
-        elif os.path.isfile(os.path.join(path, entry, "__init__.py")) or os.path.isdir(os.path.join(path, entry)):
-            names.add(entry)
-    return names
+    entries = [entry for entry in os.listdir(path) if not entry.startswith(".")]
+    return ({entry[:-3] for entry in entries if entry.endswith(".py")}
+            | {entry for entry in entries if os.path.isdir(os.path.join(path, entry))})
 
 
 @contextlib.contextmanager
@@ -148,16 +145,20 @@ def official_builder(recipe: str, path: str) -> Callable[[], nn.Module]:
     with _official_imports(path):
         try:
             module = importlib.import_module(spec.module)
-        except ImportError as err:
-            raise UsageError(f"importing {spec.module} from {path} failed ({err}); the official code needs its own "
-                             "requirements (timm, and einops for UM-MAE) installed") from err
+        except (ImportError, AttributeError, TypeError) as err:
+            raise UsageError(f"importing {spec.module} from {path} failed ({err}): the official code needs its own "
+                             f"requirements (einops for UM-MAE) and was written for {OLD_LIBRARIES}") from err
     builder = getattr(module, spec.builder, None)
     if not callable(builder):
         raise UsageError(f"{path}/{spec.module}.py has no {spec.builder}(): expected the model builder of {spec.repo}")
 
     def build() -> nn.Module:
         with _official_imports(path):  # the forks' builders reach np.float (the sin-cos tables)
-            return builder(**spec.kwargs)
+            try:
+                return builder(**spec.kwargs)
+            except (AttributeError, TypeError) as err:
+                raise UsageError(f"building {spec.builder} from {path} failed ({err}): the official code was written "
+                                 f"for {OLD_LIBRARIES}") from err
     return build
 
 

@@ -7,7 +7,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
+import timm.models.vision_transformer as timm_vit
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -204,7 +206,9 @@ def test_compare_official_times_the_checkouts_model(capsys, fake_mae_checkout):
     with counter, sdpa_kernel(SDPBackend.MATH):
         fake(torch.randn(2, 3, 32, 32))[0].backward()
     assert theirs["flops_per_step"] == counter.get_total_flops()
+    # what the import bent for the checkout is as it was
     assert sys.modules["util"] is util and "models_mae" not in sys.modules
+    assert timm_vit.Block.__module__ == "timm.models.vision_transformer" and "float" not in np.__dict__
 
 
 def test_compare_official_without_the_builder_is_one_line(tmp_path):
@@ -213,6 +217,13 @@ def test_compare_official_without_the_builder_is_one_line(tmp_path):
                                          r"facebookresearch/mae"):
         pretrain_throughput.main(["--model", "mae_vit_base_patch16", "--input_size", "32", "--model_kwargs",
                                   *TINY_VIT, *ONE_STEP, "--compare-official", str(tmp_path)])
+
+
+def test_compare_official_import_failure_is_one_line(tmp_path):
+    """A checkout whose file cannot be imported here (a missing requirement) names the file and the cause."""
+    (tmp_path / "models_mae.py").write_text("import a_requirement_not_installed\n")
+    with pytest.raises(UsageError, match="importing models_mae from .* failed .*a_requirement_not_installed"):
+        official.official_builder("mae_vit_base_patch16", str(tmp_path))
 
 
 def test_compare_official_needs_a_known_recipe(tmp_path):
