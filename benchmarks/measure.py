@@ -87,8 +87,8 @@ def saved_bytes(step: Step, imgs: torch.Tensor, amp_dtype: torch.dtype | None) -
     """Bytes of activations autograd keeps for backward after the forward of ``step`` on ``imgs``: the unique
     storages (by data pointer) that the saved-tensor hooks see, less parameters, buffers and their casts (they
     exist whatever the batch; under bf16 autocast the weights' bf16 copies would otherwise count, about 2 bytes
-    per parameter). Under gradient checkpointing only what is kept outside the checkpointed regions counts,
-    which is the point."""
+    per parameter). Under (non-reentrant) gradient checkpointing only what autograd keeps outside the checkpointed
+    regions counts, which is the point; the checkpoint's own references to its regions' inputs are not seen."""
     state = {t.untyped_storage().data_ptr() for t in [*step.module.parameters(), *step.module.buffers()]}
     if step.target is not None:
         state |= {t.untyped_storage().data_ptr() for t in [*step.target.parameters(), *step.target.buffers()]}
