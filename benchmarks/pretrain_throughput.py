@@ -1,10 +1,14 @@
-"""Pretraining throughput and peak memory of a recipe on synthetic data.
+"""Pretraining throughput, memory, FLOPs and MFU of recipes on a synthetic batch, optionally against the official
+implementation in the same process.
 
     python benchmarks/pretrain_throughput.py --model mae_vit_base_patch16 --batch_size 256 [--compile]
-    python benchmarks/pretrain_throughput.py --model deepmim_vit_base_patch16_clip --synthetic_clip
+    python benchmarks/pretrain_throughput.py --model ummae_swin_tiny_256 simmim_swin_tiny_256 --batch_size 256
+    python benchmarks/pretrain_throughput.py --model mae_vit_base_patch16 --compare-official ../mae
 
-Times full optimizer steps (forward, backward, fused AdamW) after warm-up, in the precision the
-trainer uses, and prints one JSON line with the device, date and command so results can be recorded.
+Times full optimizer steps (forward, backward, fused AdamW) after warm-up, in the trainer's precision, on a
+batch already on the device (the model, not the data loader). Prints one Markdown table (a row per --model),
+then one line of JSON (no NaN or Infinity: what cannot be measured is null, with the reason under
+"null_reasons"). img/s counts unique images: a DMJD image is one image, whatever its views.
 """
 import argparse
 import datetime
@@ -12,49 +16,25 @@ import json
 import os
 import sys
 import tempfile
-import time
+from typing import Callable
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import models  # noqa: E402
+from benchmarks import official  # noqa: E402
+from benchmarks.device_peaks import peak_tflops  # noqa: E402
+from benchmarks.measure import Step, count_flops, our_step, saved_bytes, time_steps  # noqa: E402
 from models.clip_teacher import openai_visual_shapes  # noqa: E402
-from util.lr import weight_decay_groups  # noqa: E402
-from util.runtime import AMP_DTYPES, parse_model_kwargs  # noqa: E402
-from util.train_loop import autocast  # noqa: E402
+from util.errors import UsageError  # noqa: E402
+from util.flags import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, device_name  # noqa: E402
+from util.runtime import (AMP_DTYPES, amp_choice, build_named_model, parse_model_kwargs, run_cli,  # noqa: E402
+                          select_device)
 
-
-def measure(model_name: str, batch_size: int, steps: int, warmup: int, device: torch.device,
-            amp: str, compile_model: bool, input_size: int = 224, model_kwargs: dict | None = None) -> dict:
-    """Run ``warmup + steps`` training steps; return img/s over the timed steps and peak memory (GiB)."""
-    model = models.create_model(model_name, img_size=input_size, **(model_kwargs or {})).to(device)
-    optimizer = torch.optim.AdamW(weight_decay_groups(model, 0.05), lr=1e-4, betas=(0.9, 0.95),
-                                  fused=device.type == "cuda")
-    step_model = torch.compile(model) if compile_model else model
-    imgs = torch.randn(batch_size, 3, input_size, input_size, device=device)
-    amp_dtype = AMP_DTYPES[amp]
-
-    def step() -> None:
-        with autocast(device, amp_dtype):
-            loss = step_model(imgs).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else float("nan")
-    return {"img_per_s": round(batch_size * steps / elapsed, 1), "peak_mem_gib": round(peak, 2)}
+# the five recipes the issues set goals for -> their input size at full scale
+RECIPES = {"mae_vit_base_patch16": 224, "dmjd_convvit_base_patch16_hog": 224, "deepmim_vit_base_patch16_clip": 224,
+           "ummae_swin_tiny_256": 256, "simmim_swin_tiny_256": 256}
+GRAD_CKPT = ("none", "stage1", "all")
 
 
 def synthetic_clip_file(folder: str, input_size: int) -> str:
@@ -66,35 +46,166 @@ def synthetic_clip_file(folder: str, input_size: int) -> str:
     return path
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="mae_vit_base_patch16")
-    p.add_argument("--model_kwargs", nargs="*", default=[], metavar="KEY=VALUE")
-    p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--input_size", type=int, default=224)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--amp", default=None, choices=sorted(AMP_DTYPES))
-    p.add_argument("--compile", action="store_true")
-    p.add_argument("--device", default=None)
-    p.add_argument("--synthetic_clip", action="store_true",
-                   help="give the recipe a random-weight CLIP ViT-B/16 teacher (DeepMIM-CLIP)")
-    args = p.parse_args()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    amp = args.amp or ("bf16" if device.type == "cuda" else "fp32")
+def recipe_kwargs(name: str, model_kwargs: dict, folder: str, input_size: int) -> dict:
+    """``model_kwargs`` plus, for a CLIP-target recipe given no ``clip_path``, a random CLIP ViT-B/16 teacher."""
+    kwargs = dict(model_kwargs)
+    if name.endswith("_clip") and "clip_path" not in kwargs:
+        kwargs["clip_path"] = synthetic_clip_file(folder, input_size)
+    return kwargs
+
+
+def check_grad_ckpt(model: torch.nn.Module, name: str, mode: str) -> None:
+    """Refuse ``--grad_ckpt`` for a model that cannot checkpoint, before any measuring."""
+    if mode != "none" and not callable(getattr(model, "set_grad_checkpointing", None)):
+        raise UsageError(f"--grad_ckpt {mode}: gradient checkpointing is unavailable for {name} (its model has no "
+                         "set_grad_checkpointing); pass --grad_ckpt none")
+
+
+def measure(step: Step, imgs: torch.Tensor, amp: str, steps: int, warmup: int,
+            prepare: Callable[[], Step] | None = None) -> dict:
+    """FLOPs of forward + backward (and of the target), bytes saved for backward and step time of ``step`` on
+    ``imgs``. ``prepare`` turns on what changes the run but not the model's FLOPs (gradient checkpointing, whose
+    recomputation is not credited to MFU; compilation) and returns the step to time; memory is measured after it."""
+    dtype = AMP_DTYPES[amp]
+    flops, target_flops = count_flops(step, imgs, dtype)
+    timed = prepare() if prepare else step
+    saved = saved_bytes(step, imgs, dtype)  # the eager step: the hooks see what eager autograd keeps
+    return {"flops": flops, "target_flops": target_flops, "saved": saved,
+            **time_steps(timed, imgs, dtype, steps, warmup)}
+
+
+def significant(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant digits (tiny CPU runs and H100 runs differ by orders of magnitude)."""
+    return float(f"{value:.{digits}g}")
+
+
+def describe(m: dict, batch: int, device: torch.device, peak: tuple[float | None, str], null_reasons: dict) -> dict:
+    """The reported figures of one measured step ``m`` (``measure``), per unique image where they say so; a
+    figure that cannot be had is None, with its reason added to ``null_reasons``."""
+    tflops = m["flops"] / m["step_s"] / 1e12
+    row = {"img_per_s": significant(batch / m["step_s"]), "step_ms": significant(m["step_s"] * 1e3),
+           "peak_mem_gib": significant(m["peak_bytes"] / 2 ** 30) if "peak_bytes" in m else None,
+           "saved_mib_per_img": significant(m["saved"] / batch / 2 ** 20),
+           "flops_per_step": m["flops"], "gflop_per_img": significant(m["flops"] / batch / 1e9),
+           "target_gflop_per_img": significant(m["target_flops"] / batch / 1e9),
+           "tflops": significant(tflops), "mfu": significant(tflops / peak[0]) if peak[0] else None}
+    if row["peak_mem_gib"] is None:
+        null_reasons["peak_mem_gib"] = f"no CUDA device ({device.type}): see saved_mib_per_img"
+    if row["mfu"] is None:
+        null_reasons["mfu"] = peak[1]
+    return row
+
+
+def device_peak(device: torch.device, amp: str, override: float | None) -> tuple[float | None, str]:
+    """(peak TFLOP/s for MFU, where it comes from or why it is unknown)."""
+    if override:
+        return override, "--peak_tflops"
+    if device.type != "cuda":
+        return None, f"no peak TFLOP/s is known for a {device.type.upper()}; pass --peak_tflops"
+    return peak_tflops(torch.cuda.get_device_name(device), amp)
+
+
+def run_one(name: str, args: argparse.Namespace, device: torch.device, amp: str, folder: str,
+            build_official: Callable[[], torch.nn.Module] | None = None) -> dict:
+    """One row: our recipe ``name`` measured and, given ``build_official``, the official model too."""
+    input_size = args.input_size or RECIPES.get(name, 224)
+    kwargs = recipe_kwargs(name, parse_model_kwargs(args.model_kwargs), folder, input_size)
+    torch.manual_seed(0)
+    imgs = torch.randn(args.batch_size, 3, input_size, input_size, device=device)
+    model = build_named_model(name, img_size=input_size, **kwargs).model.to(device)
+    check_grad_ckpt(model, name, args.grad_ckpt)
+    with torch.no_grad():
+        views = model(imgs[:1]).mask.shape[0]  # encoder rows per image: 2 for DMJD
+
+    def prepare() -> Step:
+        if args.grad_ckpt != "none":
+            model.set_grad_checkpointing(args.grad_ckpt)
+        return our_step(torch.compile(model) if args.compile else model)
+
+    peak = device_peak(device, amp, args.peak_tflops)
+    null_reasons: dict = {}
+    ours = measure(our_step(model), imgs, amp, args.steps, args.warmup, prepare)
+    row = {"recipe": name, "batch": args.batch_size, "input_size": input_size, "views": views, "dtype": amp,
+           "compile": args.compile, "grad_ckpt": args.grad_ckpt,
+           **describe(ours, args.batch_size, device, peak, null_reasons), "peak_tflops": peak[0]}
+    del model, prepare
+    if build_official:
+        helper = build_named_model(name, img_size=input_size, **kwargs).model
+        helper.target.to(device)  # only the target / teacher the official loop computes goes to the device
+        theirs = build_official().to(device)
+        measured = measure(official.official_step(name, theirs, helper), imgs, amp, args.steps, args.warmup)
+        official_reasons: dict = {}
+        row["official"] = {**describe(measured, args.batch_size, device, peak, official_reasons),
+                           "null_reasons": official_reasons}
+        row["step_time_ratio"] = significant(ours["step_s"] / measured["step_s"], 3)
+        del theirs, helper
+    row["null_reasons"] = null_reasons
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows as one Markdown table; a null figure shows as n/a (the JSON says why)."""
+    columns = [("recipe", "recipe"), ("batch", "batch"), ("dtype", "dtype"), ("compile", "compile"),
+               ("grad_ckpt", "grad ckpt"), ("img_per_s", "img/s"), ("step_ms", "step ms"),
+               ("peak_mem_gib", "peak GiB"), ("saved_mib_per_img", "saved MiB/img"),
+               ("gflop_per_img", "GFLOP/img"), ("tflops", "TFLOP/s"), ("mfu", "MFU")]
+    compared = any("official" in row for row in rows)
+    header = [title for _, title in columns] + (["official img/s", "step time ours/official"] if compared else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row[key] for key, _ in columns]
+        if compared:
+            cells += [row.get("official", {}).get("img_per_s"), row.get("step_time_ratio")]
+        lines.append("| " + " | ".join("n/a" if c is None else str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", nargs="+", default=["mae_vit_base_patch16"], metavar="NAME",
+                   help="one or more recipes: a table row each")
+    p.add_argument("--model_kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides for every --model (e.g. a tiny configuration)")
+    p.add_argument("--batch_size", type=POSITIVE_INT, default=256, help="unique images per step")
+    p.add_argument("--input_size", type=POSITIVE_INT, default=None, help="default: each recipe's own (224 or 256)")
+    p.add_argument("--steps", type=POSITIVE_INT, default=20)
+    p.add_argument("--warmup", type=NON_NEGATIVE_INT, default=5)
+    p.add_argument("--amp", default=None, choices=sorted(AMP_DTYPES), help="default: bf16 on a GPU, fp32 on CPU")
+    p.add_argument("--compile", action="store_true", help="time the torch.compile'd model")
+    p.add_argument("--grad_ckpt", default="none", choices=GRAD_CKPT,
+                   help="gradient checkpointing: none, the first stage, or all blocks")
+    p.add_argument("--device", type=device_name, default=None)
+    p.add_argument("--peak_tflops", type=POSITIVE, default=None,
+                   help="the device's peak dense TFLOP/s for MFU (default: the table in device_peaks.py)")
+    p.add_argument("--compare_official", "--compare-official", default=None, metavar="PATH",
+                   help="a clone of the official repository: time its model too and report ours/official")
+    return p
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    """Measure every ``--model``; print the table and the JSON; return the JSON's object."""
+    device = torch.device(select_device(args.device))
+    amp, _ = amp_choice(args.amp, device)
+    builders = {name: official.official_builder(name, args.compare_official) if args.compare_official else None
+                for name in args.model}
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    model_kwargs = parse_model_kwargs(args.model_kwargs)
     with tempfile.TemporaryDirectory() as folder:
-        if args.synthetic_clip:
-            model_kwargs["clip_path"] = synthetic_clip_file(folder, args.input_size)
-        result = measure(args.model, args.batch_size, args.steps, args.warmup, device, amp, args.compile,
-                         args.input_size, model_kwargs)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(json.dumps({"model": args.model, "batch_size": args.batch_size, "amp": amp, "compile": args.compile,
-                      **result, "device": name, "torch": torch.__version__,
-                      "date": datetime.date.today().isoformat(), "command": " ".join(sys.argv)}))
+        rows = [run_one(name, args, device, amp, folder, builders[name]) for name in args.model]
+    argv = sys.argv[1:] if argv is None else argv
+    result = {"rows": rows, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+              "command": " ".join(["python", "benchmarks/pretrain_throughput.py", *argv])}
+    print(format_table(rows))
+    print(json.dumps(result, allow_nan=False))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run(build_parser().parse_args(argv), argv)
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(run, build_parser)

@@ -1,62 +1,282 @@
-"""The benchmark scripts run end to end (on the CPU, tiny); they measure, the tests never time."""
+"""The benchmark scripts run end to end (on the CPU, tiny) and report what they claim: strict JSON, the FLOPs the
+flop counter counts, null figures with their reasons, the official comparison. They measure; the tests never
+time."""
 import json
+import re
+import sys
+import textwrap
+from pathlib import Path
 
+import numpy as np
+import pytest
+import timm.models.vision_transformer as timm_vit
 import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks import cpu_proxies
-from benchmarks.pretrain_throughput import measure
+import models
+from benchmarks import cpu_proxies, official, pretrain_throughput
+from benchmarks.measure import Step, count_flops, saved_bytes
+from models.clip_teacher import load_clip_teacher, openai_visual_shapes
+from models.mim import MaskedImageModel
+from util.errors import UsageError
 
-
-def test_throughput_benchmark_runs_on_cpu():
-    result = measure("mae_vit_tiny_patch16", batch_size=2, steps=1, warmup=1, device=torch.device("cpu"),
-                     amp="fp32", compile_model=False, input_size=32,
-                     model_kwargs=dict(patch_size=8, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32,
-                                       decoder_depth=1, decoder_num_heads=2))
-    assert result["img_per_s"] > 0 and set(result) == {"img_per_s", "peak_mem_gib"}
-
-
-def test_throughput_benchmark_runs_dmjd_on_cpu():
-    """The two-view DMJD ConViT with its on-device HOG target goes through the same benchmark."""
-    result = measure("dmjd_convvit_base_patch16_hog", batch_size=2, steps=1, warmup=1, device=torch.device("cpu"),
-                     amp="fp32", compile_model=False, input_size=64,
-                     model_kwargs=dict(embed_dims=(16, 24, 32), depths=(1, 1, 1), num_heads=2, decoder_embed_dim=16,
-                                       decoder_depth=1, decoder_num_heads=2))
-    assert result["img_per_s"] > 0
-
-
-def test_synthetic_clip_teacher_feeds_the_deepmim_benchmark(tmp_path):
-    """--synthetic_clip writes a ViT-B/16-shaped CLIP state dict that the DeepMIM recipe reads."""
-    from benchmarks.pretrain_throughput import synthetic_clip_file
-    from models.clip_teacher import load_clip_teacher
-    teacher = load_clip_teacher(synthetic_clip_file(str(tmp_path), 32))
-    assert (teacher.width, teacher.layers, teacher.patch_size, teacher.output_dim) == (768, 12, 16, 512)
-    result = measure("deepmim_vit_base_patch16_clip", batch_size=2, steps=1, warmup=1, device=torch.device("cpu"),
-                     amp="fp32", compile_model=False, input_size=32,
-                     model_kwargs=dict(clip_path=str(tmp_path / "clip_vit_b16_random.pt"), embed_dim=32, depth=4,
-                                       num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2))
-    assert result["img_per_s"] > 0
-
-
+TINY_VIT = ["patch_size=8", "embed_dim=32", "depth=4", "num_heads=2", "decoder_embed_dim=32", "decoder_depth=1",
+            "decoder_num_heads=2"]
 TINY_DMJD = ["embed_dims=(8,16,32)", "depths=(1,1,1)", "num_heads=2", "decoder_embed_dim=16", "decoder_depth=1",
              "decoder_num_heads=2"]
 TINY_SWIN = ["embed_dim=8", "depths=(1,1,1,1)", "num_heads=(1,1,2,2)", "posmlp_dim=4"]
+ONE_STEP = ["--batch_size", "2", "--steps", "1", "--warmup", "0", "--device", "cpu"]
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def run_throughput(capsys, *argv: str) -> tuple[dict, list[str]]:
+    """Run the script; return its JSON (parsed refusing NaN/Infinity) and the table lines before it."""
+    pretrain_throughput.main(list(argv))
+    lines = capsys.readouterr().out.strip().splitlines()
+    return json.loads(lines[-1], parse_constant=_refuse_constant), lines[:-1]
+
+
+def direct_flops(model: nn.Module, imgs: torch.Tensor) -> int:
+    """FlopCounterMode around one forward + backward, attention as its matmuls."""
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):
+        model(imgs).loss.backward()
+    return counter.get_total_flops()
+
+
+def test_rows_table_and_strict_json(capsys):
+    """Two --model values: two table rows and two JSON rows; what a CPU cannot give is null with a reason."""
+    result, table = run_throughput(capsys, "--model", "mae_vit_base_patch16", "deepmim_vit_base_patch16",
+                                   "--input_size", "32", "--model_kwargs", *TINY_VIT, *ONE_STEP)
+    assert table[0].startswith("| recipe | batch | dtype | compile | grad ckpt | img/s") and len(table) == 4
+    assert [row["recipe"] for row in result["rows"]] == ["mae_vit_base_patch16", "deepmim_vit_base_patch16"]
+    assert {"device", "date", "torch", "command"} <= set(result) and result["device"] == "cpu"
+    assert result["command"].startswith("python benchmarks/pretrain_throughput.py --model mae_vit_base_patch16")
+    for row in result["rows"]:
+        assert (row["batch"], row["dtype"], row["compile"], row["grad_ckpt"]) == (2, "fp32", False, "none")
+        assert row["img_per_s"] > 0 and row["step_ms"] > 0 and row["saved_mib_per_img"] > 0
+        assert row["peak_mem_gib"] is None and "no CUDA device" in row["null_reasons"]["peak_mem_gib"]
+        assert row["mfu"] is None and "--peak_tflops" in row["null_reasons"]["mfu"]
+        assert row["tflops"] > 0 and row["target_gflop_per_img"] == 0  # the pixel target has no matmuls
+
+
+def test_reported_flops_are_the_flop_counters_and_mfu_uses_the_given_peak(capsys):
+    """flops_per_step is FlopCounterMode's count of one forward + backward of the same model and batch;
+    --peak_tflops gives the MFU a denominator on any device: achieved TFLOP/s over it."""
+    result, _ = run_throughput(capsys, "--model", "mae_vit_base_patch16", "--input_size", "32", "--model_kwargs",
+                               *TINY_VIT, *ONE_STEP, "--peak_tflops", "0.5")
+    model = models.create_model("mae_vit_base_patch16", img_size=32, patch_size=8, embed_dim=32, depth=4,
+                                num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    (row,) = result["rows"]
+    assert row["flops_per_step"] == direct_flops(model, torch.randn(2, 3, 32, 32))
+    assert row["tflops"] == pytest.approx(row["flops_per_step"] / (row["step_ms"] / 1e3) / 1e12, rel=1e-3)
+    assert row["peak_tflops"] == 0.5 and "mfu" not in row["null_reasons"]
+    assert row["mfu"] == pytest.approx(row["tflops"] / 0.5, rel=1e-3)
+
+
+def test_count_flops_by_hand():
+    """A linear layer y = x W^T on x [5, 8] -> [5, 4]: forward 2*5*8*4 FLOPs (a multiply-add is two), backward
+    twice that (the gradients of x and of W)."""
+    layer = nn.Linear(8, 4, bias=False)
+    x = torch.randn(5, 8, requires_grad=True)
+    flops, target_flops = count_flops(Step(layer, lambda imgs: layer(imgs).sum()), x, None)
+    assert (flops, target_flops) == (3 * 2 * 5 * 8 * 4, 0) and layer.weight.grad is None
+
+
+def test_saved_bytes_by_hand():
+    """x [8, 64] @ W^T [64, 32], x and W requiring grad: the matmul keeps x and W for backward. W is there whatever
+    the batch, so only x counts: 8*64 fp32 values, or under bf16 autocast their bf16 copy (W's bf16 copy is a
+    parameter's cast, not counted)."""
+    layer = nn.Linear(64, 32, bias=False)
+    x = torch.randn(8, 64, requires_grad=True)
+    step = Step(layer, lambda imgs: layer(imgs).sum())
+    assert saved_bytes(step, x, None) == 8 * 64 * 4
+    assert saved_bytes(step, x, torch.bfloat16) == 8 * 64 * 2
+
+
+def test_dmjd_counts_unique_images(capsys):
+    """A DMJD step encodes two views of each image; img/s counts each image once."""
+    result, _ = run_throughput(capsys, "--model", "dmjd_convvit_base_patch16_hog", "--input_size", "64",
+                               "--model_kwargs", *TINY_DMJD, *ONE_STEP)
+    (row,) = result["rows"]
+    assert row["views"] == 2
+    assert row["img_per_s"] * row["step_ms"] / 1e3 == pytest.approx(2, rel=2e-3)
+
+
+def test_clip_teacher_flops_reported_apart(capsys, tmp_path):
+    """The frozen teacher's forward is part of a DeepMIM-CLIP step and its FLOPs are reported apart: here a
+    2-layer, 64-wide CLIP tower on 32 px (2x2 patches + cls = 5 tokens), whose qkv, proj and 4x MLP matmuls
+    alone are 2 * 12 * 64^2 FLOPs per token and layer."""
+    shapes = openai_visual_shapes(width=64, layers=2, patch_size=16, grid_size=2, output_dim=32)
+    torch.save({f"visual.{k}": 0.02 * torch.randn(shape) for k, shape in shapes.items()}, tmp_path / "clip.pt")
+    result, _ = run_throughput(capsys, "--model", "deepmim_vit_base_patch16_clip", "--input_size", "32",
+                               "--model_kwargs", f"clip_path={tmp_path / 'clip.pt'}", *TINY_VIT[1:], *ONE_STEP)
+    (row,) = result["rows"]
+    assert row["target_gflop_per_img"] * 1e9 >= 2 * 12 * 64 ** 2 * 5 * 2
+    assert row["gflop_per_img"] > row["target_gflop_per_img"]
+
+
+def test_clip_recipe_without_a_checkpoint_gets_a_random_vit_b16(tmp_path):
+    """A CLIP-target recipe given no clip_path is timed with a random CLIP ViT-B/16 (the DeepMIM teacher's shape,
+    which is all the timing depends on)."""
+    kwargs = pretrain_throughput.recipe_kwargs("deepmim_vit_base_patch16_clip", {}, str(tmp_path), 32)
+    teacher = load_clip_teacher(kwargs["clip_path"])
+    assert (teacher.width, teacher.layers, teacher.patch_size, teacher.output_dim) == (768, 12, 16, 512)
+
+
+def test_grad_ckpt_is_switched_on_for_timing(capsys, monkeypatch):
+    """--grad_ckpt calls the model's set_grad_checkpointing(mode) after the FLOPs are counted."""
+    calls = []
+    monkeypatch.setattr(MaskedImageModel, "set_grad_checkpointing", lambda self, mode: calls.append(mode),
+                        raising=False)
+    result, _ = run_throughput(capsys, "--model", "mae_vit_base_patch16", "--input_size", "32", "--model_kwargs",
+                               *TINY_VIT, *ONE_STEP, "--grad_ckpt", "stage1")
+    assert calls == ["stage1"] and result["rows"][0]["grad_ckpt"] == "stage1"
+
+
+def test_grad_ckpt_unavailable_is_a_usage_error(monkeypatch):
+    monkeypatch.delattr(MaskedImageModel, "set_grad_checkpointing", raising=False)
+    with pytest.raises(UsageError, match="gradient checkpointing is unavailable for mae_vit_base_patch16"):
+        pretrain_throughput.main(["--model", "mae_vit_base_patch16", "--input_size", "32", "--model_kwargs",
+                                  *TINY_VIT, *ONE_STEP, "--grad_ckpt", "all"])
+
+
+# A stand-in for a clone of facebookresearch/mae: a models_mae.py with the official builder name and forward
+# signature, written like the forks (timm 0.3.2's Block(qk_scale=None), np.float, the checkout's own util/).
+FAKE_MODELS_MAE = '''
+import numpy as np
+import torch
+from torch import nn
+from timm.models.vision_transformer import Block
+from util.pos_embed import patches_per_side
+
+
+class TinyMAE(nn.Module):
+    def __init__(self, img_size=32, patch=8, dim=32):
+        super().__init__()
+        self.patch, self.side = patch, patches_per_side(img_size, patch)
+        self.embed = nn.Linear(3 * patch * patch, dim)
+        self.block = Block(dim, 2, 4.0, qkv_bias=True, qk_scale=None, norm_layer=nn.LayerNorm)
+        self.pred = nn.Linear(dim, 3 * patch * patch)
+        self.register_buffer("scale", torch.tensor(np.float(1.0)))
+
+    def forward(self, imgs, mask_ratio=0.75):
+        n, p, s = imgs.shape[0], self.patch, self.side
+        x = imgs.reshape(n, 3, s, p, s, p).permute(0, 2, 4, 3, 5, 1).reshape(n, s * s, p * p * 3)
+        keep = torch.rand(n, s * s).argsort(dim=1)[:, :int(s * s * (1 - mask_ratio))]
+        visible = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
+        pred = self.pred(self.block(self.embed(visible)))
+        loss = ((pred - visible) ** 2).mean() * self.scale
+        return loss, pred, keep
+
+
+def mae_vit_base_patch16(**kwargs):
+    return TinyMAE(**kwargs)
+'''
+
+
+@pytest.fixture
+def fake_mae_checkout(tmp_path):
+    (tmp_path / "models_mae.py").write_text(textwrap.dedent(FAKE_MODELS_MAE))
+    (tmp_path / "util").mkdir()
+    (tmp_path / "util" / "pos_embed.py").write_text("def patches_per_side(img_size, patch):\n"
+                                                    "    return img_size // patch\n")
+    return tmp_path
+
+
+def test_compare_official_times_the_checkouts_model(capsys, fake_mae_checkout):
+    """--compare-official imports models_mae from the checkout (its own util/ found, ours put back), builds
+    mae_vit_base_patch16 and measures its step like ours: FLOPs as counted directly, a ratio ours/official."""
+    import util
+    result, table = run_throughput(capsys, "--model", "mae_vit_base_patch16", "--input_size", "32",
+                                   "--model_kwargs", *TINY_VIT, *ONE_STEP, "--compare-official",
+                                   str(fake_mae_checkout))
+    (row,) = result["rows"]
+    theirs = row["official"]
+    assert theirs["img_per_s"] > 0 and row["step_time_ratio"] > 0 and theirs["null_reasons"]["mfu"]
+    assert table[0].endswith("| official img/s | step time ours/official |")
+    # the fake's step (embed 192->32 on 2x4 visible tokens, a timm Block, pred 32->192), counted directly
+    fake = official.official_builder("mae_vit_base_patch16", str(fake_mae_checkout))()
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):
+        fake(torch.randn(2, 3, 32, 32))[0].backward()
+    assert theirs["flops_per_step"] == counter.get_total_flops()
+    # what the import bent for the checkout is as it was
+    assert sys.modules["util"] is util and "models_mae" not in sys.modules
+    assert timm_vit.Block.__module__ == "timm.models.vision_transformer" and "float" not in np.__dict__
+
+
+def test_compare_official_without_the_builder_is_one_line(tmp_path):
+    (tmp_path / "models_mae.py").write_text("def some_other_model():\n    pass\n")
+    with pytest.raises(UsageError, match=r"has no mae_vit_base_patch16\(\): expected the model builder of "
+                                         r"facebookresearch/mae"):
+        pretrain_throughput.main(["--model", "mae_vit_base_patch16", "--input_size", "32", "--model_kwargs",
+                                  *TINY_VIT, *ONE_STEP, "--compare-official", str(tmp_path)])
+
+
+def test_compare_official_import_failure_is_one_line(tmp_path):
+    """A checkout whose file cannot be imported here (a missing requirement) names the file and the cause."""
+    (tmp_path / "models_mae.py").write_text("import a_requirement_not_installed\n")
+    with pytest.raises(UsageError, match="importing models_mae from .* failed .*a_requirement_not_installed"):
+        official.official_builder("mae_vit_base_patch16", str(tmp_path))
+
+
+def test_compare_official_needs_a_known_recipe(tmp_path):
+    with pytest.raises(UsageError, match="no official counterpart for --model mae_vit_tiny_patch16"):
+        pretrain_throughput.main(["--model", "mae_vit_tiny_patch16", "--compare-official", str(tmp_path)])
 
 
 def test_cpu_proxies_json(capsys):
-    """--json prints one JSON object: a row per recipe with its views, GFLOPs and saved MiB per image."""
+    """--json prints one strict JSON object: a row per recipe with its views, GFLOPs (the HOG target has no
+    matmuls) and MiB saved for backward per image, in bf16 by default."""
     cpu_proxies.main(["--recipes", "dmjd_convvit_base_patch16_hog", "--input_size", "64", "--model_kwargs",
                       *TINY_DMJD, "--json"])
-    result = json.loads(capsys.readouterr().out)
-    assert {"rows", "batch_size", "dtype", "torch", "date", "command"} <= set(result)
+    result = json.loads(capsys.readouterr().out, parse_constant=_refuse_constant)
+    assert {"rows", "batch_size", "dtype", "torch", "date", "command"} <= set(result) and result["dtype"] == "bf16"
     (row,) = result["rows"]
     assert row["recipe"] == "dmjd_convvit_base_patch16_hog" and row["views"] == 2
-    assert row["gflop"] > 0 and row["saved_mib"] > 0
+    assert row["gflop"] > 0 and row["target_gflop"] == 0 and row["saved_mib"] > 0
+
+
+def test_cpu_proxies_compare_official(capsys, fake_mae_checkout):
+    """--compare-official adds the official model's GFLOPs (as counted directly) and saved MiB per image and the
+    CPU step-time ratio ours/official."""
+    cpu_proxies.main(["--recipes", "mae_vit_base_patch16", "--input_size", "32", "--model_kwargs", *TINY_VIT,
+                      "--compare-official", str(fake_mae_checkout), "--steps", "1", "--warmup", "0", "--json"])
+    (row,) = json.loads(capsys.readouterr().out, parse_constant=_refuse_constant)["rows"]
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):
+        official.official_builder("mae_vit_base_patch16", str(fake_mae_checkout))()(torch.randn(2, 3, 32, 32))[0] \
+            .backward()
+    assert row["official_gflop"] == pretrain_throughput.significant(counter.get_total_flops() / 2 / 1e9)
+    assert row["official_saved_mib"] > 0 and row["step_time_ratio"] > 0
 
 
 def test_cpu_proxies_table(capsys):
     """Without --json: a Markdown table, a header, a rule and one line per recipe."""
-    cpu_proxies.main(["--recipes", "ummae_swin_tiny_256", "simmim_swin_tiny_256", "--input_size", "128",
+    cpu_proxies.main(["--recipes", "ummae_swin_tiny_256", "simmim_swin_tiny_256", "--input_size", "64", "--amp", "fp32",
                       "--batch_size", "1", "--model_kwargs", *TINY_SWIN])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| recipe | views | GFLOP") and len(lines) == 4
     assert lines[2].startswith("| ummae_swin_tiny_256 | 1 |") and lines[3].startswith("| simmim_swin_tiny_256 | 1 |")
+
+
+def test_readme_commands_parse():
+    """Every command in benchmarks/README.md's bash blocks names a script here, flags it takes and recipes that
+    exist (running them is for a GPU)."""
+    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
+    scripts = {"benchmarks/pretrain_throughput.py": (pretrain_throughput, "model"),
+               "benchmarks/cpu_proxies.py": (cpu_proxies, "recipes")}
+    commands = [command.split("#")[0].split() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+                for line in block.splitlines() for command in line.split("&&")]
+    assert len(commands) >= 10
+    for words in commands:
+        assert words[0] == "python" and words[1] in scripts, words
+        script, names = scripts[words[1]]
+        args = script.build_parser().parse_args(words[2:])
+        assert set(getattr(args, names)) <= set(models.list_models()), words
