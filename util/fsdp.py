@@ -56,7 +56,11 @@ def shard_model(model: nn.Module, device: torch.device, amp_dtype: torch.dtype |
     """Shard ``model`` (on ``device``, built, pretrained weights loaded, no optimizer yet: FSDP2 replaces the
     parameters) over every process: each module of a ``*blocks`` list is one unit, the model the root unit.
     bf16 on a GPU computes in bf16 weights and reduces gradients in fp32; elsewhere everything stays fp32. The
-    root leaves its inputs as they are (the pixel targets are computed from the fp32 images)."""
+    root leaves its inputs as they are (the pixel targets are computed from the fp32 images). The main process's
+    weights are everyone's first (as DDP does): each process seeds its RNG with its rank, so the random
+    initialisation (a classifier's head, a whole model) differs, and each would keep its own slice of it."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        torch.distributed.broadcast(tensor.data, src=0)
     mesh = init_device_mesh(device.type, (dist_util.get_world_size(),))
     bf16 = amp_dtype == torch.bfloat16 and device.type == "cuda"
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else \
