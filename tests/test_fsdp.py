@@ -20,7 +20,7 @@ from conftest import make_image_folder
 from util import distributed as dist_util
 from util.checkpoint import load_file, save_checkpoint
 from util.errors import UsageError
-from util.fsdp import check_usable, read_sharded, sharded_to_plain
+from util.fsdp import _tidy, check_usable, read_sharded, resume_sharded, sharded_to_plain
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MAE = ["embed_dim=32", "depth=2", "num_heads=2", "patch_size=8", "decoder_embed_dim=32", "decoder_depth=1",
@@ -197,3 +197,22 @@ def test_single_process_fsdp_is_one_line(tmp_path):
     args = main_pretrain.get_args_parser().parse_args(pretrain_argv(tmp_path / "none", tmp_path / "out", "--fsdp"))
     with pytest.raises(UsageError, match="--fsdp shards the model over the processes"):
         main_pretrain.main(args)
+
+
+def test_a_killed_save_is_tidied_at_the_next(tmp_path):
+    """The next save removes a killed save's temp folder and puts back a folder moved aside for a swap that never
+    ended (or drops it when the swap did)."""
+    for name in (".tmp-checkpoint-1.dcp", ".old-checkpoint-2.dcp", ".old-checkpoint-3.dcp", "checkpoint-3.dcp"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "marker").write_text(name)
+    _tidy(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2.dcp", "checkpoint-3.dcp"]
+    assert (tmp_path / "checkpoint-2.dcp" / "marker").read_text() == ".old-checkpoint-2.dcp"
+    assert (tmp_path / "checkpoint-3.dcp" / "marker").read_text() == "checkpoint-3.dcp"
+
+
+def test_plain_file_given_to_fsdp_resume_is_one_line(tmp_path):
+    path = tmp_path / "checkpoint-3.pth"
+    torch.save({"model": {}}, path)
+    with pytest.raises(UsageError, match="plain checkpoint and --fsdp resumes checkpoint-<epoch>.dcp folders"):
+        resume_sharded(str(path), [], torch.nn.Linear(2, 2), None)

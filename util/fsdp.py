@@ -15,6 +15,7 @@ the plain values (epoch, step, args, RNG states of every process, the optimizer'
 ``sharded_to_plain`` turns a folder into the plain checkpoint format (``tools/dcp_to_plain.py``).
 """
 import contextlib
+import glob
 import json
 import os
 import pickle
@@ -174,7 +175,8 @@ def _optimizer_tensors(model: nn.Module, optimizer: torch.optim.Optimizer) -> tu
 def save_sharded(output_dir: str, name: str, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int,
                  step: int, args: dict[str, Any], **extra) -> None:
     """Write ``output_dir/name`` (a folder) atomically, every process its slices: into a temp folder, then
-    renamed over the old one (which is removed after). Diverged weights are never written."""
+    renamed; a folder of that name is moved aside for the swap and removed after. Diverged weights are never
+    written."""
     check_finite_weights(model, epoch, output_dir)
     path = os.path.join(output_dir, name)
     tmp = os.path.join(output_dir, f".tmp-{name}")
@@ -182,8 +184,8 @@ def save_sharded(output_dir: str, name: str, model: nn.Module, optimizer: torch.
     rng = [None] * world_size
     torch.distributed.all_gather_object(rng, rng_state())
     optim_tensors, groups = _optimizer_tensors(model, optimizer)
-    if dist_util.is_main_process() and os.path.exists(tmp):
-        shutil.rmtree(tmp)  # a save killed part-way
+    if dist_util.is_main_process():
+        _tidy(output_dir)
     dist_util.barrier()
     dcp.save({"model": model.state_dict(), "optim": optim_tensors}, checkpoint_id=tmp)
     if dist_util.is_main_process():
@@ -196,6 +198,19 @@ def save_sharded(output_dir: str, name: str, model: nn.Module, optimizer: torch.
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
     dist_util.barrier()
+
+
+def _tidy(output_dir: str) -> None:
+    """Undo what a save killed part-way left (this run holds the folder's lock: no other save is under way): its
+    temp folders, and a folder moved aside for the instant of a swap, put back when the swap never ended."""
+    for tmp in glob.glob(os.path.join(output_dir, f".tmp-*{SUFFIX}")):
+        shutil.rmtree(tmp)
+    for old in glob.glob(os.path.join(output_dir, f".old-*{SUFFIX}")):
+        path = os.path.join(output_dir, os.path.basename(old)[len(".old-"):])
+        if os.path.exists(path):
+            shutil.rmtree(old)
+        else:
+            os.replace(old, path)
 
 
 def check_sharded(path: str, state: dict[str, Any], metadata: Metadata, model: nn.Module,
