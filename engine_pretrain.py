@@ -52,8 +52,9 @@ class ReconstructionProbe:
 
     def draw(self, model: nn.Module, norm_pix: bool, output_dir: str, run_log: RunLog, epoch: int,
              amp_dtype: torch.dtype | None) -> None:
-        """``reconstruction-<epoch>.png`` in output_dir and a TensorBoard image; nothing for a head that
-        predicts features (HOG, CLIP) rather than pixels."""
+        """``reconstruction-<epoch>.png`` in output_dir and a TensorBoard image, written by the main process
+        (under --fsdp every process runs the forward with it); nothing for a head that predicts features (HOG,
+        CLIP) rather than pixels."""
         model.eval()
         with torch.no_grad(), autocast(self.imgs.device, amp_dtype):
             out = model(self.imgs, mask=self.masks)

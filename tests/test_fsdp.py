@@ -1,6 +1,6 @@
 """--fsdp (FSDP2 over 2 gloo processes on the CPU): the same losses and weights as DDP, pretraining and
 fine-tuning (accumulation and clipping on); DCP checkpoint folders resumed exactly, converted to the plain
-format and fine-tuned from; the refusals; the safe reading of a folder."""
+format and fine-tuned from; frozen teachers left whole; the refusals; the safe reading of a folder."""
 import json
 import os
 import pickle
@@ -11,16 +11,25 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor
 
 import main_finetune
 import main_pretrain
 from conftest import make_image_folder
+from models.encoders.vit import VisionTransformer
+from models.heads import MAEDecoder
+from models.losses import PatchLoss
+from models.masking import RandomMasking
+from models.mim import Branch, MaskedImageModel
+from models.targets import FrozenTeacherTarget
 from util import distributed as dist_util
 from util.checkpoint import load_file, save_checkpoint
+from util.data import IMAGENET_MEAN, IMAGENET_STD
 from util.errors import UsageError
-from util.fsdp import _tidy, check_usable, read_sharded, resume_sharded, sharded_to_plain
+from util.fsdp import _tidy, check_usable, read_sharded, resume_sharded, shard_model, sharded_to_plain
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_MAE = ["embed_dim=32", "depth=2", "num_heads=2", "patch_size=8", "decoder_embed_dim=32", "decoder_depth=1",
@@ -59,7 +68,31 @@ def _runs(rank: int, port: int, data: Path, out: Path) -> None:
     parse = main_finetune.get_args_parser().parse_args
     for name, extra in (("ft_ddp", ()), ("ft_fsdp", ("--fsdp",))):
         main_finetune.main(parse(finetune_argv(data, out / name, "--finetune", str(out / "pretrained.pth"), *extra)))
+    teacher_report = _train_with_frozen_teacher()
+    if rank == 0:
+        (out / "teacher.json").write_text(json.dumps(teacher_report))
     dist_util.cleanup()
+
+
+def _train_with_frozen_teacher() -> dict:
+    """One sharded step of a MIM model whose target is a frozen teacher (DMJD's, DeepMIM's kind): what became
+    of the teacher's weights."""
+    torch.manual_seed(0)
+    teacher = timm.models.vision_transformer.VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=1,
+                                                               num_heads=2, num_classes=0, global_pool="")
+    target = FrozenTeacherTarget(teacher, IMAGENET_MEAN, IMAGENET_STD, out_dim=24)
+    encoder = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    decoder = MAEDecoder(encoder.grid_size, encoder.embed_dim, 24, 16, 1, 2)
+    model = MaskedImageModel(encoder, RandomMasking(0.75), target, {"mim": Branch(decoder, PatchLoss("cosine"))})
+    before = [p.clone() for p in teacher.parameters()]
+    shard_model(model, torch.device("cpu"), None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model(torch.randn(2, 3, 32, 32)).loss.backward()
+    optimizer.step()
+    return {"sharded_student": all(isinstance(p, DTensor) for p in model.parameters()),
+            "plain_teacher": not any(isinstance(p, DTensor) for p in teacher.parameters()),
+            "teacher_grads": [p.grad is not None or p.requires_grad for p in teacher.parameters()].count(True),
+            "teacher_unchanged": all(torch.equal(a, b) for a, b in zip(before, teacher.parameters()))}
 
 
 def _free_port() -> int:
@@ -141,6 +174,14 @@ def test_finetuning_from_converted_checkpoint_matches_ddp(runs):
     assert (runs / "ft_fsdp" / "checkpoint-best.dcp").is_dir()
     pretrained = load_file(str(runs / "pretrained.pth"))["model"]
     assert "blocks.0.attn.qkv.weight" in pretrained and "decoder_embed.weight" in pretrained
+
+
+@pytest.mark.slow
+def test_frozen_teacher_stays_a_whole_replica(runs):
+    """A frozen teacher is no registered submodule: the student is sharded, the teacher stays whole on every
+    process, without gradients, unchanged by the step."""
+    assert json.loads((runs / "teacher.json").read_text()) == {
+        "sharded_student": True, "plain_teacher": True, "teacher_grads": 0, "teacher_unchanged": True}
 
 
 @pytest.mark.slow

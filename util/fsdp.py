@@ -38,7 +38,6 @@ from util.resume import SAME_RUN, compare_weights, saved_model
 
 SUFFIX = ".dcp"
 STATE_FILE = "training_state.pth"
-CONVERT_HINT = "convert it with python tools/dcp_to_plain.py"
 
 
 def check_usable(world_size: int, amp_name: str, model_ema: bool = False) -> None:
