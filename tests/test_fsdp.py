@@ -142,8 +142,7 @@ def test_pretraining_matches_ddp(runs):
     for epoch in (0, 1):
         ddp, fsdp = plain(runs / "ddp" / f"checkpoint-{epoch}.pth"), plain(runs / "fsdp" / f"checkpoint-{epoch}.dcp")
         assert_close_states(ddp["model"], fsdp["model"])
-        assert [g["params"] for g in ddp["optimizer"]["param_groups"]] == \
-            [g["params"] for g in fsdp["optimizer"]["param_groups"]]
+        assert ddp["optimizer"]["param_groups"] == fsdp["optimizer"]["param_groups"]
         for index, state in ddp["optimizer"]["state"].items():
             assert_close_states(state, fsdp["optimizer"]["state"][index])
         assert (fsdp["epoch"], fsdp["step"], fsdp["world_size"]) == (ddp["epoch"], ddp["step"], 2)
@@ -194,6 +193,12 @@ def test_conversion_tool_writes_a_resumable_plain_checkpoint(runs, tmp_path):
     assert "50 weights, epoch 0" in result.stdout
     assert_close_states(load_file(str(out))["model"], plain(runs / "fsdp" / "checkpoint-0.dcp")["model"], exact=True)
     assert_close_states(load_file(str(out))["model"], plain(runs / "ddp" / "checkpoint-0.pth")["model"])
+    # one process without --fsdp goes on from it (the world size changed: the RNG states stay as seeded)
+    again = tmp_path / "again"
+    main_pretrain.main(main_pretrain.get_args_parser().parse_args(
+        pretrain_argv(runs / "data", again, "--resume", str(out), "--accum_iter", "1", "--batch_size", "8")))
+    assert [json.loads(line)["epoch"] for line in (again / "log.txt").read_text().splitlines()] == [1]
+    assert load_file(str(again / "checkpoint-1.pth"))["step"] == 3 + 6  # 3 steps of 2 x 4 x 2, then 6 of 8
 
 
 @pytest.mark.slow
