@@ -11,6 +11,7 @@ from models import Recipe
 from models.recipes import MASK_TYPES, PRED_TYPES
 from util import distributed as dist_util
 from util.config import PretrainConfig, add_runtime_args, add_sharding_args, add_training_args
+from util.dali_loader import BACKENDS, choose_backend, dali_train_loader
 from util.data import build_dataset, build_pretrain_transform
 from util.errors import UsageError
 from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, OPEN_FRACTION, POSITIVE_FRACTION, POSITIVE_INT,
@@ -54,6 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--vis_loss_type", default=None, choices=["l2", "smooth_l1"], help="visible-branch loss")
     g.add_argument("--theta", default=None, type=NON_NEGATIVE, help="weight of the visible-branch loss")
     p.add_argument("--vis_freq", default=20, type=POSITIVE_INT, help="write a reconstruction grid every N epochs")
+    p.add_argument("--data_backend", default=None, choices=BACKENDS,
+                   help="input pipeline: dali (decode and augment on the GPU, or its CPU operators) or pil "
+                        "(default: dali on a GPU with an image folder when DALI is installed, else pil)")
     add_runtime_args(p)
     add_sharding_args(p)
     return p
@@ -89,10 +93,12 @@ def main(args: argparse.Namespace) -> None:
         recipe = build_model(cfg)  # before the data: an unknown --model fails fast
         model = recipe.model
         min_scale = cfg.min_crop_scale if cfg.min_crop_scale is not None else recipe.defaults.min_crop_scale
+        backend = choose_backend(cfg.data_backend, session.device, cfg.data_set)
         dataset = build_dataset(cfg.data_set, cfg.data_path, build_pretrain_transform(cfg.input_size, min_scale),
                                 train=True, limit=cfg.data_limit)
         probe = ReconstructionProbe.sample(dataset, model, session.device, cfg.seed)
-        loader = train_loader(cfg, session, dataset)
+        loader = dali_train_loader(cfg, session, dataset, min_scale) if backend == "dali" else \
+            train_loader(cfg, session, dataset)
         model.to(session.device)
         if cfg.fsdp:  # before the optimizer: FSDP2 replaces the parameters
             shard_model(model, session.device, session.amp_dtype)
@@ -101,12 +107,13 @@ def main(args: argparse.Namespace) -> None:
         lr, eff_batch = cfg.scaled_lr(session.world_size, ratio)
         optimizer = torch.optim.AdamW(weight_decay_groups(model, cfg.weight_decay), lr=lr, betas=(0.9, 0.95),
                                       fused=session.device.type == "cuda")
-        trainer = Trainer(cfg, session, model, optimizer, lr, derived={"eff_batch": eff_batch})
+        trainer = Trainer(cfg, session, model, optimizer, lr,
+                          derived={"eff_batch": eff_batch, "data_backend": backend})
         if dist_util.is_main_process():
             print(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params; "
                   f"{len(dataset)} images; eff. batch {eff_batch:g} = {cfg.batch_size} x {cfg.accum_iter} accum x "
                   f"{session.world_size} process(es) x {ratio:.4g} (pred/mask); lr {lr:.3e}; "
-                  f"{session.amp_name} on {session.device}")
+                  f"{session.amp_name} on {session.device}; {backend} input pipeline")
         pretrain(trainer, loader, probe)
 
 

@@ -172,6 +172,7 @@ class PretrainConfig(RunConfig):
     vis_loss_type: str | None
     theta: float | None
     vis_freq: int
+    data_backend: str | None  # as given: None means DALI on a GPU when it imports (util.dali_loader.choose_backend)
     fsdp: bool
 
     @classmethod

@@ -7,7 +7,7 @@ import gzip
 import multiprocessing
 import os
 import warnings
-from typing import Callable
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 Transform = Callable[[Image.Image], object]
+T = TypeVar("T")
+# what PIL raises on a file that is not a readable image (truncated, garbage, not an image, too large)
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def build_pretrain_transform(input_size: int, min_scale: float = 0.2) -> transforms.Compose:
@@ -143,20 +146,33 @@ class ImageFiles(Dataset):
         return torch.from_numpy(np.frombuffer(self._bad, dtype=np.uint8).copy())
 
     def __getitem__(self, index: int) -> tuple[object, int]:
+        _, image, label = self.read(index, _load_rgb)
+        return (self.transform(image) if self.transform else image), label
+
+    def read(self, index: int, load: Callable[[str], T]) -> tuple[int, T, int]:
+        """(file index, ``load(path)``, label) of the first readable file from ``index`` on (wrapping around):
+        a file ``load`` fails on is flagged unreadable (``mark_unreadable``) and never tried again."""
         n = len(self.samples)
         for i in (j % n for j in range(index, index + n)):
             if self._bad[i]:
                 continue
             path, label = self.samples[i]
             try:
-                with Image.open(path) as f:
-                    image = f.convert("RGB")
-            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-                self._bad[i] = 1
-                warnings.warn(f"skipping unreadable image {path}: {err}")
-                continue
-            return (self.transform(image) if self.transform else image), label
+                return i, load(path), label
+            except UNREADABLE as err:
+                self.mark_unreadable(i, err)
         raise UsageError(f"none of the {n} images under {self.root} could be read: check the files.")
+
+    def mark_unreadable(self, index: int, err: Exception) -> None:
+        """Flag file ``index`` as unreadable (counted in ``skipped``, skipped from now on) with a warning."""
+        if not self._bad[index]:
+            self._bad[index] = 1
+            warnings.warn(f"skipping unreadable image {self.samples[index][0]}: {err}")
+
+
+def _load_rgb(path: str) -> Image.Image:
+    with Image.open(path) as f:
+        return f.convert("RGB")
 
 
 def _read_idx(path: str, magic: int) -> np.ndarray:

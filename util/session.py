@@ -2,7 +2,7 @@
 precision, the output folder's lock, and this process's shard of the training data."""
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -49,16 +49,19 @@ def start_session(cfg: RunConfig) -> Iterator[Session]:
         yield Session(rank, world_size, device, *amp_choice(cfg.amp, device))
 
 
-def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty: bool = False) -> DataLoader:
+def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty: bool = False,
+                 collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
     """This process's shard of ``dataset`` in full batches, reshuffled each epoch, each item augmented from its
     own seed (``util.sampling``: ``Trainer.epochs`` sets the epoch, and where a resumed one starts). Raises
-    ``UsageError`` when the data make no full batch, unless ``allow_empty`` (evaluation only)."""
+    ``UsageError`` when the data make no full batch, unless ``allow_empty`` (evaluation only). ``collate_fn``:
+    batches of another kind (the DALI path's encoded files, ``util.dali_loader``), which are not pinned."""
     sampler = ResumableSampler(dataset, num_replicas=session.world_size, rank=session.rank, shuffle=True,
                                seed=cfg.seed)
     # workers start afresh each epoch (they read the dataset's epoch); the loader's own generator draws their
     # base seeds, so the global RNG, which the checkpoints restore, sees only what the model draws
     loader = DataLoader(SeededItems(dataset, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
-                        num_workers=cfg.num_workers, pin_memory=cfg.pin_mem and session.device.type == "cuda",
+                        num_workers=cfg.num_workers, collate_fn=collate_fn,
+                        pin_memory=cfg.pin_mem and session.device.type == "cuda" and collate_fn is None,
                         drop_last=True, persistent_workers=False, worker_init_fn=ignore_sigterm,
                         generator=torch.Generator().manual_seed(cfg.seed + session.rank))
     if len(loader) == 0 and not allow_empty:
