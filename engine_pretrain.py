@@ -52,14 +52,15 @@ class ReconstructionProbe:
 
     def draw(self, model: nn.Module, norm_pix: bool, output_dir: str, run_log: RunLog, epoch: int,
              amp_dtype: torch.dtype | None) -> None:
-        """``reconstruction-<epoch>.png`` in output_dir and a TensorBoard image; nothing for a head that
-        predicts features (HOG, CLIP) rather than pixels."""
+        """``reconstruction-<epoch>.png`` in output_dir and a TensorBoard image, written by the main process
+        (under --fsdp every process runs the forward with it); nothing for a head that predicts features (HOG,
+        CLIP) rather than pixels."""
         model.eval()
         with torch.no_grad(), autocast(self.imgs.device, amp_dtype):
             out = model(self.imgs, mask=self.masks)
         n = len(self.imgs)
         pred = next(iter(out.pred.values()))[:n]
-        if pred.shape[-1] != model.patch_size ** 2 * 3:
+        if pred.shape[-1] != model.patch_size ** 2 * 3 or not dist_util.is_main_process():
             return
         grid = reconstruction_grid(self.imgs, pred, out.mask[:n], model.patch_size, norm_pix=norm_pix)
         save_png(grid, os.path.join(output_dir, f"reconstruction-{epoch:04d}.png"))
@@ -80,6 +81,7 @@ def pretrain(trainer: Trainer[PretrainConfig], loader: DataLoader, probe: Recons
             trainer.save(epoch)
         if trainer.stopped:
             break
-        if dist_util.is_main_process() and trainer.due(epoch, cfg.vis_freq):
+        # a sharded model's forward is a collective (--fsdp): every process runs it, the main one draws
+        if (dist_util.is_main_process() or trainer.sharded) and trainer.due(epoch, cfg.vis_freq):
             probe.draw(trainer.model, cfg.norm_pix_loss, cfg.output_dir, trainer.log, epoch, session.amp_dtype)
         trainer.log_epoch(epoch, {f"train_{k}": v for k, v in stats.items()}, f"loss {stats['loss']:.4f}")

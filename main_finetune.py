@@ -13,10 +13,11 @@ from torch import nn
 from engine_finetune import fit
 from util import distributed as dist_util
 from util.classify import build_classifier, build_loaders, data_classes
-from util.config import FinetuneConfig, add_classify_args, add_runtime_args, add_training_args
+from util.config import FinetuneConfig, add_classify_args, add_runtime_args, add_sharding_args, add_training_args
 from util.data import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform
 from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, POSITIVE_FRACTION, POSITIVE_INT, PROBABILITY,
                          ArgumentParser)
+from util.fsdp import check_usable, shard_model
 from util.runtime import run_cli
 from util.session import start_session
 from util.trainer import Trainer
@@ -46,6 +47,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_ema_decay", default=0.9999, type=PROBABILITY)
     add_classify_args(p, global_pool_default=True)
     add_runtime_args(p)
+    add_sharding_args(p)
     return p
 
 
@@ -66,6 +68,8 @@ def main(args: argparse.Namespace) -> dict:
     """Fine-tune (or evaluate) as ``args`` say; returns the best validation metrics (``--eval``: the metrics)."""
     cfg = FinetuneConfig.from_args(args)
     with start_session(cfg) as session:
+        if cfg.fsdp:
+            check_usable(session.world_size, session.amp_name, cfg.model_ema)
         train_tf = create_transform(input_size=cfg.input_size, is_training=True, color_jitter=cfg.color_jitter,
                                     auto_augment=cfg.aa, interpolation="bicubic", re_prob=cfg.reprob,
                                     re_mode=cfg.remode, re_count=cfg.recount, mean=IMAGENET_MEAN, std=IMAGENET_STD)
@@ -73,6 +77,8 @@ def main(args: argparse.Namespace) -> dict:
         model = build_classifier(cfg, classes.count, drop_path_rate=cfg.drop_path).to(session.device)
         data = build_loaders(cfg, session, train_tf, build_eval_transform(cfg.input_size), classes)
         mixup_fn, criterion = build_mixup_and_criterion(cfg, classes.count)
+        if cfg.fsdp:  # after --finetune's weights are in, before the optimizer: FSDP2 replaces the parameters
+            shard_model(model, session.device, session.amp_dtype)
         lr, eff_batch = cfg.scaled_lr(session.world_size)
         groups = param_groups_layer_decay(model, cfg.weight_decay, no_weight_decay_list=model.no_weight_decay(),
                                           layer_decay=cfg.layer_decay)

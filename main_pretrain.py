@@ -10,12 +10,13 @@ from engine_pretrain import ReconstructionProbe, pretrain
 from models import Recipe
 from models.recipes import MASK_TYPES, PRED_TYPES
 from util import distributed as dist_util
-from util.config import PretrainConfig, add_runtime_args, add_training_args
+from util.config import PretrainConfig, add_runtime_args, add_sharding_args, add_training_args
 from util.dali_loader import BACKENDS, choose_backend, dali_train_loader
 from util.data import build_dataset, build_pretrain_transform
 from util.errors import UsageError
 from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, OPEN_FRACTION, POSITIVE_FRACTION, POSITIVE_INT,
                          ArgumentParser)
+from util.fsdp import check_usable, shard_model
 from util.lr import weight_decay_groups
 from util.runtime import build_named_model, parse_model_kwargs, run_cli
 from util.session import start_session, train_loader
@@ -58,6 +59,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="input pipeline: dali (decode and augment on the GPU, or its CPU operators) or pil "
                         "(default: dali on a GPU with an image folder when DALI is installed, else pil)")
     add_runtime_args(p)
+    add_sharding_args(p)
     return p
 
 
@@ -86,6 +88,8 @@ def main(args: argparse.Namespace) -> None:
     """Pretrain as ``args`` say: config -> session -> recipe, data, optimizer -> ``engine_pretrain.pretrain``."""
     cfg = PretrainConfig.from_args(args)
     with start_session(cfg) as session:
+        if cfg.fsdp:
+            check_usable(session.world_size, session.amp_name)
         recipe = build_model(cfg)  # before the data: an unknown --model fails fast
         model = recipe.model
         min_scale = cfg.min_crop_scale if cfg.min_crop_scale is not None else recipe.defaults.min_crop_scale
@@ -96,6 +100,8 @@ def main(args: argparse.Namespace) -> None:
         loader = dali_train_loader(cfg, session, dataset, min_scale) if backend == "dali" else \
             train_loader(cfg, session, dataset)
         model.to(session.device)
+        if cfg.fsdp:  # before the optimizer: FSDP2 replaces the parameters
+            shard_model(model, session.device, session.amp_dtype)
         # DMJD's adaptive rule counts unique images x pred_ratio / mask_ratio (docs/methods.md §2.6); MAE's ratio is 1
         ratio = recipe.defaults.lr_batch_ratio
         lr, eff_batch = cfg.scaled_lr(session.world_size, ratio)

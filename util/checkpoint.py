@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -19,6 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from models.pos_embed import resize_pos_embed
 from util import distributed as dist_util
@@ -60,7 +62,7 @@ def _disk_full(err: BaseException | None) -> bool:
 
 def previous_checkpoint_note(output_dir: str) -> str:
     """The clause "the previous checkpoint <path> is intact", for messages about a checkpoint not written."""
-    previous = latest_checkpoint(output_dir)
+    previous = latest_checkpoint(output_dir) or latest_checkpoint(output_dir, ".dcp")
     return f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint was written"
 
 
@@ -69,6 +71,8 @@ def check_finite_weights(model: nn.Module, epoch: int, output_dir: str) -> None:
     finite but garbage). One norm on the device and one host sync per save, nothing per step."""
     tensors = [t.detach() for t in model.state_dict().values() if t.is_floating_point()]
     norm = torch.nn.utils.get_total_norm(tensors)
+    if isinstance(norm, DTensor):  # --fsdp: each process holds slices; the norm of the whole weights
+        norm = norm.full_tensor()
     if not torch.isfinite(norm):
         raise UsageError(f"the weights after epoch {epoch} are not finite (norm {norm.item()}): training diverged, "
                          f"so no checkpoint was written and {previous_checkpoint_note(output_dir)}; resume from it "
@@ -91,6 +95,9 @@ def safe_torch_load(path: str, what: str) -> Any:
 
 def load_file(path: str) -> dict[str, Any]:
     """``torch.load`` a checkpoint on the CPU with ``weights_only=True``; one-sentence errors."""
+    if os.path.isfile(os.path.join(path, ".metadata")):
+        raise UsageError(f"{path} is a checkpoint folder --fsdp wrote: resume it with --fsdp, or convert it to a "
+                         f".pth with python tools/dcp_to_plain.py {path} OUT.pth")
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path!r} does not exist: pass the path of a .pth file")
     return safe_torch_load(path, "checkpoint")
@@ -132,32 +139,36 @@ def _as_tuples(value):
     return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _numbered_checkpoints(output_dir: str) -> list[tuple[int, float, str]]:
-    """(epoch, batches done, path) of each ``checkpoint-<epoch>.pth`` (an epoch done: inf batches) and each
-    ``checkpoint-<epoch>-batch<k>.pth`` (saved at a stop, ``k`` batches into the epoch) in ``output_dir``."""
+def _numbered_checkpoints(output_dir: str, suffix: str = ".pth") -> list[tuple[int, float, str]]:
+    """(epoch, batches done, path) of each ``checkpoint-<epoch><suffix>`` (an epoch done: inf batches) and each
+    ``checkpoint-<epoch>-batch<k><suffix>`` (saved at a stop, ``k`` batches into the epoch) in ``output_dir``.
+    ``suffix``: ``.pth`` (files) or ``.dcp`` (the folders ``--fsdp`` writes)."""
     found = []
-    for path in glob.glob(os.path.join(output_dir, "checkpoint-*.pth")):
-        match = re.fullmatch(r"checkpoint-(\d+)(?:-batch(\d+))?\.pth", os.path.basename(path))
+    for path in glob.glob(os.path.join(output_dir, f"checkpoint-*{suffix}")):
+        match = re.fullmatch(rf"checkpoint-(\d+)(?:-batch(\d+))?{re.escape(suffix)}", os.path.basename(path))
         if match:
             found.append((int(match.group(1)), float(match.group(2) or "inf"), path))
     return found
 
 
-def checkpoints_newest_first(output_dir: str) -> list[str]:
+def checkpoints_newest_first(output_dir: str, suffix: str = ".pth") -> list[str]:
     """The checkpoints of ``output_dir`` a run can continue from, the furthest in training first."""
-    return [path for *_, path in sorted(_numbered_checkpoints(output_dir), reverse=True)]
+    return [path for *_, path in sorted(_numbered_checkpoints(output_dir, suffix), reverse=True)]
 
 
-def remove_partial_checkpoints(output_dir: str, epoch: int) -> None:
+def remove_partial_checkpoints(output_dir: str, epoch: int, suffix: str = ".pth") -> None:
     """Delete the checkpoints saved at a stop part-way through ``epoch`` or before: one at its end supersedes them."""
-    for done_epoch, batches, path in _numbered_checkpoints(output_dir):
+    for done_epoch, batches, path in _numbered_checkpoints(output_dir, suffix):
         if batches != float("inf") and done_epoch <= epoch:
-            os.remove(path)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
 
 
-def latest_checkpoint(output_dir: str) -> str | None:
+def latest_checkpoint(output_dir: str, suffix: str = ".pth") -> str | None:
     """The newest checkpoint in ``output_dir`` (``--auto_resume``), or None."""
-    return next(iter(checkpoints_newest_first(output_dir)), None)
+    return next(iter(checkpoints_newest_first(output_dir, suffix)), None)
 
 
 def save_training_state(output_dir: str, model: nn.Module, optimizer: torch.optim.Optimizer,

@@ -67,6 +67,13 @@ def add_runtime_args(p: ArgumentParser) -> None:
                    help="set by python -m torch.distributed.launch")
 
 
+def add_sharding_args(p: ArgumentParser) -> None:
+    """``--fsdp``, for the CLIs that train a whole ViT-L/H (pretraining, fine-tuning)."""
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard weights, gradients and optimizer state over the processes (FSDP2) instead of "
+                        "replicating them (DDP); checkpoints become checkpoint-<epoch>.dcp folders")
+
+
 def add_classify_args(p: ArgumentParser, global_pool_default: bool) -> None:
     """Flags fine-tuning and linear probing share (official names)."""
     p.add_argument("--finetune", default="", help="pretrained checkpoint to start from (ours or official)")
@@ -83,7 +90,8 @@ class RunConfig:
     """What every CLI is asked to do: one field per shared flag, with the flag's name and meaning.
 
     ``log_dir`` and ``resume`` hold their resolved values (``--log_dir`` or ``output_dir``; ``--resume`` or,
-    with ``--auto_resume``, the newest ``checkpoint-<epoch>.pth`` in ``output_dir``, or "")."""
+    with ``--auto_resume``, the newest ``checkpoint-<epoch>.pth`` in ``output_dir`` (``.dcp`` under ``--fsdp``),
+    or "")."""
 
     model: str
     epochs: int
@@ -125,7 +133,8 @@ class RunConfig:
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         values["log_dir"] = args.log_dir or args.output_dir
         if args.auto_resume and not args.resume:
-            values["resume"] = latest_checkpoint(args.output_dir) or ""
+            suffix = ".dcp" if getattr(args, "fsdp", False) else ".pth"
+            values["resume"] = latest_checkpoint(args.output_dir, suffix) or ""
         flags = MappingProxyType(copy.deepcopy(vars(args)))
         return cls(**values | resolved, flags=flags)
 
@@ -164,6 +173,7 @@ class PretrainConfig(RunConfig):
     theta: float | None
     vis_freq: int
     data_backend: str | None  # as given: None means DALI on a GPU when it imports (util.dali_loader.choose_backend)
+    fsdp: bool
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **resolved: Any) -> Self:
@@ -205,3 +215,4 @@ class FinetuneConfig(ClassifyConfig):
     mixup_mode: str
     model_ema: bool
     model_ema_decay: float
+    fsdp: bool

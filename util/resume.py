@@ -46,9 +46,9 @@ def check_resumable(path: str, ckpt: Any, model: nn.Module, optimizer: torch.opt
                              f"checkpoint: {EXPECTED}" + (FINETUNE_HINT if can_finetune else ""))
         raise UsageError(f"{path} has no 'model' entry (it has {', '.join(map(str, ckpt)) or 'nothing'}), so it is "
                          f"not a training checkpoint: {EXPECTED}")
-    report = _compare(state, model.state_dict())
+    report = compare_weights(state, model.state_dict())
     if str(report) != "loaded all keys":
-        saved = _saved_model(ckpt)
+        saved = saved_model(ckpt)
         if can_finetune and _is_pretraining(ckpt):
             raise UsageError(f"{path} is a pretraining checkpoint ({saved}), not one of a classifier: start "
                              f"from its weights with --finetune {path}")
@@ -57,7 +57,8 @@ def check_resumable(path: str, ckpt: Any, model: nn.Module, optimizer: torch.opt
         _check_optimizer(path, ckpt["optimizer"], optimizer)
 
 
-def _compare(saved: dict[str, Any], own: dict[str, torch.Tensor]) -> LoadReport:
+def compare_weights(saved: dict[str, Any], own: dict[str, torch.Tensor]) -> LoadReport:
+    """Keys of ``own`` missing from ``saved``, keys of ``saved`` not in ``own``, and shapes that differ."""
     return LoadReport(
         missing=[k for k in own if k not in saved], unexpected=[k for k in saved if k not in own],
         mismatched=[f"{k} {tuple(saved[k].shape)}->{tuple(v.shape)}" for k, v in own.items()
@@ -69,7 +70,8 @@ def _args(ckpt: dict) -> dict:
     return args if isinstance(args, dict) else vars(args) if args is not None else {}
 
 
-def _saved_model(ckpt: dict) -> str:
+def saved_model(ckpt: dict) -> str:
+    """"saved by --model X --model_kwargs ..." from a checkpoint's recorded args."""
     args = _args(ckpt)
     if "model" not in args:
         return "saved by an unknown command"

@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from util import distributed as dist_util
+from util import fsdp
 from util.checkpoint import checkpoints_newest_first, remove_partial_checkpoints, save_training_state
 from util.config import RunConfig
 from util.logging import RunLog
@@ -56,11 +57,15 @@ class Trainer(Generic[C]):
         if not self.cfg.resume:
             return {}
         auto = self.cfg.auto_resume and not self.cfg.flags.get("resume")
-        older = [p for p in checkpoints_newest_first(self.cfg.output_dir) if p != self.cfg.resume] if auto else []
-        path, ckpt = read_checkpoint(self.cfg.resume, older)
+        older = [p for p in checkpoints_newest_first(self.cfg.output_dir, self.suffix) if p != self.cfg.resume] \
+            if auto else []
         optimizer = self.optimizer if with_optimizer else None
-        check_resumable(path, ckpt, self.model, optimizer, can_finetune=hasattr(self.cfg, "finetune"))
-        restore(ckpt, self.model, optimizer, self.scaler)
+        if self.sharded:
+            path, ckpt = fsdp.resume_sharded(self.cfg.resume, older, self.model, optimizer)
+        else:
+            path, ckpt = read_checkpoint(self.cfg.resume, older)
+            check_resumable(path, ckpt, self.model, optimizer, can_finetune=hasattr(self.cfg, "finetune"))
+            restore(ckpt, self.model, optimizer, self.scaler)
         # released fine-tuned checkpoints hold only 'model'; one saved at a stop, its epoch part-way
         done = ckpt.get("batches_done", 0)
         self.start_epoch, self.step = ckpt.get("epoch", -1) + (0 if done else 1), ckpt.get("step", 0)
@@ -74,13 +79,25 @@ class Trainer(Generic[C]):
         return ckpt
 
     def wrapped(self) -> nn.Module:
-        """The module the loop trains: DistributedDataParallel over processes, then torch.compile (--compile)."""
+        """The module the loop trains: DistributedDataParallel over processes (--fsdp: the model sharded already,
+        with DDP's no_sync), then torch.compile (--compile)."""
         model, device = self.model, self.session.device
-        if self.session.world_size > 1:
+        if self.sharded:
+            model = fsdp.ShardedTrainee(model)
+        elif self.session.world_size > 1:
             model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if self.cfg.compile:
             model = torch.compile(model)
         return model
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the model is sharded (--fsdp): checkpoints are then ``.dcp`` folders written through DCP."""
+        return getattr(self.cfg, "fsdp", False)
+
+    @property
+    def suffix(self) -> str:
+        return fsdp.SUFFIX if self.sharded else ".pth"
 
     def epochs(self, loader: DataLoader) -> Iterator[int]:
         """The epochs left to train. Before each: the loader reshuffles for it (leaving out the batches a stopped
@@ -146,22 +163,28 @@ class Trainer(Generic[C]):
     def save(self, epoch: int, name: str | None = None, **extra) -> None:
         """``checkpoint-<epoch>.pth`` (or ``name``) in output_dir, resumable exactly; ``extra`` entries beside
         the weights (best metrics, EMA weights). After a stop, ``checkpoint-<epoch>-batch<k>.pth`` of the epoch
-        part-way; a regular checkpoint removes those it supersedes."""
+        part-way; a regular checkpoint removes those it supersedes. --fsdp: ``.dcp`` folders instead."""
         step = self.step
         if self.stopped:
             done = self.stop.stopped_after
             name = f"checkpoint-{epoch}-batch{done}.pth"
             step = self.epoch_start_step + (done - self.first_batch) // self.cfg.accum_iter
             extra |= {"batches_done": done, "epoch_batches": self.epoch_batches}
-        save_training_state(self.cfg.output_dir, self.model, self.optimizer, self.scaler, epoch, step,
-                            self.record(), name=name, **extra)
+        if self.sharded:
+            written = (name or f"checkpoint-{epoch}.pth").removesuffix(".pth") + fsdp.SUFFIX
+            fsdp.save_sharded(self.cfg.output_dir, written, self.model, self.optimizer, epoch, step, self.record(),
+                              **extra)
+        else:
+            written = name
+            save_training_state(self.cfg.output_dir, self.model, self.optimizer, self.scaler, epoch, step,
+                                self.record(), name=name, **extra)
         if not dist_util.is_main_process():
             return
         if self.stopped:
             print(f"SIGTERM: stopped after batch {done} of {self.epoch_batches} of epoch {epoch} and saved "
-                  f"{os.path.join(self.cfg.output_dir, name)}: --auto_resume continues from there", flush=True)
+                  f"{os.path.join(self.cfg.output_dir, written)}: --auto_resume continues from there", flush=True)
         elif name is None:
-            remove_partial_checkpoints(self.cfg.output_dir, epoch)
+            remove_partial_checkpoints(self.cfg.output_dir, epoch, self.suffix)
 
     def record(self) -> dict[str, Any]:
         """The run's settings as checkpoints store them (``args``): the config, the run-time derived values and
