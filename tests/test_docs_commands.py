@@ -16,7 +16,8 @@ comment lines and trailing comments dropped, a trailing `...` meaning "more flag
 Commands of E2E_PROGRAMS also run end to end, in this process, on the CPU (those differing only in flag values
 once: the first), by this substitution rule:
 
-* the launcher and wrapper are dropped: one process, `--device cpu --num_workers 0 --amp fp32`, no `--compile`;
+* the launcher and wrapper are dropped: one process, `--device cpu --num_workers 0 --amp fp32`, and the flags
+  of MULTI_PROCESS_OR_GPU dropped (`--compile`, `--fsdp`: FSDP shards over several processes);
 * `--data_path` -> a tiny ImageNet-layout folder (tests/conftest.py `make_image_folder`: 2 classes x 4 images of
   40 px in train/ and val/); `--data_set fashion_mnist` -> that folder as `imagefolder`;
 * `--epochs 1 --warmup_epochs 0 --batch_size 2 --accum_iter 1`;
@@ -53,6 +54,7 @@ DOCS = ["README.md", "PRETRAIN.md", "FINETUNE.md", "SEGMENTATION.md", "RELIABILI
 SHELL_FENCES = ("bash", "sh", "shell")
 CLI_DIRS = ("", "tools", "benchmarks", "segmentation")  # "" = the repository root (main_*.py, submitit_*.py)
 E2E_PROGRAMS = ("main_pretrain.py", "main_finetune.py", "main_linprobe.py", "tools/export.py")
+MULTI_PROCESS_OR_GPU = {"--compile", "--fsdp"}  # switches a one-process CPU run drops
 
 LAUNCHERS = ("torchrun", "torch.distributed.launch", "torch.distributed.run")
 LAUNCHER_SWITCHES = {"--standalone", "--no-python", "--no_python", "--module", "-m", "--run-path", "--run_path",
@@ -98,15 +100,41 @@ PRETRAINED_FOR = {"vit": "mae_vit_base_patch16", "conv": "dmjd_convvit_base_patc
 class DocCommand:
     file: str
     line: int
-    text: str  # as printed, continuations joined
+    text: str  # the line as printed, continuations joined
+    part: int = 0  # which command of the line (`a && b`, `a | b`, `a; b`)
 
     @property
     def words(self) -> list[str]:
-        words = shlex.split(self.text, comments=True)
+        words = split_commands(self.text)[self.part]
         return words[:-1] if words and words[-1] == "..." else words
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.text}"
+        return f"{self.file}:{self.line}: {self.text}" + (f" (command {self.part + 1})" if self.part else "")
+
+
+SEPARATORS = {"&&", "||", ";", "|", "&"}
+
+
+def split_commands(text: str) -> list[list[str]]:
+    """The words of each command of a shell line: split at `&&`, `||`, `;`, `|`, `&`, comments and `>` / `2>&1`
+    redirections dropped."""
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split, lexer.commenters = True, "#"
+    commands, words = [], []
+    tokens = list(lexer)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token in SEPARATORS:
+            commands.append(words)
+            words = []
+        elif re.fullmatch(r"\d*>>?", token):  # `> file`, `2> file`; `2>&1` lexes as `2>`, `&`, `1`
+            i += 2 if tokens[i + 1:i + 2] != ["&"] else 3
+            continue
+        else:
+            words.append(token)
+        i += 1
+    return [w for w in commands + [words] if w]
 
 
 def doc_commands() -> list[DocCommand]:
@@ -132,7 +160,8 @@ def doc_commands() -> list[DocCommand]:
                 pending += stripped[:-1] + " "
                 continue
             # after a `\`, a comment line ends the command (shlex drops the comment), as in bash
-            commands.append(DocCommand(name, start, pending + stripped))
+            text = pending + stripped
+            commands += [DocCommand(name, start, text, part) for part in range(len(split_commands(text)))]
             pending = ""
     return commands
 
@@ -204,7 +233,7 @@ OTHER_COMMANDS = [c for c in COMMANDS if c not in CLI_COMMANDS]
 # flags whose values the substitution rule replaces: they do not tell two tiny runs apart
 SUBSTITUTED = {"--data_path", "--data_set", "--data_limit", "--output_dir", "--log_dir", "--epochs", "--warmup_epochs",
                "--batch_size", "--accum_iter", "--input_size", "--token_size", "--num_workers", "--device", "--amp",
-               "--compile", "--finetune", "--resume", "--clip_path", "--out", "--img_size", "--auto_resume"}
+               *MULTI_PROCESS_OR_GPU, "--finetune", "--resume", "--clip_path", "--out", "--img_size", "--auto_resume"}
 
 
 def e2e_key(command: DocCommand) -> tuple:
@@ -228,7 +257,7 @@ E2E_COMMANDS = e2e_commands()
 
 
 def ids(commands: list[DocCommand]) -> list[str]:
-    return [f"{c.file}:{c.line}" for c in commands]
+    return [f"{c.file}:{c.line}" + (f"+{c.part}" if c.part else "") for c in commands]
 
 
 # --- parsing with the CLI's own parser -----------------------------------------------------------------------
@@ -371,7 +400,7 @@ def tiny_world(tmp_path_factory) -> TinyWorld:
 
 def tiny_argv(program: str, argv: list[str], args: argparse.Namespace, world: TinyWorld, out: Path) -> list[str]:
     """``argv`` as the substitution rule makes it tiny (flags appended: argparse keeps the last value)."""
-    argv = [w for w in argv if w != "--compile"]
+    argv = [w for w in argv if w not in MULTI_PROCESS_OR_GPU]
     kwargs = [*args.model_kwargs, *TINY[args.model]]
     if program == "tools/export.py":
         return [str(world.pretrained(args.model)), *argv[1:], "--img_size", str(TINY_SIZE),
