@@ -14,21 +14,24 @@ RUN apt-get update \
  && add-apt-repository -y ppa:deadsnakes/ppa \
  && apt-get install -y --no-install-recommends python3.11 python3.11-dev python3.11-venv g++ \
  && rm -rf /var/lib/apt/lists/*
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python3.11 -m venv /opt/venv
+# tools/install.sh is the install that make and CI run too: here with /opt/venv and no pip cache in the image.
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHON=python3.11 \
+    VENV=/opt/venv
 WORKDIR /src
 COPY requirements.txt requirements-seg.txt ./
-RUN /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
+COPY tools/install.sh tools/
+RUN tools/install.sh runtime
 # CUDA 13 dropped Volta: nvcc 13 cannot target sm_70 and the cu130 torch wheel has no sm_70 kernels, so V100
 # needs another image (a CUDA 12.x torch build and an mmcv compiled by nvcc 12.x). 8.0 is A100 and, since a
 # cubin runs on later minors of its major, also A10/A40/L40 (8.6/8.9); 9.0 is H100/H200. Blackwell would need
 # "10.0;12.0" added. Each architecture costs roughly 70 CPU-minutes of compiling (an estimate, not measured).
 ARG TORCH_CUDA_ARCH_LIST="8.0;9.0"
 ARG MAX_JOBS=8
-COPY tools/build_mmcv.sh tools/
-RUN PY=/opt/venv/bin/python WHEEL_CACHE=/wheels FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" \
-      MAX_JOBS="$MAX_JOBS" tools/build_mmcv.sh \
- && /opt/venv/bin/pip install --no-cache-dir --find-links /wheels -r requirements-seg.txt
+# the segmentation extra as `make seg` installs it, but with mmcv's CUDA ops compiled (FORCE_CUDA=1)
+RUN WHEEL_CACHE=/wheels FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="$TORCH_CUDA_ARCH_LIST" MAX_JOBS="$MAX_JOBS" \
+      tools/install.sh seg
 
 # No compiler toolchain here, and no cuDNN from the image either: torch's wheel brings its own (nvidia-cudnn-cu13).
 # Without a C compiler, --compile (torch.compile) fails on the GPU: Triton builds its launcher with gcc and

@@ -1,5 +1,6 @@
 # Two entry points: `make demo` (pretrain, picture and linear probes on Fashion-MNIST, CPU) and `make test`.
 # The segmentation extra: `make seg` (onedl-mmcv built once into WHEEL_CACHE), `make seg-demo`.
+# Every install step is tools/install.sh's, the same the Dockerfile and CI run; the targets only call it.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,24 +10,18 @@ DEMO_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
 TORCH_VERSION := $(shell sed -n 's/^torch==//p' requirements.txt)
 WHEEL_CACHE ?= $(HOME)/.cache/mim-wheels/torch-$(TORCH_VERSION)
+INSTALL := PYTHON=$(PYTHON) VENV=$(VENV) WHEEL_CACHE=$(WHEEL_CACHE) FMNIST_DIR=$(FMNIST_DIR) tools/install.sh
 
 .PHONY: demo demo-pretrain test venv seg seg-demo fashion-mnist clean
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
-	touch $@
+$(VENV)/.installed: requirements.txt requirements-dev.txt tools/install.sh
+	$(INSTALL) venv
 
 # The demo's data: Debian's dataset-fashion-mnist package, installed through apt when missing.
 fashion-mnist:
-	@if [ ! -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
-	  if command -v apt-get >/dev/null; then \
-	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
-	  else echo "Fashion-MNIST not found in $(FMNIST_DIR): install Debian's dataset-fashion-mnist"; exit 1; fi; \
-	fi
+	$(INSTALL) fashion-mnist
 
 # Linear probe of the pretrained encoder and of a random one: global-pool features, BN + linear head, LARS.
 # (LARS moves weights by lr x 1e-3 x |w| per step: a short probe needs a large lr, as ImageNet's 6.4.)
@@ -37,10 +32,8 @@ PROBE := --model vit_tiny_patch16 --global_pool --data_set fashion_mnist --data_
 # the segmentation extra: mmcv's ops compiled once (~30 CPU-minutes) into a cache outside the repository
 seg: $(VENV)/.seg-installed
 
-$(VENV)/.seg-installed: $(VENV)/.installed requirements-seg.txt tools/build_mmcv.sh
-	PY=$(PY) WHEEL_CACHE=$(WHEEL_CACHE) tools/build_mmcv.sh
-	$(PY) -m pip install --disable-pip-version-check -q --find-links $(WHEEL_CACHE) -r requirements-seg.txt
-	touch $@
+$(VENV)/.seg-installed: $(VENV)/.installed requirements-seg.txt tools/install.sh
+	$(INSTALL) seg
 
 demo: demo-pretrain
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) main_linprobe.py $(PROBE) \

@@ -1,6 +1,7 @@
 """Static checks of the Dockerfile (no Docker here: no registry to pull its base images from): what it copies,
 runs and installs exists in the repository, its CUDA matches the pinned torch's, its stages and user are as the
-README says, and hadolint (pinned in requirements-dev.txt) finds nothing at warning level or above."""
+README says, and hadolint (pinned in requirements-dev.txt) finds nothing at warning level or above. And the one
+install script, tools/install.sh: the Dockerfile, the Makefile's targets and CI all install through it."""
 import json
 import os
 import re
@@ -10,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
+INSTALL = ROOT / "tools" / "install.sh"
 
 # torch pin -> (its PyPI wheel's CUDA build, the CUDA major.minor the base images must have). The PyPI wheel's
 # CUDA changes between torch releases; extend this when requirements.txt moves to another torch.
@@ -89,7 +93,7 @@ def test_scripts_run_from_the_repository_exist_and_are_executable():
         command = next((w for w in words if not re.match(r"^\w+=", w)), None)
         if command and not command.startswith("/") and "/" in command:
             scripts.append(command)
-    assert "tools/build_mmcv.sh" in scripts
+    assert "tools/install.sh" in scripts
     copied = set(copy_sources())
     for script in scripts:
         path = ROOT / script
@@ -98,9 +102,35 @@ def test_scripts_run_from_the_repository_exist_and_are_executable():
         assert script in copied or f"{Path(script).parent}/" in copied, f"{script} is run but never copied in"
 
 
+def install_steps() -> dict[str, str]:
+    """tools/install.sh's steps: name -> the body of its ``step_<name>()`` function (``-`` for ``_``)."""
+    text = INSTALL.read_text()
+    return {name.replace("_", "-"): body for name, body in re.findall(r"^step_(\w+)\(\) \{\n(.*?)^\}", text, re.M | re.S)}
+
+
+def step_requirements(step: str) -> set[str]:
+    """The requirement files a step of tools/install.sh installs (``-r FILE``), through the steps it calls."""
+    body = install_steps()[step]
+    files = set(re.findall(r"-r\s+(\S+)", body))
+    for called in re.findall(r"^\s*step_(\w+)\s*$", body, re.M):
+        files |= step_requirements(called.replace("_", "-"))
+    return files
+
+
+def dockerfile_install_steps() -> list[str]:
+    """The tools/install.sh steps the Dockerfile RUNs, in order."""
+    steps = []
+    for words in run_words():
+        command = [w for w in words if not re.match(r"^\w+=", w)]
+        if command and command[0] == "tools/install.sh":
+            steps += command[1:]
+    return steps
+
+
 def test_installed_requirements_exist_and_are_copied():
-    installed = [words[i + 1] for words in run_words() for i, w in enumerate(words[:-1]) if w in ("-r", "--requirement")]
-    assert {"requirements.txt", "requirements-seg.txt"} <= set(installed)
+    assert dockerfile_install_steps() == ["runtime", "seg"]
+    installed = set().union(*(step_requirements(step) for step in dockerfile_install_steps()))
+    assert {"requirements.txt", "requirements-seg.txt"} <= installed
     copied = set(copy_sources())
     for name in installed:
         assert (ROOT / name).is_file(), f"{name} is installed but not in the repository"
@@ -127,12 +157,24 @@ def test_devel_build_stage_and_runtime_final_stage():
 
 
 def test_mmcv_is_built_with_cuda_ops_and_installed_from_that_wheel():
-    run = " ".join(args for keyword, args in instructions() if keyword == "RUN")
+    seg_runs = [args for keyword, args in instructions() if keyword == "RUN" and "tools/install.sh seg" in args]
+    assert len(seg_runs) == 1, "the build stage installs the segmentation extra with tools/install.sh seg"
+    run = seg_runs[0]
     assert "FORCE_CUDA=1" in run and "TORCH_CUDA_ARCH_LIST=" in run and "MAX_JOBS=" in run
-    assert re.search(r"--find-links\s+/wheels\s+-r\s+requirements-seg\.txt", run)
     assert "WHEEL_CACHE=/wheels" in run
+    # the seg step builds the wheel into WHEEL_CACHE, then installs the extra from there
+    seg = install_steps()["seg"]
+    assert re.search(r"^\s*step_mmcv\s*$", seg, re.M)
+    assert re.search(r'--find-links\s+"\$\(wheel_cache\)"\s+-r\s+requirements-seg\.txt', seg)
+    assert "${WHEEL_CACHE:-" in INSTALL.read_text()
     args = {args.split("=")[0] for keyword, args in instructions() if keyword == "ARG"}
     assert {"MAX_JOBS", "TORCH_CUDA_ARCH_LIST"} <= args
+
+
+def test_install_script_builds_the_pinned_mmcv():
+    pins = dict(re.findall(r"^([\w-]+)==(\S+)", (ROOT / "requirements-seg.txt").read_text(), re.M))
+    built = re.search(r"^MMCV_VERSION=(\S+)", INSTALL.read_text(), re.M)
+    assert built and built[1] == pins["onedl-mmcv"], "tools/install.sh builds another onedl-mmcv than pinned"
 
 
 def test_non_root_user_before_the_help_command():
@@ -164,3 +206,56 @@ def test_hadolint():
     result = subprocess.run([hadolint, "--no-color", "--config", str(ROOT / ".hadolint.yaml"), str(DOCKERFILE)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- tools/install.sh: the one install, called by the Dockerfile, the Makefile and CI ---
+
+def make_dry_run(target: str, tmp_path: Path) -> str:
+    """The commands ``make TARGET`` would run from scratch (``-n -B``: printed, not run), with a fresh VENV."""
+    result = subprocess.run(["make", "-n", "-B", target, f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def installs(commands: str) -> list[str]:
+    """The tools/install.sh steps in a list of shell commands, in order."""
+    steps = []
+    for line in commands.splitlines():
+        words = shlex.split(line) if "tools/install.sh" in line else []
+        if "tools/install.sh" in words:
+            steps += words[words.index("tools/install.sh") + 1:]
+    return steps
+
+
+def test_install_script_is_strict_and_executable():
+    text = INSTALL.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n") and "\nset -euo pipefail\n" in text
+    assert os.access(INSTALL, os.X_OK), "tools/install.sh is not executable (git mode 100755)"
+    assert subprocess.run(["bash", "-n", str(INSTALL)], capture_output=True).returncode == 0
+
+
+def test_install_script_documents_and_dispatches_every_step():
+    help_text = subprocess.run([str(INSTALL), "help"], capture_output=True, text=True, timeout=30).stdout
+    for step in install_steps():
+        assert re.search(rf"^  {re.escape(step)} ", help_text, re.M), f"`tools/install.sh help` omits {step}"
+        assert re.search(rf"^    {re.escape(step)}\) step_{step.replace('-', '_')} ;;$", INSTALL.read_text(), re.M)
+    wrong = subprocess.run([str(INSTALL), "no-such-step"], capture_output=True, text=True, timeout=30)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "unknown step" in wrong.stderr
+
+
+@pytest.mark.parametrize("target, steps", [("venv", ["venv"]), ("test", ["venv"]), ("fashion-mnist", ["fashion-mnist"]),
+                                           ("demo", ["venv", "fashion-mnist"]), ("seg", ["venv", "seg"])])
+def test_make_targets_install_through_the_script(target, steps, tmp_path):
+    commands = make_dry_run(target, tmp_path)
+    assert installs(commands) == steps, commands
+    assert "pip install" not in commands and "-m venv" not in commands, "an install step outside tools/install.sh"
+
+
+def test_ci_and_dockerfile_install_through_the_script():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.findall(r"^make (\S+)$", ci, re.M) == ["seg", "test"], "CI installs with make seg, then runs make test"
+    runs = " ".join(args for keyword, args in instructions() if keyword == "RUN")
+    assert "pip install" not in runs and "-m venv" not in runs, "the Dockerfile installs outside tools/install.sh"
+    # the image's steps are those CI runs (venv is runtime + the test tools), less the CUDA compile
+    assert "step_runtime" in install_steps()["venv"]
