@@ -154,17 +154,26 @@ def timeout_signal_stops_training() -> Iterator[None]:
         submitit_handler(usr_sig, None)
 
 
-def submit(module: str, description: str, argv: list[str] | None = None) -> submitit.Job:
-    """Parse ``argv`` (the CLI's flags and the launcher's), submit the job and return it."""
+def parse_args(module: str, argv: list[str] | None = None,
+               description: str = "") -> tuple[argparse.Namespace, argparse.Namespace]:
+    """``argv`` split into (the launcher's flags, the CLI's flags), as ``<module>.py`` parses its own; the CLI's
+    ``--output_dir`` is the job folder unless given."""
     parser = importlib.import_module(module).get_args_parser()
     parser.description = description
     add_launcher_args(parser)
     args = parser.parse_args(argv)
-    job_dir = args.job_dir or default_job_dir()
-    executor = build_executor(args, job_dir, name=f"mim_{module.removeprefix('main_')}")
+    launcher = argparse.Namespace(**{k: getattr(args, k) for k in LAUNCHER_FLAGS})
+    launcher.job_dir = launcher.job_dir or default_job_dir()
     cli_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in LAUNCHER_FLAGS})
     if cli_args.output_dir is None:
-        cli_args.output_dir = job_dir
+        cli_args.output_dir = launcher.job_dir
+    return launcher, cli_args
+
+
+def submit(module: str, description: str, argv: list[str] | None = None) -> submitit.Job:
+    """Parse ``argv`` (the CLI's flags and the launcher's), submit the job and return it."""
+    launcher, cli_args = parse_args(module, argv, description)
+    executor = build_executor(launcher, launcher.job_dir, name=f"mim_{module.removeprefix('main_')}")
     return executor.submit(Task(module, cli_args))
 
 
