@@ -93,7 +93,10 @@ def load_initial_weights(cfg: PretrainConfig, model: torch.nn.Module) -> None:
         if dist_util.is_main_process():
             print(f"--load_from {cfg.load_from} not loaded: the run resumes {cfg.resume}")
         return
-    report = load_pretrained(model, cfg.load_from)
+    try:
+        report = load_pretrained(model, cfg.load_from)
+    except UsageError as err:
+        raise UsageError(f"--load_from {cfg.load_from}: {err}") from err
     if report.unexpected or report.mismatched:
         raise UsageError(f"--load_from {cfg.load_from} does not fit {cfg.model}: {report}")
     if dist_util.is_main_process():

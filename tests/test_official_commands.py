@@ -36,10 +36,15 @@ import pytest
 import torch
 import torch.distributed.launch as torch_launch
 
+import main_pretrain
 import models
 from conftest import make_image_folder
 from test_deepmim import save_tiny_clip
 from util.classify import build_classifier
+from util.config import PretrainConfig
+from util.distributed import LaunchFlags, Placement, placement
+from util.errors import UsageError
+from util.runtime import parse_model_kwargs
 from util.submitit_launch import parse_args, submit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +144,6 @@ def assets(tmp_path_factory) -> Path:
 
 
 def save_checkpoint(path: Path, name: str, kwargs: list[str], size: int, **extra) -> str:
-    from util.runtime import parse_model_kwargs
     model = models.create_model(name, img_size=size, **extra, **parse_model_kwargs(kwargs))
     torch.save({"model": model.state_dict()}, path)
     return str(path)
@@ -226,3 +230,106 @@ def test_command_runs(index, assets, tmp_path):
     assert (Path(args.output_dir) / "checkpoint-0.pth").is_file()
     log = [json.loads(line) for line in (Path(args.output_dir) / "log.txt").read_text().splitlines()]
     assert [rec["epoch"] for rec in log] == [0] and torch.isfinite(torch.tensor(log[0]["train_loss"]))
+
+
+# The official flags that have no flag of ours (PRETRAIN.md, "Official flags")
+
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "MASTER_ADDR",
+               "MASTER_PORT", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK")
+
+
+@pytest.fixture
+def launched(monkeypatch):
+    """Sets the launcher's variables given (and only those) for the test."""
+    for key in LAUNCH_VARS:
+        monkeypatch.delenv(key, raising=False)
+
+    def set_vars(**values):
+        for key, value in values.items():
+            monkeypatch.setenv(key, str(value))
+    return set_vars
+
+
+def test_world_size_is_checked_against_the_launcher(launched):
+    launched(RANK=1, WORLD_SIZE=4, LOCAL_RANK=1)
+    assert placement(LaunchFlags()) == Placement(1, 4, 1, "env://")
+    assert placement(LaunchFlags(world_size=4, dist_url="tcp://node0:23456")) == Placement(1, 4, 1, "tcp://node0:23456")
+    with pytest.raises(UsageError, match=r"^--world_size 8 but the launcher started 4 process\(es\): pass "
+                                         r"--world_size 4 or leave it out$"):
+        placement(LaunchFlags(world_size=8))
+
+
+def test_world_size_without_a_launcher(launched):
+    assert placement(LaunchFlags(world_size=1)) is None
+    with pytest.raises(UsageError, match="--world_size 2 but no launcher"):
+        placement(LaunchFlags(world_size=2))
+
+
+def test_world_size_under_srun_forms_the_group_as_officially(launched):
+    """MAE's SLURM_PROCID branch: srun's tasks, --world_size of them, meeting at --dist_url."""
+    launched(SLURM_PROCID=3, SLURM_LOCALID=1, SLURM_NTASKS=4)
+    assert placement(LaunchFlags(world_size=4, dist_url="tcp://node0:23456")) == Placement(3, 4, 1,
+                                                                                           "tcp://node0:23456")
+    assert placement(LaunchFlags()) is None  # without --world_size, a plain single process as officially
+    with pytest.raises(UsageError, match="--world_size 8 but srun started 4 tasks"):
+        placement(LaunchFlags(world_size=8))
+
+
+def test_dist_on_itp_reads_openmpi(launched):
+    with pytest.raises(UsageError, match="OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, .* not set"):
+        placement(LaunchFlags(dist_on_itp=True))
+    launched(OMPI_COMM_WORLD_RANK=5, OMPI_COMM_WORLD_SIZE=8, OMPI_COMM_WORLD_LOCAL_RANK=1, MASTER_ADDR="h0",
+             MASTER_PORT=1234)
+    assert placement(LaunchFlags(dist_on_itp=True)) == Placement(5, 8, 1, "tcp://h0:1234")
+
+
+def test_bf16_is_amp_bf16(tmp_path):
+    parse = main_pretrain.get_args_parser().parse_args
+    assert PretrainConfig.from_args(parse(["--bf16", "--output_dir", str(tmp_path)])).amp == "bf16"
+    assert PretrainConfig.from_args(parse(["--bf16", "--amp", "bf16"])).amp == "bf16"
+    with pytest.raises(UsageError, match="--bf16 .* --amp is fp16"):
+        PretrainConfig.from_args(parse(["--bf16", "--amp", "fp16"]))
+
+
+def test_deepmim_unused_flags_say_so(capsys):
+    args = main_pretrain.get_args_parser().parse_args(["--hybrid", "True", "--teacher_path", "t.pt",
+                                                       "--teacher_type", "clip"])
+    cfg = PretrainConfig.from_args(args)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["--hybrid --teacher_path --teacher_type: no effect, as in the official DeepMIM code, which "
+                   "parses and never reads them (the CLIP teacher is --clip_path)"]
+    assert cfg.clip_path is None and cfg.model == "mae_vit_large_patch16"
+
+
+def test_load_from_starts_from_the_weights(tmp_path, capsys):
+    """UM-MAE's --load_from: every weight from the file (its 'model' or a plain state dict); a checkpoint of
+    another model is refused in one line; a resumed run keeps the resumed weights."""
+    kwargs = ["--model", "mae_vit_tiny_patch16", "--input_size", "32", "--model_kwargs", *VIT, *DECODER]
+    source = models.create_model("mae_vit_tiny_patch16", img_size=32, embed_dim=32, depth=4, num_heads=2,
+                                 decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    torch.save(source.state_dict(), tmp_path / "plain.pth")
+    parse = main_pretrain.get_args_parser().parse_args
+    cfg = PretrainConfig.from_args(parse([*kwargs, "--load_from", str(tmp_path / "plain.pth")]))
+    model = main_pretrain.build_model(cfg).model
+    key = "blocks.0.attn.qkv.weight"
+    assert not torch.equal(model.state_dict()[key], source.state_dict()[key])
+    main_pretrain.load_initial_weights(cfg, model)
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+
+    other = models.create_model("mae_vit_tiny_patch16", img_size=32, embed_dim=32, depth=4, num_heads=2)
+    torch.save({"model": other.state_dict()}, tmp_path / "other.pth")
+    cfg = PretrainConfig.from_args(parse([*kwargs, "--load_from", str(tmp_path / "other.pth")]))
+    with pytest.raises(UsageError, match="^--load_from .*other.pth: checkpoint is missing"):
+        main_pretrain.load_initial_weights(cfg, main_pretrain.build_model(cfg).model)
+    torch.save({"model": source.state_dict() | {"extra.weight": torch.zeros(2)}}, tmp_path / "extra.pth")
+    cfg = PretrainConfig.from_args(parse([*kwargs, "--load_from", str(tmp_path / "extra.pth")]))
+    with pytest.raises(UsageError, match="^--load_from .* does not fit mae_vit_tiny_patch16: unexpected .*extra"):
+        main_pretrain.load_initial_weights(cfg, main_pretrain.build_model(cfg).model)
+
+    cfg = PretrainConfig.from_args(parse([*kwargs, "--load_from", "x.pth", "--resume", "run/checkpoint-3.pth"]))
+    fresh = main_pretrain.build_model(cfg).model
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    main_pretrain.load_initial_weights(cfg, fresh)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    assert "--load_from x.pth not loaded: the run resumes run/checkpoint-3.pth" in capsys.readouterr().out
