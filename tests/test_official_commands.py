@@ -40,6 +40,7 @@ import main_pretrain
 import models
 from conftest import make_image_folder
 from test_deepmim import save_tiny_clip
+from util import distributed as dist_util
 from util.classify import build_classifier
 from util.config import PretrainConfig
 from util.distributed import LaunchFlags, Placement, placement
@@ -333,3 +334,24 @@ def test_load_from_starts_from_the_weights(tmp_path, capsys):
     main_pretrain.load_initial_weights(cfg, fresh)
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
     assert "--load_from x.pth not loaded: the run resumes run/checkpoint-3.pth" in capsys.readouterr().out
+
+
+def _srun_task(rank: int, init_file: str, out_dir: str) -> None:
+    """One of two srun tasks (no torchrun variables) given MAE's ``--world_size 2 --dist_url file://...``."""
+    for key in LAUNCH_VARS:
+        os.environ.pop(key, None)
+    os.environ.update(SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), SLURM_NTASKS="2")
+    torch.set_num_threads(1)
+    rank_seen, world, _ = dist_util.init_distributed("cpu", None, LaunchFlags(2, f"file://{init_file}"))
+    total = dist_util.all_reduce_mean(torch.tensor([float(rank + 1)]))
+    torch.save({"rank": rank_seen, "world": world, "mean": total.item()}, f"{out_dir}/{rank}.pt")
+    dist_util.cleanup()
+
+
+@pytest.mark.slow
+def test_world_size_and_dist_url_form_the_group_under_srun(tmp_path):
+    """Two processes with srun's variables and ``--world_size 2 --dist_url file://...`` join one gloo group,
+    ranks from SLURM_PROCID: the mean of 1 and 2 is 1.5 on both."""
+    torch.multiprocessing.spawn(_srun_task, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    seen = [torch.load(tmp_path / f"{rank}.pt") for rank in (0, 1)]
+    assert seen == [{"rank": 0, "world": 2, "mean": 1.5}, {"rank": 1, "world": 2, "mean": 1.5}]

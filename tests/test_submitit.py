@@ -166,7 +166,8 @@ def test_local_job_stops_at_the_timeout_signal_requeues_and_finishes(tmp_path, i
         "--cluster", "local", "--nodes", "1", "--ngpus", "1", "--job_dir", str(tmp_path / "probe" / "%j"),
         "--model", "vit_tiny_patch16", "--model_kwargs", "embed_dim=32", "depth=2", "num_heads=2", "patch_size=8",
         "--finetune", str(out / "checkpoint-3.pth"), "--data_path", str(image_folder), "--input_size", "32",
-        "--data_limit", "16", "--batch_size", "8", "--epochs", "1", "--warmup_epochs", "0", "--num_workers", "0", "--device", "cpu"])
+        "--data_limit", "16", "--batch_size", "8", "--epochs", "1", "--warmup_epochs", "0", "--num_workers", "0",
+        "--device", "cpu"])
     metrics = probe.result()
     probe_out = tmp_path / "probe" / probe.job_id
     assert 0 <= metrics["acc1"] <= 100 and (probe_out / "checkpoint-0.pth").is_file()

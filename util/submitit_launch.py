@@ -41,7 +41,8 @@ MEM_GB_PER_GPU, CPUS_PER_TASK = 40, 10  # the official scripts' request per GPU
 def add_launcher_args(p: ArgumentParser) -> None:
     """The official submitit flags (MAE's defaults), and ``--cluster`` to run the job on this machine."""
     g = p.add_argument_group("submitit", "the Slurm job (MAE's submitit_*.py flags)")
-    g.add_argument("--job_dir", default="", help="job folder, %%j = job id (default: /checkpoint/$USER/experiments/%%j)")
+    g.add_argument("--job_dir", default="",
+                   help="job folder, %%j = job id (default: /checkpoint/$USER/experiments/%%j)")
     g.add_argument("--nodes", default=2, type=POSITIVE_INT, help="nodes to request")
     g.add_argument("--ngpus", default=8, type=POSITIVE_INT, help="GPUs (and tasks) per node")
     g.add_argument("--timeout", default=4320, type=POSITIVE_INT, help="time limit of the job in minutes")
