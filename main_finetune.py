@@ -13,7 +13,8 @@ from torch import nn
 from engine_finetune import fit
 from util import distributed as dist_util
 from util.classify import build_classifier, build_loaders, data_classes
-from util.config import FinetuneConfig, add_classify_args, add_runtime_args, add_sharding_args, add_training_args
+from util.config import (FinetuneConfig, add_classify_args, add_official_compat_args, add_runtime_args,
+                         add_sharding_args, add_training_args)
 from util.data import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform
 from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, POSITIVE_FRACTION, POSITIVE_INT, PROBABILITY,
                          ArgumentParser)
@@ -48,6 +49,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_classify_args(p, global_pool_default=True)
     add_runtime_args(p)
     add_sharding_args(p)
+    add_official_compat_args(p, pretrain=False)
     return p
 
 

@@ -10,7 +10,8 @@ from engine_finetune import fit
 from models.classifier import to_linear_probe
 from util import distributed as dist_util
 from util.classify import build_classifier, build_loaders, data_classes
-from util.config import ClassifyConfig, add_classify_args, add_runtime_args, add_training_args
+from util.config import (ClassifyConfig, add_classify_args, add_official_compat_args, add_runtime_args,
+                         add_training_args)
 from util.crop import build_linprobe_transform
 from util.data import build_eval_transform
 from util.flags import ArgumentParser
@@ -27,6 +28,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                       save_freq=10)
     add_classify_args(p, global_pool_default=False)
     add_runtime_args(p)
+    add_official_compat_args(p, pretrain=False)
     return p
 
 

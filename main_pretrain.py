@@ -10,7 +10,9 @@ from engine_pretrain import ReconstructionProbe, pretrain
 from models import Recipe
 from models.recipes import MASK_TYPES, PRED_TYPES
 from util import distributed as dist_util
-from util.config import PretrainConfig, add_runtime_args, add_sharding_args, add_training_args
+from util.checkpoint import load_pretrained
+from util.config import (PretrainConfig, add_official_compat_args, add_runtime_args, add_sharding_args,
+                         add_training_args)
 from util.dali_loader import BACKENDS, choose_backend, dali_train_loader
 from util.data import build_dataset, build_pretrain_transform
 from util.errors import UsageError
@@ -60,6 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "(default: dali on a GPU with an image folder when DALI is installed, else pil)")
     add_runtime_args(p)
     add_sharding_args(p)
+    add_official_compat_args(p, pretrain=True)
     return p
 
 
@@ -84,6 +87,25 @@ def build_model(cfg: PretrainConfig) -> Recipe:
     return recipe
 
 
+def load_initial_weights(cfg: PretrainConfig, model: torch.nn.Module) -> None:
+    """UM-MAE's ``--load_from``: the model starts from these weights (its 'model' entry or a plain state dict),
+    every key matching, as the official strict load. A run that resumes a checkpoint keeps the resumed weights."""
+    if not cfg.load_from:
+        return
+    if cfg.resume:
+        if dist_util.is_main_process():
+            print(f"--load_from {cfg.load_from} not loaded: the run resumes {cfg.resume}")
+        return
+    try:
+        report = load_pretrained(model, cfg.load_from)
+    except UsageError as err:
+        raise UsageError(f"--load_from {cfg.load_from}: {err}") from err
+    if report.unexpected or report.mismatched:
+        raise UsageError(f"--load_from {cfg.load_from} does not fit {cfg.model}: {report}")
+    if dist_util.is_main_process():
+        print(f"--load_from {cfg.load_from}: {report}")
+
+
 def main(args: argparse.Namespace) -> None:
     """Pretrain as ``args`` say: config -> session -> recipe, data, optimizer -> ``engine_pretrain.pretrain``."""
     cfg = PretrainConfig.from_args(args)
@@ -92,6 +114,7 @@ def main(args: argparse.Namespace) -> None:
             check_usable(session.world_size, session.amp_name)
         recipe = build_model(cfg)  # before the data: an unknown --model fails fast
         model = recipe.model
+        load_initial_weights(cfg, model)
         min_scale = cfg.min_crop_scale if cfg.min_crop_scale is not None else recipe.defaults.min_crop_scale
         backend = choose_backend(cfg.data_backend, session.device, cfg.data_set)
         dataset = build_dataset(cfg.data_set, cfg.data_path, build_pretrain_transform(cfg.input_size, min_scale),

@@ -8,12 +8,15 @@ functions that compute them and recorded in checkpoints by ``util.trainer.Traine
 """
 import argparse
 import copy
+import os
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping, Self
 
 from models import official
 from util.checkpoint import latest_checkpoint
+from util.distributed import LaunchFlags
+from util.errors import UsageError
 from util.flags import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, ArgumentParser,
                          device_name)
 from util.lr import scaled_lr
@@ -72,6 +75,42 @@ def add_sharding_args(p: ArgumentParser) -> None:
     p.add_argument("--fsdp", action="store_true",
                    help="shard weights, gradients and optimizer state over the processes (FSDP2) instead of "
                         "replicating them (DDP); checkpoints become checkpoint-<epoch>.dcp folders")
+def add_official_compat_args(p: ArgumentParser, pretrain: bool) -> None:
+    """The official repositories' flags that have no flag of ours: each is taken with its official meaning
+    where it maps onto ours (``resolve_official_compat``), else with one printed line saying it does nothing
+    here, and why. MAE's distributed flags on every CLI; UM-MAE's and DeepMIM's pretraining flags on
+    ``main_pretrain.py`` (PRETRAIN.md, "Official flags")."""
+    g = p.add_argument_group("official flags", "accepted for the official commands (PRETRAIN.md, FINETUNE.md)")
+    g.add_argument("--world_size", default=None, type=POSITIVE_INT,
+                   help="number of processes: checked against the launcher's (srun: starts the group with it)")
+    g.add_argument("--dist_url", default="env://", help="process-group init method, e.g. tcp://host:port")
+    g.add_argument("--dist_on_itp", action="store_true", help="processes from OpenMPI's OMPI_COMM_WORLD_* variables")
+    if not pretrain:
+        return
+    g.add_argument("--bf16", action="store_true", help="UM-MAE: bf16 autocast, the same as --amp bf16")
+    g.add_argument("--load_from", default=None,
+                   help="UM-MAE: start from these weights (every key must match); a resumed run ignores it")
+    for name in ("--hybrid", "--teacher_path", "--teacher_type"):
+        g.add_argument(name, default=None, help="DeepMIM: parsed and never read by the official code; no effect")
+
+
+# DeepMIM's main_pretrain.py defines these and never reads them
+DEEPMIM_UNUSED = ("hybrid", "teacher_path", "teacher_type")
+
+
+def resolve_official_compat(args: argparse.Namespace) -> dict[str, Any]:
+    """Config values the official flags set (``amp`` from ``--bf16``); prints one line (on the first process)
+    for the given flags that have no effect here."""
+    amp = args.amp
+    if getattr(args, "bf16", False):
+        if amp not in (None, "bf16"):
+            raise UsageError(f"--bf16 asks for bf16 autocast but --amp is {amp}: pass one of them")
+        amp = "bf16"
+    unused = [f"--{name}" for name in DEEPMIM_UNUSED if getattr(args, name, None) is not None]
+    if unused and int(os.environ.get("RANK", "0")) == 0:
+        print(f"{' '.join(unused)}: no effect, as in the official DeepMIM code, which parses and never reads them "
+              "(the CLIP teacher is --clip_path)")
+    return {"amp": amp}
 
 
 def add_classify_args(p: ArgumentParser, global_pool_default: bool) -> None:
@@ -122,6 +161,9 @@ class RunConfig:
     data_path: str | None
     data_limit: int | None
     local_rank: int | None
+    world_size: int | None  # as given: None means whatever the launcher started
+    dist_url: str
+    dist_on_itp: bool
     # the flags exactly as parsed, kept for the checkpoint record ("what command was run")
     flags: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -131,12 +173,18 @@ class RunConfig:
         ``resolved`` overriding; ``log_dir`` and ``resume`` resolved as the class says."""
         values = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "flags"}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        values |= resolve_official_compat(args)
         values["log_dir"] = args.log_dir or args.output_dir
         if args.auto_resume and not args.resume:
             suffix = ".dcp" if getattr(args, "fsdp", False) else ".pth"
             values["resume"] = latest_checkpoint(args.output_dir, suffix) or ""
         flags = MappingProxyType(copy.deepcopy(vars(args)))
         return cls(**values | resolved, flags=flags)
+
+    @property
+    def launch(self) -> LaunchFlags:
+        """The official distributed flags, as ``util.distributed.init_distributed`` takes them."""
+        return LaunchFlags(self.world_size, self.dist_url, self.dist_on_itp)
 
     def scaled_lr(self, world_size: int, lr_batch_ratio: float = 1.0) -> tuple[float, float]:
         """(absolute LR, effective batch): ``--lr`` when given, else ``blr x eff_batch / 256``, where eff_batch
@@ -174,6 +222,11 @@ class PretrainConfig(RunConfig):
     vis_freq: int
     data_backend: str | None  # as given: None means DALI on a GPU when it imports (util.dali_loader.choose_backend)
     fsdp: bool
+    bf16: bool  # UM-MAE's, resolved into amp
+    load_from: str | None
+    hybrid: str | None  # DeepMIM's three unused flags
+    teacher_path: str | None
+    teacher_type: str | None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, **resolved: Any) -> Self:

@@ -1,29 +1,90 @@
-"""Process-group set-up for torchrun and ``python -m torch.distributed.launch``, and small collectives."""
+"""Process-group set-up for torchrun, ``python -m torch.distributed.launch``, the submitit launchers and the
+official code's own ways (``--dist_url``, ``--world_size`` under srun, ``--dist_on_itp``), and small collectives."""
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from util.errors import UsageError
 
-def init_distributed(device: str, local_rank: int | None = None) -> tuple[int, int, torch.device]:
-    """Join the process group if launched by torchrun / torch.distributed.launch; return
-    (rank, world_size, device). ``local_rank`` is the ``--local-rank`` the old launcher passes.
+
+@dataclass(frozen=True)
+class LaunchFlags:
+    """The official code's distributed flags (MAE ``util/misc.init_distributed_mode``): ``world_size`` as given
+    (None: not given), ``dist_url`` the process group's init method, ``dist_on_itp`` the OpenMPI variables."""
+
+    world_size: int | None = None
+    dist_url: str = "env://"
+    dist_on_itp: bool = False
+
+
+@dataclass(frozen=True)
+class Placement:
+    """This process among the launched ones, and how the process group meets."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    init_method: str = "env://"
+
+
+def placement(launch: LaunchFlags, local_rank: int | None = None) -> Placement | None:
+    """Where the launcher put this process, or None for a single process.
+
+    In the official order: ``--dist_on_itp`` reads OpenMPI's ``OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK}`` and meets
+    at ``tcp://MASTER_ADDR:MASTER_PORT``; else torchrun's (and the submitit launchers') ``RANK``/``WORLD_SIZE``/
+    ``LOCAL_RANK``; else, under srun with ``--world_size`` > 1, ``SLURM_PROCID``/``SLURM_LOCALID``. A
+    ``--world_size`` that disagrees with what was launched is refused, one line."""
+    env = os.environ
+    if launch.dist_on_itp:
+        names = ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "MASTER_ADDR",
+                 "MASTER_PORT")
+        missing = [n for n in names if n not in env]
+        if missing:
+            raise UsageError(f"--dist_on_itp needs the OpenMPI launcher's variables; {', '.join(missing)} not set")
+        found = Placement(int(env["OMPI_COMM_WORLD_RANK"]), int(env["OMPI_COMM_WORLD_SIZE"]),
+                          int(env["OMPI_COMM_WORLD_LOCAL_RANK"]), f"tcp://{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
+        launcher = "OpenMPI"
+    elif "WORLD_SIZE" in env:
+        found = Placement(int(env["RANK"]), int(env["WORLD_SIZE"]),
+                          int(env.get("LOCAL_RANK", local_rank if local_rank is not None else 0)), launch.dist_url)
+        launcher = "the launcher"
+    elif "SLURM_PROCID" in env and launch.world_size is not None and launch.world_size > 1:
+        tasks = int(env.get("SLURM_NTASKS", launch.world_size))
+        if tasks != launch.world_size:
+            raise UsageError(f"--world_size {launch.world_size} but srun started {tasks} tasks: pass --world_size "
+                             f"{tasks}")
+        return Placement(int(env["SLURM_PROCID"]), launch.world_size, int(env.get("SLURM_LOCALID", 0)),
+                         launch.dist_url)
+    else:
+        found, launcher = None, "no launcher (a single process)"
+    launched = found.world_size if found else 1
+    if launch.world_size is not None and launch.world_size != launched:
+        raise UsageError(f"--world_size {launch.world_size} but {launcher} started {launched} process(es): pass "
+                         f"--world_size {launched} or leave it out")
+    return found if found and found.world_size > 1 else None
+
+
+def init_distributed(device: str, local_rank: int | None = None,
+                     launch: LaunchFlags = LaunchFlags()) -> tuple[int, int, torch.device]:
+    """Join the process group if launched (see ``placement``); return (rank, world_size, device).
+    ``local_rank`` is the ``--local-rank`` the old launcher passes.
 
     NCCL on GPUs, gloo on the CPU. A plain ``python main_*.py`` runs as a single process.
     """
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) <= 1:
+    where = placement(launch, local_rank)
+    if where is None:
         return 0, 1, torch.device(device)
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", local_rank if local_rank is not None else 0))
     if device.startswith("cuda"):
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(where.local_rank)
+        device = f"cuda:{where.local_rank}"
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo",
-                                rank=rank, world_size=world_size,
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", init_method=where.init_method,
+                                rank=where.rank, world_size=where.world_size,
                                 device_id=torch.device(device) if device.startswith("cuda") else None)
-    return rank, world_size, torch.device(device)
+    return where.rank, where.world_size, torch.device(device)
 
 
 def is_distributed() -> bool:

@@ -33,7 +33,7 @@ def start_session(cfg: RunConfig) -> Iterator[Session]:
     locks it, every process learns whether that failed) while the block runs. Each CLI enters it first,
     before any model or data exists, so that the same command builds the same model and draws the same
     batches, and a folder in use or not writable is refused at once. ``--eval`` writes nothing: no lock."""
-    rank, world_size, device = dist_util.init_distributed(select_device(cfg.device), cfg.local_rank)
+    rank, world_size, device = dist_util.init_distributed(select_device(cfg.device), cfg.local_rank, cfg.launch)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: cuDNN picks its fastest kernels once
     seed_everything(cfg.seed + rank)
     with contextlib.ExitStack() as lock:

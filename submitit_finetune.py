@@ -1,0 +1,7 @@
+"""Fine-tune on Slurm through submitit: ``python submitit_finetune.py --job_dir ... --nodes 4 [--ngpus 8]
+[--use_volta32] [--partition P] [--timeout MIN] [--comment C]`` and any flag of ``main_finetune.py``
+(``util/submitit_launch.py``; README.md, "On a cluster")."""
+from util.submitit_launch import launch
+
+if __name__ == "__main__":
+    launch("main_finetune", "Fine-tune on Slurm (submitit): main_finetune.py's flags and the job's")
