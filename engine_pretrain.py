@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from models.masking import Masks
 from util import distributed as dist_util
 from util.config import PretrainConfig
-from util.logging import RunLog
+from util.logging import EtaMeter, RunLog
 from util.train_loop import TrainConfig, run_epoch
 from util.trainer import Trainer
 from util.visualize import model_picture, no_picture_reason, save_png
@@ -28,11 +28,12 @@ def pretrain_loss(model: nn.Module, batch, device: torch.device):
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, cfg: TrainConfig,
                     scaler: torch.amp.GradScaler | None = None, run_log: RunLog | None = None,
-                    first_batch: int = 0, stop: Callable[[int], bool] | None = None) -> dict[str, float]:
-    """Pretrain ``model`` (maybe DDP-wrapped or compiled) for one epoch (from ``first_batch``, until ``stop``:
-    see ``run_epoch``); return the epoch's mean scalars."""
+                    first_batch: int = 0, stop: Callable[[int], bool] | None = None,
+                    eta: EtaMeter | None = None) -> dict[str, float]:
+    """Pretrain ``model`` (maybe DDP-wrapped or compiled) for one epoch (from ``first_batch``, until ``stop``,
+    ETA from ``eta``: see ``run_epoch``); return the epoch's mean scalars."""
     return run_epoch(model, loader, optimizer, device, epoch, cfg, pretrain_loss, scaler, run_log,
-                     first_batch=first_batch, stop=stop)
+                     first_batch=first_batch, stop=stop, eta=eta)
 
 
 @dataclass
@@ -74,10 +75,10 @@ def pretrain(trainer: Trainer[PretrainConfig], loader: DataLoader, probe: Recons
     SIGTERM, a checkpoint where the epoch stopped."""
     cfg, session = trainer.cfg, trainer.session
     trainer.resume()
-    model = trainer.wrapped()
+    model, eta = trainer.wrapped(), EtaMeter()
     for epoch in trainer.epochs(loader):
         stats = train_one_epoch(model, loader, trainer.optimizer, session.device, epoch, trainer.loop,
-                                trainer.scaler, trainer.log, trainer.first_batch, trainer.stop.poll)
+                                trainer.scaler, trainer.log, trainer.first_batch, trainer.stop.poll, eta)
         if trainer.stopped or trainer.due(epoch, cfg.save_freq):
             trainer.save(epoch)
         if trainer.stopped:
