@@ -28,7 +28,7 @@ from torchvision.utils import make_grid
 from models.hog import HogTarget, MaskFeatHogTarget
 from models.interfaces import Masks
 from models.patches import patchify, unpatchify
-from models.targets import FrozenTeacherTarget, PixelTarget
+from models.targets import CLIPTarget, FrozenTeacherTarget, PixelTarget
 from util.data import IMAGENET_MEAN, IMAGENET_STD
 from util.train_loop import autocast
 
@@ -64,12 +64,15 @@ def _pixel_mask(mask: torch.Tensor, patch_size: int, channels: int, grid_size: t
 
 
 def _check_shapes(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patches: int) -> None:
+    """One-line error unless pred [N, L, ...] and mask [N, L] have a row per image and per patch."""
     if pred.shape[:2] != (len(imgs), patches) or mask.shape != pred.shape[:2]:
         raise ValueError(f"pred {tuple(pred.shape)} and mask {tuple(mask.shape)} do not match the {patches} "
                          f"patches of images {tuple(imgs.shape)}")
 
 
-def _cpu(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, max_images: int):
+def _cpu(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor,
+         max_images: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first ``max_images`` of each on the CPU: images and prediction as float32, the mask as bool."""
     return (imgs[:max_images].detach().to("cpu", torch.float32), pred[:max_images].detach().to("cpu", torch.float32),
             mask[:max_images].detach().to("cpu", torch.bool))
 
@@ -272,20 +275,13 @@ def titled_grid(panels: Panels, min_panel_width: int = MIN_PANEL_WIDTH) -> torch
     return torch.cat([title_strip(panels.titles, w * factor), grid], dim=1)
 
 
-def reconstruction_grid(imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor, patch_size: int,
-                        norm_pix: bool, mean: tuple[float, float, float] = IMAGENET_MEAN,
-                        std: tuple[float, float, float] = IMAGENET_STD, max_images: int = 8) -> torch.Tensor:
-    """``titled_grid`` of ``pixel_panels`` (same arguments): uint8 [3, H_grid, W_grid]."""
-    return titled_grid(pixel_panels(imgs, pred, mask, patch_size, norm_pix, mean, std, max_images))
-
-
 def no_picture_reason(model: nn.Module) -> str | None:
     """Why ``model_picture`` draws nothing for ``model`` (its target is no picture), or None when it draws."""
     target = model.target
     if isinstance(target, PixelTarget) or hog_layout(target) is not None:
         return None
     if isinstance(target, FrozenTeacherTarget):
-        what = "CLIP features" if type(target).__name__ == "CLIPTarget" else "a teacher network's features"
+        what = "CLIP features" if isinstance(target, CLIPTarget) else "a teacher network's features"
         return f"the target is {what} ({type(target).__name__}), which have no picture"
     return f"the target {type(target).__name__} has no picture"
 
