@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from util import distributed as dist_util
 from util.config import ClassifyConfig
-from util.logging import RunLog
+from util.logging import EtaMeter, RunLog
 from util.train_loop import TrainConfig, autocast, run_epoch
 from util.trainer import Trainer
 
@@ -31,20 +31,22 @@ def classification_loss(criterion: nn.Module, mixup_fn: Callable | None = None):
 def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, cfg: TrainConfig, mixup_fn: Callable | None = None,
                     scaler: torch.amp.GradScaler | None = None, run_log: RunLog | None = None,
-                    ema=None, first_batch: int = 0, stop: Callable[[int], bool] | None = None) -> dict[str, float]:
-    """One epoch of supervised training (from ``first_batch``, until ``stop``: see ``run_epoch``); ``ema``
-    (timm ModelEmaV3) is updated after each optimizer step."""
+                    ema=None, first_batch: int = 0, stop: Callable[[int], bool] | None = None,
+                    eta: EtaMeter | None = None) -> dict[str, float]:
+    """One epoch of supervised training (from ``first_batch``, until ``stop``, ETA from ``eta``: see
+    ``run_epoch``); ``ema`` (timm ModelEmaV3) is updated after each optimizer step."""
     after_step = (lambda: ema.update(model)) if ema is not None else None
     return run_epoch(model, loader, optimizer, device, epoch, cfg, classification_loss(criterion, mixup_fn),
-                     scaler, run_log, after_step, first_batch, stop)
+                     scaler, run_log, after_step, first_batch, stop, eta)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
-             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+             amp_dtype: torch.dtype | None = None, report: bool = True) -> dict[str, float]:
     """Cross-entropy, top-1 and top-5 accuracy (%) over ``loader``, summed over processes when the
     loader is sharded (``--dist_eval``). Counts are summed, not per-process means, so shards of
-    unequal size are weighted correctly."""
+    unequal size are weighted correctly. With ``report`` the main process prints MAE's line,
+    ``* Acc@1 ... Acc@5 ... loss ...``, which scripts grep for."""
     model.eval()
     totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, top-1, top-5, count
     count = 0
@@ -63,7 +65,10 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
         torch.distributed.all_reduce(totals)
     loss_sum, top1, top5, count = totals.tolist()
     count = max(count, 1.0)
-    return {"loss": loss_sum / count, "acc1": 100 * top1 / count, "acc5": 100 * top5 / count}
+    stats = {"loss": loss_sum / count, "acc1": 100 * top1 / count, "acc5": 100 * top5 / count}
+    if report and dist_util.is_main_process():
+        print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.3f}", flush=True)
+    return stats
 
 
 def fit(trainer: Trainer[ClassifyConfig], criterion: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
@@ -77,16 +82,13 @@ def fit(trainer: Trainer[ClassifyConfig], criterion: nn.Module, train_loader: Da
     if ema is not None and ckpt.get("model_ema"):
         ema.module.load_state_dict(ckpt["model_ema"])
     if cfg.eval:
-        stats = evaluate(trainer.model, val_loader, device, amp_dtype)
-        print(f"accuracy on {len(val_loader.dataset)} images: top-1 {stats['acc1']:.2f}%  top-5 {stats['acc5']:.2f}%"
-              f"  loss {stats['loss']:.4f}")
-        return stats
+        return evaluate(trainer.model, val_loader, device, amp_dtype)
     best = ckpt.get("best", {"acc1": -1.0})
-    model = trainer.wrapped()
+    model, eta = trainer.wrapped(), EtaMeter()
     for epoch in trainer.epochs(train_loader):
         train_stats = train_one_epoch(model, criterion, train_loader, trainer.optimizer, device, epoch, trainer.loop,
                                       mixup_fn, trainer.scaler, trainer.log, ema, trainer.first_batch,
-                                      trainer.stop.poll)
+                                      trainer.stop.poll, eta)
         extra = {"model_ema": ema.module.state_dict()} if ema is not None else {}
         if trainer.stopped:
             trainer.save(epoch, best=best, **extra)
@@ -94,7 +96,8 @@ def fit(trainer: Trainer[ClassifyConfig], criterion: nn.Module, train_loader: Da
         val = evaluate(trainer.model, val_loader, device, amp_dtype)
         record = {**{f"train_{k}": v for k, v in train_stats.items()}, **{f"test_{k}": v for k, v in val.items()}}
         if ema is not None:
-            record |= {f"test_ema_{k}": v for k, v in evaluate(ema.module, val_loader, device, amp_dtype).items()}
+            ema_stats = evaluate(ema.module, val_loader, device, amp_dtype, report=False)  # "* Acc@1" is the model's
+            record |= {f"test_ema_{k}": v for k, v in ema_stats.items()}
         if val["acc1"] > best["acc1"]:
             best = {**val, "epoch": epoch}
             trainer.save(epoch, name="checkpoint-best.pth", best=best, **extra)

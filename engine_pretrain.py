@@ -1,7 +1,7 @@
 """Pretraining, for every method: the epoch (the model's forward returns the loss), the run over the
 epochs with its checkpoints, and the reconstruction pictures."""
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader, Dataset
 from models.masking import Masks
 from util import distributed as dist_util
 from util.config import PretrainConfig
-from util.logging import RunLog
-from util.train_loop import TrainConfig, autocast, run_epoch
+from util.logging import EtaMeter, RunLog
+from util.train_loop import TrainConfig, run_epoch
 from util.trainer import Trainer
-from util.visualize import reconstruction_grid, save_png
+from util.visualize import model_picture, no_picture_reason, save_png
 
 
 def pretrain_loss(model: nn.Module, batch, device: torch.device):
@@ -28,19 +28,22 @@ def pretrain_loss(model: nn.Module, batch, device: torch.device):
 def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, cfg: TrainConfig,
                     scaler: torch.amp.GradScaler | None = None, run_log: RunLog | None = None,
-                    first_batch: int = 0, stop: Callable[[int], bool] | None = None) -> dict[str, float]:
-    """Pretrain ``model`` (maybe DDP-wrapped or compiled) for one epoch (from ``first_batch``, until ``stop``:
-    see ``run_epoch``); return the epoch's mean scalars."""
+                    first_batch: int = 0, stop: Callable[[int], bool] | None = None,
+                    eta: EtaMeter | None = None) -> dict[str, float]:
+    """Pretrain ``model`` (maybe DDP-wrapped or compiled) for one epoch (from ``first_batch``, until ``stop``,
+    ETA from ``eta``: see ``run_epoch``); return the epoch's mean scalars."""
     return run_epoch(model, loader, optimizer, device, epoch, cfg, pretrain_loss, scaler, run_log,
-                     first_batch=first_batch, stop=stop)
+                     first_batch=first_batch, stop=stop, eta=eta)
 
 
-@dataclass(frozen=True)
+@dataclass
 class ReconstructionProbe:
-    """A fixed batch and fixed masks (first view) whose reconstructions are drawn during pretraining."""
+    """A fixed batch and fixed masks (first view) whose predictions are drawn during pretraining
+    (``util.visualize.model_picture``: pixels, or HOG glyphs)."""
 
     imgs: torch.Tensor
     masks: Masks
+    told_no_picture: bool = field(default=False, init=False)
 
     @classmethod
     def sample(cls, dataset: Dataset, model: nn.Module, device: torch.device, seed: int,
@@ -50,21 +53,21 @@ class ReconstructionProbe:
         imgs = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))]).to(device)
         return cls(imgs, model.sample_masks(imgs, torch.Generator(device).manual_seed(seed)))
 
-    def draw(self, model: nn.Module, norm_pix: bool, output_dir: str, run_log: RunLog, epoch: int,
+    def draw(self, model: nn.Module, output_dir: str, run_log: RunLog, epoch: int,
              amp_dtype: torch.dtype | None) -> None:
         """``reconstruction-<epoch>.png`` in output_dir and a TensorBoard image, written by the main process
-        (under --fsdp every process runs the forward with it); nothing for a head that predicts features (HOG,
-        CLIP) rather than pixels."""
-        model.eval()
-        with torch.no_grad(), autocast(self.imgs.device, amp_dtype):
-            out = model(self.imgs, mask=self.masks)
-        n = len(self.imgs)
-        pred = next(iter(out.pred.values()))[:n]
-        if pred.shape[-1] != model.patch_size ** 2 * 3 or not dist_util.is_main_process():
+        (under --fsdp every process runs the forward with it); for a target that is no picture (CLIP features),
+        one line the first time instead."""
+        reason = no_picture_reason(model)
+        if reason is not None:
+            if not self.told_no_picture and dist_util.is_main_process():
+                print(f"no reconstruction pictures: {reason}")
+            self.told_no_picture = True
             return
-        grid = reconstruction_grid(self.imgs, pred, out.mask[:n], model.patch_size, norm_pix=norm_pix)
-        save_png(grid, os.path.join(output_dir, f"reconstruction-{epoch:04d}.png"))
-        run_log.image("reconstruction", grid, epoch)
+        grid = model_picture(model, self.imgs, self.masks, amp_dtype)
+        if grid is not None and dist_util.is_main_process():
+            save_png(grid, os.path.join(output_dir, f"reconstruction-{epoch:04d}.png"))
+            run_log.image("reconstruction", grid, epoch)
 
 
 def pretrain(trainer: Trainer[PretrainConfig], loader: DataLoader, probe: ReconstructionProbe) -> None:
@@ -73,15 +76,15 @@ def pretrain(trainer: Trainer[PretrainConfig], loader: DataLoader, probe: Recons
     SIGTERM, a checkpoint where the epoch stopped."""
     cfg, session = trainer.cfg, trainer.session
     trainer.resume()
-    model = trainer.wrapped()
+    model, eta = trainer.wrapped(), EtaMeter()
     for epoch in trainer.epochs(loader):
         stats = train_one_epoch(model, loader, trainer.optimizer, session.device, epoch, trainer.loop,
-                                trainer.scaler, trainer.log, trainer.first_batch, trainer.stop.poll)
+                                trainer.scaler, trainer.log, trainer.first_batch, trainer.stop.poll, eta)
         if trainer.stopped or trainer.due(epoch, cfg.save_freq):
             trainer.save(epoch)
         if trainer.stopped:
             break
         # a sharded model's forward is a collective (--fsdp): every process runs it, the main one draws
         if (dist_util.is_main_process() or trainer.sharded) and trainer.due(epoch, cfg.vis_freq):
-            probe.draw(trainer.model, cfg.norm_pix_loss, cfg.output_dir, trainer.log, epoch, session.amp_dtype)
+            probe.draw(trainer.model, cfg.output_dir, trainer.log, epoch, session.amp_dtype)
         trainer.log_epoch(epoch, {f"train_{k}": v for k, v in stats.items()}, f"loss {stats['loss']:.4f}")

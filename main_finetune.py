@@ -12,7 +12,7 @@ from torch import nn
 
 from engine_finetune import fit
 from util import distributed as dist_util
-from util.classify import build_classifier, build_loaders, data_classes
+from util.classify import build_classifier, build_loaders, data_classes, evaluation_note
 from util.config import (FinetuneConfig, add_classify_args, add_official_compat_args, add_runtime_args,
                          add_sharding_args, add_training_args)
 from util.data import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform
@@ -88,7 +88,9 @@ def main(args: argparse.Namespace) -> dict:
         ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
         trainer = Trainer(cfg, session, model, optimizer, lr,
                           derived={"eff_batch": eff_batch, "nb_classes": classes.count})
-        if dist_util.is_main_process():
+        if dist_util.is_main_process() and cfg.eval:
+            print(evaluation_note(cfg, data))
+        elif dist_util.is_main_process():
             print(f"fine-tune {cfg.model}: {classes.count} classes; eff. batch {eff_batch:g}; lr {lr:.3e}; "
                   f"layer decay {cfg.layer_decay}; {session.amp_name}; {session.world_size} process(es) on "
                   f"{session.device}")

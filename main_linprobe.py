@@ -9,7 +9,7 @@ from torch import nn
 from engine_finetune import fit
 from models.classifier import to_linear_probe
 from util import distributed as dist_util
-from util.classify import build_classifier, build_loaders, data_classes
+from util.classify import build_classifier, build_loaders, data_classes, evaluation_note
 from util.config import (ClassifyConfig, add_classify_args, add_official_compat_args, add_runtime_args,
                          add_training_args)
 from util.crop import build_linprobe_transform
@@ -44,7 +44,9 @@ def main(args: argparse.Namespace) -> dict:
         optimizer = LARS(model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         trainer = Trainer(cfg, session, model, optimizer, lr,
                           derived={"eff_batch": eff_batch, "nb_classes": classes.count})
-        if dist_util.is_main_process():
+        if dist_util.is_main_process() and cfg.eval:
+            print(evaluation_note(cfg, data))
+        elif dist_util.is_main_process():
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"linear probe {cfg.model} ({'global pool' if cfg.global_pool else 'cls token'}): "
                   f"{classes.count} classes; {trainable} trainable parameters; eff. batch {eff_batch:g}; "

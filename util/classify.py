@@ -50,6 +50,13 @@ def build_loaders(cfg: ClassifyConfig, session: Session, train_transform: Transf
     return ClassifyData(train_loader(cfg, session, train_set, allow_empty=cfg.eval), val)
 
 
+def evaluation_note(cfg: ClassifyConfig, data: ClassifyData) -> str:
+    """What ``--eval`` evaluates, in one line: the model and its weights, and the data (no training settings)."""
+    weights = cfg.resume or cfg.finetune or "its random initialization"
+    source = cfg.data_set if cfg.data_path is None else f"{cfg.data_set} {cfg.data_path}"
+    return f"evaluate {cfg.model} from {weights} on {len(data.val.dataset)} validation images ({source})"
+
+
 def build_classifier(cfg: ClassifyConfig, num_classes: int, **kwargs) -> nn.Module:
     """The ``--model`` classifier (``kwargs`` and ``--model_kwargs`` passed to its recipe), its encoder loaded
     from ``--finetune`` unless a checkpoint is resumed (which holds every weight)."""

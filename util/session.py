@@ -67,4 +67,7 @@ def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty
     if len(loader) == 0 and not allow_empty:
         raise UsageError(f"{len(dataset)} images make no full batch of {cfg.batch_size} x {session.world_size} "
                          "processes: lower --batch_size or add data")
+    if cfg.accum_iter > len(loader) and not allow_empty:
+        raise UsageError(f"--accum_iter {cfg.accum_iter} is more than the {len(loader)} batches of an epoch, so no "
+                         f"optimizer step would ever be taken: pass --accum_iter {len(loader)} or less")
     return loader

@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from util.logging import MetricLogger, RunLog
+from util.logging import EtaMeter, MetricLogger, RunLog
 from util.lr import lr_at, set_lr
 
 # compute_loss(model, batch, device) -> (loss, {name: scalar tensor to log})
@@ -40,7 +40,7 @@ def run_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimiz
               epoch: int, cfg: TrainConfig, compute_loss: ComputeLoss,
               scaler: torch.amp.GradScaler | None = None, run_log: RunLog | None = None,
               after_step: Callable[[], None] | None = None, first_batch: int = 0,
-              stop: Callable[[int], bool] | None = None) -> dict[str, float]:
+              stop: Callable[[int], bool] | None = None, eta: EtaMeter | None = None) -> dict[str, float]:
     """Train ``model`` (maybe DDP-wrapped or compiled) for one epoch; return the epoch's mean scalars.
 
     The LR is set per optimizer step from the fractional epoch. Gradients are accumulated over
@@ -48,11 +48,13 @@ def run_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimiz
     trailing partial accumulation is dropped. ``after_step`` runs after every optimizer step (EMA).
     ``first_batch``: the batches of the epoch already trained (a run resumed mid-epoch; ``loader`` yields
     the rest). ``stop(batches_done)`` is asked after each optimizer step but the epoch's last, and ends the
-    epoch there when it says so (``util.preemption``).
+    epoch there when it says so (``util.preemption``). ``eta``: the run's step-time meter, kept across epochs
+    for the progress lines' whole-run ETA (the epochs after this one count as long as this one).
     """
     model.train()
     num_steps = first_batch + len(loader)
-    logger = MetricLogger(f"Epoch: [{epoch}]", num_steps, cfg.print_freq, device, first_batch)
+    logger = MetricLogger(f"Epoch: [{epoch}]", num_steps, cfg.print_freq, device,
+                          later_steps=(cfg.epochs - epoch - 1) * num_steps, eta_meter=eta)
     optimizer.zero_grad(set_to_none=True)
     lr = optimizer.param_groups[0]["lr"]
     for step, batch in enumerate(loader, start=first_batch):

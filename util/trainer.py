@@ -70,11 +70,11 @@ class Trainer(Generic[C]):
         done = ckpt.get("batches_done", 0)
         self.start_epoch, self.step = ckpt.get("epoch", -1) + (0 if done else 1), ckpt.get("step", 0)
         self.resumed_from, self.resumed_batches = path, (done, ckpt.get("epoch_batches", 0))
-        if dist_util.is_main_process():
+        if dist_util.is_main_process() and with_optimizer:  # evaluation (--eval) names its checkpoint itself
             print(f"resumed from {path}" + (f" at epoch {self.start_epoch}" if "epoch" in ckpt else "")
                   + (f", after its batch {done}" if done else ""))
             note = batch_change_note(path, ckpt, self.derived)
-            if note and with_optimizer:
+            if note:
                 print(note)
         return ckpt
 
