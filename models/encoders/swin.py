@@ -31,7 +31,7 @@ from torch import nn
 from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm, init_token
 from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..masking import compact_order
-from .common import feature_indices, patch_visibility, run_blocks
+from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks
 from .window_attention import OffsetLattice, WindowAttention
 
 MASKED_TOKENS = ("compact", "token", "none")
@@ -166,7 +166,7 @@ class SwinBlock(nn.Module):
         return x, pos_hw
 
 
-class SwinMIM(nn.Module):
+class SwinMIM(GradCheckpointing, nn.Module):
     """UM-MAE's Swin with the three ways of treating a mask (``masked_tokens``):
 
     - ``"compact"`` (UM-MAE pretraining): the one visible 16-px patch of each 2x2 group is gathered into a
@@ -178,7 +178,8 @@ class SwinMIM(nn.Module):
       embedding of every cell of a masked patch. Tokens: the final stage, (H/32) x (W/32).
     - ``"none"`` (fine-tuning): no masking parameters; ``ids_keep`` must be None.
 
-    With ``ids_keep=None`` every mode runs on the full grid without masking. The window is 8 for UM-MAE
+    With ``ids_keep=None`` every mode runs on the full grid without masking. Stage 1 of
+    ``set_grad_checkpointing("stage1")`` is the blocks of the first stage (at 4-px cells). The window is 8 for UM-MAE
     pretraining and 16 for SimMIM and fine-tuning (docs/methods.md §4.4, §4.7).
     """
 
@@ -265,7 +266,8 @@ class SwinMIM(nn.Module):
         blocks ``taps``."""
         lattices = self.offset_lattices((imgs.shape[-2] // self.cell_size, imgs.shape[-1] // self.cell_size))
         return run_blocks(self.blocks[:count], state, taps, read=read,
-                          step=lambda block, xs: block(*xs, lattices[block.stage]))
+                          step=lambda block, xs: block(*xs, lattices[block.stage]),
+                          checkpointed=self.checkpointed_blocks(self.stage_ends[0], count))
 
     def _cell_coords(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """[1, h, w, 2] float (row, col) cell coordinates."""
