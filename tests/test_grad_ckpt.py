@@ -3,9 +3,13 @@ every encoder family, fewer bytes kept for backward, only while training, and no
 import pytest
 import torch
 
+import main_pretrain
 from models import create_model
 from models.encoders import common
+from test_pretrain import pretrain_args
 from test_step_hygiene import CONVVIT, PVT, SWIN, VIT, HostSyncCounter, build
+from util.checkpoint import load_file
+from util.errors import UsageError
 
 # one pretraining recipe per encoder family (ConViT: test_dmjd_two_views_with_decoder_unchanged); Swin on the full
 # grid with shifted windows, PVT on UM-MAE's compact grid
@@ -149,3 +153,18 @@ def test_no_graph_break_and_no_host_sync(name, tmp_path):
     with HostSyncCounter() as counter:
         model(imgs).loss.backward()
     assert counter.seen == []
+
+
+def test_pretrain_cli_flag_trains_the_same(image_folder, tmp_path):
+    """``main_pretrain.py --grad_ckpt all`` trains to the same weights as without, and records the mode."""
+    weights = {}
+    for mode in MODES[::2]:
+        out = tmp_path / mode
+        main_pretrain.main(pretrain_args(image_folder, out, "--epochs", "1", "--vis_freq", "100", "--grad_ckpt", mode))
+        ckpt = load_file(out / "checkpoint-0.pth")
+        assert ckpt["args"]["grad_ckpt"] == mode
+        weights[mode] = ckpt["model"]
+    for key, value in weights["none"].items():
+        torch.testing.assert_close(weights["all"][key], value, rtol=1e-6, atol=1e-6, msg=key)
+    with pytest.raises(UsageError, match="grad_ckpt"):
+        main_pretrain.get_args_parser().parse_args(["--grad_ckpt", "half"])
