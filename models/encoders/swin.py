@@ -201,9 +201,9 @@ class SwinMIM(GradCheckpointing, nn.Module):
       embedding of every cell of a masked patch. Tokens: the final stage, (H/32) x (W/32).
     - ``"none"`` (fine-tuning): no masking parameters; ``ids_keep`` must be None.
 
-    With ``ids_keep=None`` every mode runs on the full grid without masking. Stage 1 of
-    ``set_grad_checkpointing("stage1")`` is the blocks of the first stage (at 4-px cells). The window is 8 for UM-MAE
-    pretraining and 16 for SimMIM and fine-tuning (docs/methods.md §4.4, §4.7).
+    With ``ids_keep=None`` every mode runs on the full grid without masking. The window is 8 for UM-MAE
+    pretraining and 16 for SimMIM and fine-tuning (docs/methods.md §4.4, §4.7). Stage 1 of
+    ``set_grad_checkpointing("stage1")`` is the blocks of the first stage (at 4-px cells).
     """
 
     num_prefix_tokens = 0
