@@ -77,6 +77,7 @@ def main(args: argparse.Namespace) -> dict:
                                     re_mode=cfg.remode, re_count=cfg.recount, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         classes = data_classes(cfg)
         model = build_classifier(cfg, classes.count, drop_path_rate=cfg.drop_path).to(session.device)
+        model.set_grad_checkpointing(cfg.grad_ckpt)
         data = build_loaders(cfg, session, train_tf, build_eval_transform(cfg.input_size), classes)
         mixup_fn, criterion = build_mixup_and_criterion(cfg, classes.count)
         if cfg.fsdp:  # after --finetune's weights are in, before the optimizer: FSDP2 replaces the parameters

@@ -38,6 +38,9 @@ def main(args: argparse.Namespace) -> dict:
     with start_session(cfg) as session:
         classes = data_classes(cfg)
         model = to_linear_probe(build_classifier(cfg, classes.count, drop_path_rate=0.0)).to(session.device)
+        if cfg.grad_ckpt != "none" and dist_util.is_main_process():
+            print(f"--grad_ckpt {cfg.grad_ckpt} changes nothing in linear probing: the frozen encoder keeps no "
+                  "activations for backward")
         data = build_loaders(cfg, session, build_linprobe_transform(cfg.input_size),
                              build_eval_transform(cfg.input_size), classes)
         lr, eff_batch = cfg.scaled_lr(session.world_size)

@@ -115,6 +115,7 @@ def main(args: argparse.Namespace) -> None:
         recipe = build_model(cfg)  # before the data: an unknown --model fails fast
         model = recipe.model
         load_initial_weights(cfg, model)
+        model.set_grad_checkpointing(cfg.grad_ckpt)
         min_scale = cfg.min_crop_scale if cfg.min_crop_scale is not None else recipe.defaults.min_crop_scale
         backend = choose_backend(cfg.data_backend, session.device, cfg.data_set)
         dataset = build_dataset(cfg.data_set, cfg.data_path, build_pretrain_transform(cfg.input_size, min_scale),

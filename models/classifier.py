@@ -46,6 +46,11 @@ class Classifier(FlatKeys, nn.Module):
     def forward(self, imgs: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(imgs))
 
+    def set_grad_checkpointing(self, mode: str | bool = "all") -> None:
+        """Activation checkpointing of the encoder's blocks: ``"none"``, ``"stage1"`` or ``"all"``
+        (``models.encoders.common.GradCheckpointing``)."""
+        self.encoder.set_grad_checkpointing(mode)
+
     def no_weight_decay(self) -> set[str]:
         """Parameters exempt from weight decay besides 1-D ones (official: pos_embed, cls_token)."""
         return {name for name, _ in self.named_parameters()

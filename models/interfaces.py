@@ -153,6 +153,10 @@ class Encoder(Protocol):
     def layer_groups(self) -> tuple[str, str]:
         """(stem, numbered blocks) regexes over parameter names, for layer-wise LR decay."""
 
+    def set_grad_checkpointing(self, mode: str | bool = "all") -> None:
+        """Activation checkpointing of the blocks while training: ``"none"``, ``"stage1"`` (the first,
+        highest-resolution stage) or ``"all"`` (``models.encoders.common.GradCheckpointing`` implements it)."""
+
 
 @runtime_checkable
 class Masking(Protocol):

@@ -71,6 +71,11 @@ class MaskedImageModel(FlatKeys, nn.Module):
     def num_patches(self) -> int:
         return self.encoder.num_patches
 
+    def set_grad_checkpointing(self, mode: str | bool = "all") -> None:
+        """Activation checkpointing of the encoder's blocks: ``"none"``, ``"stage1"`` or ``"all"``
+        (``models.encoders.common.GradCheckpointing``); the heads are not checkpointed."""
+        self.encoder.set_grad_checkpointing(mode)
+
     def checkpoint_filter_fn(self, state_dict: dict) -> dict:
         """The recipe's official-checkpoint adapters, in order (as timm's ``checkpoint_filter_fn``)."""
         for adapt in self.checkpoint_filters:

@@ -228,9 +228,10 @@ def test_classification_forward():
     assert all(re.match(stem, n) or re.match(blocks, n) for n in names)
 
 
-def per_pair_bias(attn: WindowAttention, pos_windows: torch.Tensor, lattice: OffsetLattice) -> torch.Tensor:
-    """The official posMLP bias, the MLP run on every pair of every window; checks that the pairs'
-    coordinate differences lie on the stage's lattice."""
+def per_pair_bias(attn: WindowAttention, pos_windows: torch.Tensor, lattice: OffsetLattice,
+                  index: torch.Tensor | None = None) -> torch.Tensor:
+    """The official posMLP bias, the MLP run on every pair of every window (from the coordinates, whatever table
+    rows were precomputed); checks that the pairs' coordinate differences lie on the stage's lattice."""
     delta = pos_windows.unsqueeze(1) - pos_windows.unsqueeze(2)
     steps = delta / lattice.step
     assert torch.equal(steps, steps.round()) and (steps.abs() <= torch.tensor(lattice.radius)).all()
@@ -288,3 +289,51 @@ def test_offset_lattices_follow_the_stage_geometry():
     offsets = lattice.offsets(torch.device("cpu"))
     assert offsets.shape == (2, 5, 7) and offsets[:, 0, 0].tolist() == [-1.0, -1.5]
     assert torch.equal(lattice.index(offsets.permute(1, 2, 0)), torch.arange(35, dtype=torch.int32).view(5, 7))
+
+
+@pytest.mark.parametrize("mode,img_size,window", [("token", 128, 8), ("none", 224, 16)],
+                         ids=["simmim-shifted", "finetune-padded"])
+def test_full_grid_table_rows_are_precomputed(mode, img_size, window):
+    """On the full grid every block holds its windows' table rows as a buffer, equal to those built from the
+    coordinates; a training step gives bit for bit the same as one that builds them, and keeps no index for
+    backward (the buffer is what the lookup saves)."""
+    torch.manual_seed(0)
+    encoder = SwinMIM(img_size=img_size, embed_dim=8, depths=(2, 2, 2, 1), num_heads=(1, 2, 2, 2), posmlp_dim=4,
+                      window_size=window, masked_tokens=mode)
+    cells = img_size // 4
+    rows, cols = torch.meshgrid(torch.arange(cells), torch.arange(cells), indexing="ij")
+    pos = torch.stack([rows, cols], dim=-1).float()[None]
+    lattices = encoder.offset_lattices((cells, cells))
+    for block in encoder.blocks:
+        if block.downsample is not None:
+            pos = pos[:, ::2, ::2] / 2
+        pairs = block.window_positions(pos)
+        index = getattr(block, f"attn_index_{pos.shape[1]}x{pos.shape[2]}")
+        assert torch.equal(index, lattices[block.stage].index(pairs.unsqueeze(1) - pairs.unsqueeze(2)))
+    masks = RandomMasking(0.6)(2, encoder.num_patches, torch.device("cpu")) if mode == "token" else None
+    imgs = torch.randn(2, 3, img_size, img_size)
+
+    def step() -> tuple[torch.Tensor, list[torch.Tensor], int]:
+        """-> output, gradients, and how many int32 tensors saved for backward are not buffers (built indices)."""
+        encoder.zero_grad()
+        buffers = {b.untyped_storage().data_ptr() for b in encoder.buffers()}
+        saved = []
+
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            if tensor.dtype == torch.int32 and tensor.untyped_storage().data_ptr() not in buffers:
+                saved.append(tensor)
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = encoder(imgs, None if masks is None else masks.ids_keep).patches
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in encoder.parameters() if p.grad is not None], len(saved)
+
+    out, grads, built_indices = step()
+    assert built_indices == 0
+    for block in encoder.blocks:  # without the buffers: the rows are built at each step, as on the compact grid
+        for name in [n for n, _ in block.named_buffers() if n.startswith("attn_index_")]:
+            delattr(block, name)
+    built_out, built_grads, built_indices = step()
+    assert built_indices == len(encoder.blocks)
+    assert torch.equal(out, built_out) and all(torch.equal(a, b) for a, b in zip(grads, built_grads))

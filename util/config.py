@@ -13,7 +13,10 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping, Self
 
+import torch
+
 from models import official
+from models.encoders.common import GRAD_CKPT_MODES
 from util.checkpoint import latest_checkpoint
 from util.distributed import LaunchFlags
 from util.errors import UsageError
@@ -49,7 +52,12 @@ def add_runtime_args(p: ArgumentParser) -> None:
                    help="override recipe defaults, e.g. decoder_depth=2 decoder_embed_dim=128")
     p.add_argument("--amp", default=None, choices=sorted(AMP_DTYPES),
                    help="precision: bf16 on GPU by default, fp32 on CPU; fp16 uses a GradScaler")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="torch.compile the model (default: on CUDA; falls back to eager, with a warning, if it fails)")
+    p.add_argument("--no_compile", action="store_false", dest="compile", help="never torch.compile the model")
+    p.add_argument("--grad_ckpt", default="none", choices=GRAD_CKPT_MODES,
+                   help="activation checkpointing of the encoder's blocks: none, stage1 (the first, highest-resolution "
+                        "stage; a ViT's first quarter of blocks) or all")
     p.add_argument("--device", default=None, type=device_name, help="cuda or cpu (default: cuda when available)")
     p.add_argument("--seed", default=0, type=SEED)
     p.add_argument("--output_dir", default="./output_dir")
@@ -128,9 +136,9 @@ def add_classify_args(p: ArgumentParser, global_pool_default: bool) -> None:
 class RunConfig:
     """What every CLI is asked to do: one field per shared flag, with the flag's name and meaning.
 
-    ``log_dir`` and ``resume`` hold their resolved values (``--log_dir`` or ``output_dir``; ``--resume`` or,
-    with ``--auto_resume``, the newest ``checkpoint-<epoch>.pth`` in ``output_dir`` (``.dcp`` under ``--fsdp``),
-    or "")."""
+    ``log_dir``, ``resume`` and ``compile`` hold their resolved values (``--log_dir`` or ``output_dir``;
+    ``--resume`` or, with ``--auto_resume``, the newest ``checkpoint-<epoch>.pth`` in ``output_dir`` (``.dcp``
+    under ``--fsdp``), or ""; ``--compile``/``--no_compile``, or whether the run's device is CUDA)."""
 
     model: str
     epochs: int
@@ -146,7 +154,8 @@ class RunConfig:
     save_freq: int
     model_kwargs: tuple[str, ...]
     amp: str | None
-    compile: bool
+    compile: bool  # resolved: --compile, --no_compile, or on when the run's device is CUDA
+    grad_ckpt: str
     device: str | None
     seed: int
     output_dir: str
@@ -170,11 +179,13 @@ class RunConfig:
     @classmethod
     def from_args(cls, args: argparse.Namespace, **resolved: Any) -> Self:
         """The config of ``args`` (left unchanged): every field from the flag of its name (lists as tuples),
-        ``resolved`` overriding; ``log_dir`` and ``resume`` resolved as the class says."""
+        ``resolved`` overriding; ``log_dir``, ``resume`` and ``compile`` resolved as the class says."""
         values = {f.name: getattr(args, f.name) for f in fields(cls) if f.name != "flags"}
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         values |= resolve_official_compat(args)
         values["log_dir"] = args.log_dir or args.output_dir
+        if args.compile is None:
+            values["compile"] = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
         if args.auto_resume and not args.resume:
             suffix = ".dcp" if getattr(args, "fsdp", False) else ".pth"
             values["resume"] = latest_checkpoint(args.output_dir, suffix) or ""

@@ -35,6 +35,9 @@ def start_session(cfg: RunConfig) -> Iterator[Session]:
     batches, and a folder in use or not writable is refused at once. ``--eval`` writes nothing: no lock."""
     rank, world_size, device = dist_util.init_distributed(select_device(cfg.device), cfg.local_rank, cfg.launch)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed input sizes: cuDNN picks its fastest kernels once
+    if device.type == "cuda":  # TF32 for the matmuls and convolutions left in fp32 (all of them under --amp fp32)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     seed_everything(cfg.seed + rank)
     with contextlib.ExitStack() as lock:
         refusal = None

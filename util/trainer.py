@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from util import distributed as dist_util
 from util import fsdp
 from util.checkpoint import checkpoints_newest_first, remove_partial_checkpoints, save_training_state
+from util.compile import CompiledOrEager
 from util.config import RunConfig
 from util.logging import RunLog
 from util.preemption import StopOnSigterm
@@ -80,14 +81,15 @@ class Trainer(Generic[C]):
 
     def wrapped(self) -> nn.Module:
         """The module the loop trains: DistributedDataParallel over processes (--fsdp: the model sharded already,
-        with DDP's no_sync), then torch.compile (--compile)."""
+        with DDP's no_sync), then torch.compile (``cfg.compile``: on CUDA by default), which falls back to eager
+        with a warning if it fails (``util.compile``)."""
         model, device = self.model, self.session.device
         if self.sharded:
             model = fsdp.ShardedTrainee(model)
         elif self.session.world_size > 1:
             model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if self.cfg.compile:
-            model = torch.compile(model)
+            model = CompiledOrEager(model)
         return model
 
     @property

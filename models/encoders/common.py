@@ -1,8 +1,12 @@
 """What every encoder does the same way: which patches a mask leaves visible, running blocks while keeping
-the outputs of some of them, and choosing feature levels for ``forward_features``."""
-from typing import Any, Callable, Iterable, Sequence
+the outputs of some of them (optionally under activation checkpointing), and choosing feature levels for
+``forward_features``."""
+from typing import Any, Callable, Container, Iterable, Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
+
+GRAD_CKPT_MODES = ("none", "stage1", "all")
 
 
 def patch_visibility(ids_keep: torch.Tensor, grid_size: tuple[int, int], cells_per_patch: int = 1) -> torch.Tensor:
@@ -17,12 +21,19 @@ def patch_visibility(ids_keep: torch.Tensor, grid_size: tuple[int, int], cells_p
 
 def run_blocks(blocks: Iterable[Callable], state: Any, return_layers: Sequence[int] = (),
                step: Callable[[Callable, Any], Any] = lambda block, state: block(state),
-               read: Callable[[Any], Any] = lambda state: state) -> tuple[Any, dict[int, Any]]:
+               read: Callable[[Any], Any] = lambda state: state,
+               checkpointed: Container[int] = ()) -> tuple[Any, dict[int, Any]]:
     """Run ``blocks`` in order, ``state = step(block, state)``; return the last state and
-    ``{i: read(state after block i)}`` for every block number i (from 1) in ``return_layers``."""
+    ``{i: read(state after block i)}`` for every block number i (from 1) in ``return_layers``.
+
+    The blocks numbered in ``checkpointed`` keep only their input for backward and run again during it
+    (non-reentrant ``torch.utils.checkpoint``, which replays the RNG: DropPath draws the same)."""
     layers = {}
     for i, block in enumerate(blocks, start=1):
-        state = step(block, state)
+        if i in checkpointed:
+            state = checkpoint(step, block, state, use_reentrant=False)
+        else:
+            state = step(block, state)
         if i in return_layers:
             layers[i] = read(state)
     return state, layers
@@ -41,3 +52,28 @@ def feature_indices(indices: Sequence[int] | None, count: int) -> list[int]:
 def tokens_to_map(tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
     """[N, h * w, C] tokens in raster order -> [N, C, h, w]."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
+
+
+class GradCheckpointing:
+    """Selective activation checkpointing for an encoder (mixed into its ``nn.Module``), set by
+    :meth:`set_grad_checkpointing`: ``"none"``, ``"stage1"`` (the blocks of the first, highest-resolution stage,
+    which hold most of a pyramid encoder's activations; a plain ViT counts its first quarter of blocks as
+    stage 1) or ``"all"`` blocks. It applies only while training with gradients enabled; the numerics are
+    unchanged, backward recomputes the checkpointed blocks' forward."""
+
+    grad_ckpt: str = "none"
+
+    def set_grad_checkpointing(self, mode: str | bool = "all") -> None:
+        """``mode``: one of ``GRAD_CKPT_MODES``; ``True``/``False`` mean ``"all"``/``"none"`` (timm's switch)."""
+        if isinstance(mode, bool):
+            mode = "all" if mode else "none"
+        if mode not in GRAD_CKPT_MODES:
+            raise ValueError(f"grad checkpointing mode must be one of {', '.join(GRAD_CKPT_MODES)}, got {mode!r}")
+        self.grad_ckpt = mode
+
+    def checkpointed_blocks(self, stage1: int, count: int) -> range:
+        """The block numbers (from 1) of a run of ``count`` blocks, the first ``stage1`` of them in stage 1, that
+        run under checkpointing now (for ``run_blocks``)."""
+        if self.grad_ckpt == "none" or not (self.training and torch.is_grad_enabled()):
+            return range(0)
+        return range(1, (min(stage1, count) if self.grad_ckpt == "stage1" else count) + 1)

@@ -26,7 +26,7 @@ from torch import nn
 from ..init import init_conv_as_linear, init_linear_and_norm
 from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..pos_embed import sincos_2d
-from .common import feature_indices, patch_visibility, run_blocks, tokens_to_map
+from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks, tokens_to_map
 
 
 class ChannelLayerNorm(nn.LayerNorm):
@@ -107,12 +107,13 @@ def gather_visible(tokens: torch.Tensor, ids_keep: torch.Tensor) -> torch.Tensor
     return torch.gather(tokens.expand(index.shape[0], m, length, c), 2, index).flatten(0, 1)
 
 
-class ConvViT(nn.Module):
+class ConvViT(GradCheckpointing, nn.Module):
     """ConvMAE ConViT for masked pretraining (``ids_keep`` given, ``fusion``) and classification.
 
     Pretraining keeps the sin-cos position table frozen; fine-tuning makes it learnable
     (``learnable_pos_embed``, trunc-normal 0.02 like the official fine-tune model, which the checkpoint
     then overwrites), drops the fusion convs (``fusion=False``) and, under global pooling, the final norm.
+    Stage 1 of ``set_grad_checkpointing("stage1")`` is ``blocks1`` (at H/4 x W/4, most of the activations).
     """
 
     num_prefix_tokens = 0
@@ -206,11 +207,10 @@ class ConvViT(nn.Module):
                                     "no patch is visible in two of them (Masks.disjoint_views)")
         elif views > 1:
             raise ValueError("views > 1 needs ids_keep with one row per view")
-        for block in self.blocks1:
-            stage1 = block(stage1, vis1)
-        stage2 = self.patch_embed2(stage1)
-        for block in self.blocks2:
-            stage2 = block(stage2, vis2)
+        stage1, _ = run_blocks(self.blocks1, stage1, step=lambda block, x: block(x, vis1),
+                               checkpointed=self.checkpointed_blocks(len(self.blocks1), len(self.blocks1)))
+        stage2, _ = run_blocks(self.blocks2, self.patch_embed2(stage1), step=lambda block, x: block(x, vis2),
+                               checkpointed=self.checkpointed_blocks(0, len(self.blocks2)))
         x = self.patch_embed3(stage2).flatten(2).transpose(1, 2)
         return stage1, stage2, self.patch_embed4(x) + self.pos_embed
 
@@ -239,7 +239,8 @@ class ConvViT(nn.Module):
         def split(tokens: torch.Tensor) -> EncoderOutput:
             return EncoderOutput(prefix=tokens[:, :0], patches=tokens, grid=grid)
 
-        x, layers = run_blocks(self.blocks3, x, return_layers, read=split)
+        x, layers = run_blocks(self.blocks3, x, return_layers, read=split,
+                               checkpointed=self.checkpointed_blocks(0, self.depth))
         if self.fusion:
             x = x + stage1 + stage2
         out = split(self.norm(x))
@@ -254,7 +255,9 @@ class ConvViT(nn.Module):
         stage1, stage2, x = self.conv_stages(imgs)
         grid = (imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size)
         taps = [i - 1 for i in chosen if i >= 2]  # block numbers from 1
-        _, layers = run_blocks(self.blocks3[:max(taps, default=0)], x, taps, read=lambda t: tokens_to_map(t, grid))
+        count = max(taps, default=0)
+        _, layers = run_blocks(self.blocks3[:count], x, taps, read=lambda t: tokens_to_map(t, grid),
+                               checkpointed=self.checkpointed_blocks(0, count))
         return [(stage1, stage2)[i] if i < 2 else layers[i - 1] for i in chosen]
 
 

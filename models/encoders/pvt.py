@@ -33,7 +33,7 @@ from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm,
 from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..masking import compact_order
 from ..pos_embed import sincos_2d
-from .common import feature_indices, patch_visibility, run_blocks, tokens_to_map
+from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks, tokens_to_map
 
 COMPACT_SR_RATIOS = (4, 2, 1, 1)  # official pretraining on the compact grid
 FULL_SR_RATIOS = (8, 4, 2, 1)  # official SimMIM and fine-tuning on the full grid
@@ -113,7 +113,7 @@ class CellEmbed(nn.Module):
         return self.proj(x)
 
 
-class PyramidVisionTransformer(nn.Module):
+class PyramidVisionTransformer(GradCheckpointing, nn.Module):
     """UM-MAE's PVT for uniform-masking pretraining (``masked_tokens="compact"``), SimMIM (``"token"``) and
     classification (no ``ids_keep``).
 
@@ -123,7 +123,8 @@ class PyramidVisionTransformer(nn.Module):
     (UM-MAE secondary masking) and, under ``"token"``, ``mask_token`` are created only when used, so a
     classifier holds no idle parameter. Pretraining keeps the sin-cos position table frozen; fine-tuning
     makes it learnable (``learnable_pos_embed``; initialized with the same table, which the checkpoint then
-    overwrites) and, under global pooling, drops the final norm (``final_norm``).
+    overwrites) and, under global pooling, drops the final norm (``final_norm``). Stage 1 of
+    ``set_grad_checkpointing("stage1")`` is the blocks of the first stage (at 4-px cells).
     """
 
     num_prefix_tokens = 0
@@ -253,7 +254,8 @@ class PyramidVisionTransformer(nn.Module):
         def step(block: PVTBlock, xs: tuple[torch.Tensor, tuple[int, int]]) -> tuple[torch.Tensor, tuple[int, int]]:
             return block(*xs, sr_ratios[block.stage])
 
-        return run_blocks(self.blocks[:count], (x, hw), taps, step=step, read=lambda xs: read(*xs))
+        return run_blocks(self.blocks[:count], (x, hw), taps, step=step, read=lambda xs: read(*xs),
+                          checkpointed=self.checkpointed_blocks(self.stage_ends[0], count))
 
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
                 return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None,

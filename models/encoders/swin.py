@@ -31,7 +31,7 @@ from torch import nn
 from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm, init_token
 from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..masking import compact_order
-from .common import feature_indices, patch_visibility, run_blocks
+from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks
 from .window_attention import OffsetLattice, WindowAttention
 
 MASKED_TOKENS = ("compact", "token", "none")
@@ -75,7 +75,12 @@ class PatchMerge(nn.Module):
     def forward(self, x: torch.Tensor, pos_hw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, H, W, C]; pos_hw: [B or 1, H, W, 2] -> [B, H/2, W/2, C'], [., H/2, W/2, 2]."""
         x = self.proj(self.norm(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x, pos_hw[:, 0::2, 0::2] / 2.0
+        return x, self.merge_positions(pos_hw)
+
+    @staticmethod
+    def merge_positions(pos_hw: torch.Tensor) -> torch.Tensor:
+        """[., H, W, 2] coordinates -> [., H/2, W/2, 2] those of the merged cells (in units of the new stage)."""
+        return pos_hw[:, 0::2, 0::2] / 2.0
 
 
 class SwinBlock(nn.Module):
@@ -136,27 +141,45 @@ class SwinBlock(nn.Module):
         blocked = (region.unsqueeze(1) != region.unsqueeze(2)) | (pad.unsqueeze(1) > 0)
         return torch.zeros(blocked.shape, device=device).masked_fill(blocked, _MASK_VALUE)
 
-    def forward(self, x: torch.Tensor, pos_hw: torch.Tensor, lattice: OffsetLattice
+    def window_positions(self, pos_hw: torch.Tensor) -> torch.Tensor:
+        """pos_hw [B', H, W, 2] (this block's stage) -> [B' * nW, M, 2], padded, rolled and windowed as x is."""
+        h, w = pos_hw.shape[1:3]
+        ws, shift = self.window_and_shift(h, w)
+        pad_h, pad_w = -h % ws, -w % ws
+        if pad_h or pad_w:
+            pos_hw = F.pad(pos_hw, (0, 0, 0, pad_w, 0, pad_h))
+        if shift:
+            pos_hw = torch.roll(pos_hw, shifts=(-shift, -shift), dims=(1, 2))
+        return _windows(pos_hw, ws)
+
+    def precompute_index(self, pos_hw: torch.Tensor, lattice: OffsetLattice) -> None:
+        """Keep the posMLP table rows of every window pair on the full grid of coordinates ``pos_hw`` [1, H, W, 2]
+        (shared by every image) as a (non-saved) buffer: a step then neither rebuilds them nor keeps a copy for
+        backward (the embedding lookup's saved indices are this buffer)."""
+        h, w = pos_hw.shape[1:3]
+        self.register_buffer(f"attn_index_{h}x{w}", lattice.pair_index(self.window_positions(pos_hw)),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor, pos_hw: torch.Tensor, lattice: OffsetLattice, full_grid: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [B, H, W, C]; pos_hw: [B or 1, H, W, 2] true (h, w) cell coordinates (after the downsample: of
-        this block's stage), whose differences lie on ``lattice``."""
+        this block's stage), whose differences lie on ``lattice``; ``full_grid``: pos_hw is the encoder's full
+        grid, whose table rows :meth:`precompute_index` may hold."""
         if self.downsample is not None:
             x, pos_hw = self.downsample(x, pos_hw)
         b, h, w, c = x.shape
         ws, shift = self.window_and_shift(h, w)
         shortcut = x
         x = self.norm1(x)
-        pos = pos_hw
         pad_h, pad_w = -h % ws, -w % ws
         if pad_h or pad_w:
             x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-            pos = F.pad(pos, (0, 0, 0, pad_w, 0, pad_h))
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-            pos = torch.roll(pos, shifts=(-shift, -shift), dims=(1, 2))
         hp, wp = h + pad_h, w + pad_w
         mask = self.attention_mask(h, w, x.device)
-        x = self.attn(_windows(x, ws), _windows(pos, ws), b, lattice, mask)
+        index = getattr(self, f"attn_index_{h}x{w}", None) if full_grid else None
+        x = self.attn(_windows(x, ws), self.window_positions(pos_hw), b, lattice, mask, index)
         x = _unwindows(x, ws, hp, wp)
         if shift:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
@@ -166,7 +189,7 @@ class SwinBlock(nn.Module):
         return x, pos_hw
 
 
-class SwinMIM(nn.Module):
+class SwinMIM(GradCheckpointing, nn.Module):
     """UM-MAE's Swin with the three ways of treating a mask (``masked_tokens``):
 
     - ``"compact"`` (UM-MAE pretraining): the one visible 16-px patch of each 2x2 group is gathered into a
@@ -179,7 +202,8 @@ class SwinMIM(nn.Module):
     - ``"none"`` (fine-tuning): no masking parameters; ``ids_keep`` must be None.
 
     With ``ids_keep=None`` every mode runs on the full grid without masking. The window is 8 for UM-MAE
-    pretraining and 16 for SimMIM and fine-tuning (docs/methods.md §4.4, §4.7).
+    pretraining and 16 for SimMIM and fine-tuning (docs/methods.md §4.4, §4.7). Stage 1 of
+    ``set_grad_checkpointing("stage1")`` is the blocks of the first stage (at 4-px cells).
     """
 
     num_prefix_tokens = 0
@@ -222,6 +246,12 @@ class SwinMIM(nn.Module):
                 if block.downsample is not None:
                     h, w = h // 2, w // 2
                 block.precompute_mask(h, w)
+        cells = (img_size[0] // patch_size, img_size[1] // patch_size)
+        pos, lattices = self._cell_coords(*cells, torch.device("cpu")), self.offset_lattices(cells)
+        for block in self.blocks:
+            if block.downsample is not None:
+                pos = PatchMerge.merge_positions(pos)
+            block.precompute_index(pos, lattices[block.stage])
         # forward_features levels: the output of each stage (its last block)
         self.stage_ends = [sum(depths[:i + 1]) for i in range(self.num_stages)]
         self.feature_info = [FeatureInfo(embed_dim * 2 ** i, patch_size * 2 ** i) for i in range(self.num_stages)]
@@ -260,12 +290,13 @@ class SwinMIM(nn.Module):
         return lattices
 
     def _run(self, imgs: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], count: int, taps: Sequence[int],
-             read) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
+             read, full_grid: bool) -> tuple[tuple[torch.Tensor, torch.Tensor], dict]:
         """The first ``count`` blocks on ``embed``'s state (x, pos) of ``imgs``; ``read(state)`` after the
-        blocks ``taps``."""
+        blocks ``taps``. ``full_grid``: pos is the full grid of cells (not UM-MAE's compact grid)."""
         lattices = self.offset_lattices((imgs.shape[-2] // self.cell_size, imgs.shape[-1] // self.cell_size))
         return run_blocks(self.blocks[:count], state, taps, read=read,
-                          step=lambda block, xs: block(*xs, lattices[block.stage]))
+                          step=lambda block, xs: block(*xs, lattices[block.stage], full_grid),
+                          checkpointed=self.checkpointed_blocks(self.stage_ends[0], count))
 
     def _cell_coords(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """[1, h, w, 2] float (row, col) cell coordinates."""
@@ -336,8 +367,9 @@ class SwinMIM(nn.Module):
             return EncoderOutput(prefix=x.new_zeros(x.shape[0], 0, x.shape[-1]), patches=x.flatten(1, 2),
                                  grid=tuple(x.shape[1:3]))
 
+        full_grid = ids_keep is None or self.masked_tokens != "compact"
         (x, _), layers = self._run(imgs, self.embed(imgs, ids_keep, secondary), self.depth, return_layers,
-                                   as_output)
+                                   as_output, full_grid)
         out = as_output((self.norm(x), None))
         out.layers = layers
         return out
@@ -347,7 +379,8 @@ class SwinMIM(nn.Module):
         [N, C * 2^i, H / (4 * 2^i), W / (4 * 2^i)] (strides 4, 8, 16, 32 for 4-px cells)."""
         chosen = feature_indices(indices, self.num_stages)
         taps = [self.stage_ends[i] for i in chosen]
-        _, layers = self._run(imgs, self.embed(imgs), taps[-1], taps, lambda state: state[0].permute(0, 3, 1, 2))
+        _, layers = self._run(imgs, self.embed(imgs), taps[-1], taps, lambda state: state[0].permute(0, 3, 1, 2),
+                              full_grid=True)
         return [layers[t] for t in taps]
 
 

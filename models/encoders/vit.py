@@ -3,6 +3,7 @@
 State-dict keys are those of the official MAE ``models_mae.py`` encoder (``cls_token``, ``pos_embed``,
 ``patch_embed.proj.*``, ``blocks.{i}.*``, ``norm.*``); the blocks are timm's (fused SDPA attention).
 """
+import math
 from functools import partial
 from typing import Sequence
 
@@ -16,10 +17,10 @@ from torch import nn
 from ..init import init_conv_as_linear, init_linear_and_norm, init_token
 from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..pos_embed import sincos_2d
-from .common import feature_indices, patch_visibility, run_blocks, tokens_to_map
+from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks, tokens_to_map
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(GradCheckpointing, nn.Module):
     """ViT with a cls token and a 2-D sin-cos position embedding.
 
     Pretraining keeps the position table frozen; fine-tuning makes it learnable (``learnable_pos_embed``,
@@ -27,6 +28,9 @@ class VisionTransformer(nn.Module):
     For dense fine-tuning DeepMIM's segmentation backbone adds a relative position bias per block
     (``rel_pos_bias``, tables initialized at zero) and layer scale (``init_values``, 1.0 there); both are
     new parameters that pretraining checkpoints do not hold.
+
+    ``set_grad_checkpointing("stage1")`` checkpoints the first quarter of the blocks (``stage1_depth``, 3 of
+    ViT-B's 12), the share of a four-stage pyramid's first stage; a ViT's blocks all hold the same activations.
     """
 
     num_prefix_tokens = 1
@@ -58,6 +62,7 @@ class VisionTransformer(nn.Module):
             block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, init_values=init_values, drop_path=dpr[i],
                   norm_layer=norm_layer) for i in range(depth)])
         self.depth = depth
+        self.stage1_depth = math.ceil(depth / 4)
         self.feature_info = [FeatureInfo(embed_dim, patch_size)] * depth  # one level per block
         self.norm = norm_layer(embed_dim) if final_norm else nn.Identity()
         if masked_tokens == "token":
@@ -114,7 +119,8 @@ class VisionTransformer(nn.Module):
         def split(x: torch.Tensor) -> EncoderOutput:
             return EncoderOutput(prefix=x[:, :1], patches=x[:, 1:], grid=grid)
 
-        x, layers = run_blocks(self.blocks, self.embed(imgs, ids_keep, secondary), return_layers, read=split)
+        x, layers = run_blocks(self.blocks, self.embed(imgs, ids_keep, secondary), return_layers, read=split,
+                               checkpointed=self.checkpointed_blocks(self.stage1_depth, self.depth))
         out = split(self.norm(x))
         out.layers = layers
         return out
@@ -125,7 +131,8 @@ class VisionTransformer(nn.Module):
         chosen = feature_indices(indices, self.depth)
         grid = (imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size)
         _, layers = run_blocks(self.blocks[:chosen[-1] + 1], self.embed(imgs), [i + 1 for i in chosen],
-                               read=lambda x: tokens_to_map(x[:, 1:], grid))
+                               read=lambda x: tokens_to_map(x[:, 1:], grid),
+                               checkpointed=self.checkpointed_blocks(self.stage1_depth, chosen[-1] + 1))
         return [layers[i + 1] for i in chosen]
 
 

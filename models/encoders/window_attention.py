@@ -28,6 +28,10 @@ class OffsetLattice(NamedTuple):
         steps = delta / self.step
         return ((steps[..., 0] + rh) * (2 * rw + 1) + steps[..., 1] + rw).to(torch.int32)
 
+    def pair_index(self, pos_windows: torch.Tensor) -> torch.Tensor:
+        """pos_windows [B, M, 2] -> [B, M(query i), M(key j)] int32 table rows of the differences p_j - p_i."""
+        return self.index(pos_windows.unsqueeze(1) - pos_windows.unsqueeze(2))
+
 
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with the posMLP bias: Conv1x1(2 -> posmlp_dim) -> ReLU ->
@@ -49,23 +53,25 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def position_bias(self, pos_windows: torch.Tensor, lattice: OffsetLattice) -> torch.Tensor:
+    def position_bias(self, pos_windows: torch.Tensor, lattice: OffsetLattice,
+                      index: torch.Tensor | None = None) -> torch.Tensor:
         """pos_windows: [B' * nW, M, 2] whose differences lie on ``lattice`` -> bias [B' * nW, heads, M(query),
-        M(key)]."""
+        M(key)]. ``index``: their ``lattice.pair_index`` when known beforehand (the full grid's, a buffer)."""
         d = lattice.offsets(pos_windows.device)
         table = self.posmlp((torch.sign(d) * torch.log(1.0 + d.abs())).unsqueeze(0)).flatten(2)[0].t()  # [T, heads]
-        index = lattice.index(pos_windows.unsqueeze(1) - pos_windows.unsqueeze(2))  # [., i, j]: p_j - p_i
+        if index is None:
+            index = lattice.pair_index(pos_windows)
         return F.embedding(index, table).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor, pos_windows: torch.Tensor, batch: int, lattice: OffsetLattice,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+                mask: torch.Tensor | None = None, index: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B * nW, M, C]; pos_windows: [B' * nW, M, 2] with B' in {1, B}, differences on ``lattice``;
-        mask: [nW, M, M] additive."""
+        mask: [nW, M, M] additive; index: ``lattice.pair_index(pos_windows)`` if precomputed."""
         bnw, m, c = x.shape
         nw, h = bnw // batch, self.num_heads
         qkv = self.qkv(x).reshape(batch, nw, m, 3, h, c // h).permute(3, 0, 1, 4, 2, 5)
         q, k, v = (t.reshape(batch, nw * h, m, c // h) for t in qkv.unbind(0))
-        bias = self.position_bias(pos_windows, lattice).reshape(-1, nw, h, m, m)
+        bias = self.position_bias(pos_windows, lattice, index=index).reshape(-1, nw, h, m, m)
         if mask is not None:
             bias = bias + mask.unsqueeze(1).to(bias.dtype)
         # windows x heads folded into one axis so a bias shared by the batch broadcasts without a copy
