@@ -7,7 +7,6 @@ on a folder of JPEGs. Nothing trains: it measures the data path alone.
 
 Prints a Markdown table, then one JSON object (device, date, torch version, command, one row per setting).
 """
-import argparse
 import datetime
 import json
 import os

@@ -2,10 +2,8 @@
 flop counter counts, null figures with their reasons, the official comparison. They measure; the tests never
 time."""
 import json
-import re
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,19 +262,3 @@ def test_cpu_proxies_table(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| recipe | views | GFLOP") and len(lines) == 4
     assert lines[2].startswith("| ummae_swin_tiny_256 | 1 |") and lines[3].startswith("| simmim_swin_tiny_256 | 1 |")
-
-
-def test_readme_commands_parse():
-    """Every command in benchmarks/README.md's bash blocks names a script here, flags it takes and recipes that
-    exist (running them is for a GPU)."""
-    text = (Path(__file__).resolve().parents[1] / "benchmarks" / "README.md").read_text()
-    scripts = {"benchmarks/pretrain_throughput.py": (pretrain_throughput, "model"),
-               "benchmarks/cpu_proxies.py": (cpu_proxies, "recipes")}
-    commands = [command.split("#")[0].split() for block in re.findall(r"```bash\n(.*?)```", text, re.S)
-                for line in block.splitlines() for command in line.split("&&")]
-    assert len(commands) >= 10
-    for words in commands:
-        assert words[0] == "python" and words[1] in scripts, words
-        script, names = scripts[words[1]]
-        args = script.build_parser().parse_args(words[2:])
-        assert set(getattr(args, names)) <= set(models.list_models()), words

@@ -20,6 +20,7 @@ from util.checkpoint import save_checkpoint  # noqa: E402
 from util.errors import UsageError  # noqa: E402
 from util.flags import ArgumentParser  # noqa: E402
 from util.fsdp import sharded_to_plain  # noqa: E402
+from util.runtime import run_tool  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,21 +30,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def convert(args: argparse.Namespace) -> None:
+    """Write the plain checkpoint of the ``--fsdp`` folder ``args.checkpoint`` to ``args.out``."""
+    if os.path.abspath(args.out).startswith(os.path.abspath(args.checkpoint) + os.sep):
+        raise UsageError(f"write {args.out} outside the folder it converts")
+    # DCP warns that it reads in one process, which is what this tool is for
+    warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+    plain = sharded_to_plain(args.checkpoint)
+    save_checkpoint(args.out, plain)
+    print(f"wrote {args.out}: {len(plain['model'])} weights, epoch {plain.get('epoch')}, step {plain.get('step')}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Convert as ``argv`` (default: the command line) says; a ``UsageError`` is one line and status 2."""
-    try:
-        args = build_parser().parse_args(argv)
-        if os.path.abspath(args.out).startswith(os.path.abspath(args.checkpoint) + os.sep):
-            raise UsageError(f"write {args.out} outside the folder it converts")
-        # DCP warns that it reads in one process, which is what this tool is for
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        plain = sharded_to_plain(args.checkpoint)
-        save_checkpoint(args.out, plain)
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: {len(plain['model'])} weights, epoch {plain.get('epoch')}, step {plain.get('step')}")
-    return 0
+    return run_tool(convert, build_parser, argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from models.classifier import Classifier  # noqa: E402
 from models.encoders.vit import VisionTransformer  # noqa: E402
 from util.checkpoint import load_file, load_pretrained  # noqa: E402
 from util.errors import UsageError  # noqa: E402
-from util.runtime import build_named_model, parse_model_kwargs  # noqa: E402
+from util.runtime import build_named_model, parse_model_kwargs, run_tool  # noqa: E402
 
 TARGETS = ("timm", "safetensors")
 # why each encoder without a timm counterpart has none, by class name
@@ -159,12 +159,7 @@ def export(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the exporter on ``argv`` (default: the command line); a ``UsageError`` is one line and status 2."""
-    try:
-        export(build_parser().parse_args(argv))
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(export, build_parser, argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from util.config import PretrainConfig  # noqa: E402
 from util.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from util.errors import UsageError  # noqa: E402
 from util.flags import OPEN_FRACTION, SEED  # noqa: E402
+from util.runtime import run_tool  # noqa: E402
 from util.visualize import model_picture, no_picture_reason, save_png  # noqa: E402
 
 
@@ -139,15 +140,15 @@ def visualize(args: argparse.Namespace) -> list[Path]:
     return written
 
 
+def write_pictures(args: argparse.Namespace) -> None:
+    """Render ``args.images`` through ``args.checkpoint`` and say where each picture went."""
+    for path in visualize(args):
+        print(f"wrote {path}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run on ``argv`` (default: the command line); a ``UsageError`` is one line on stderr and status 2."""
-    try:
-        for path in visualize(build_parser().parse_args(argv)):
-            print(f"wrote {path}")
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_tool(write_pictures, build_parser, argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ import argparse
 import ast
 import random
 import sys
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +68,18 @@ def check_input_size(name: str, size: int | None, patch: int | None) -> None:
     below = size // patch * patch
     sizes = f"{below} or {below + patch}" if below else str(patch)
     raise UsageError(f"--input_size {size} is not a multiple of {name}'s patch size {patch}: pass {sizes}")
+
+
+def run_tool(run: Callable[[argparse.Namespace], object], parser: Callable[[], argparse.ArgumentParser],
+             argv: Sequence[str] | None = None) -> int:
+    """A ``tools/`` script's ``main``: parse ``argv`` (default: the command line) and ``run``; the exit status,
+    2 with one line on stderr for a ``UsageError``, so tests call it in-process."""
+    try:
+        run(parser().parse_args(argv))
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run_cli(main: Callable[[argparse.Namespace], object], parser: Callable[[], argparse.ArgumentParser]) -> None:
