@@ -59,7 +59,7 @@ def measure(backend: str, data_path: str, workers: int, device: torch.device, ba
     on ``device``; the epoch is the folder, repeated when it is shorter than the run."""
     files = ImageFiles(os.path.join(data_path, "train") if os.path.isdir(os.path.join(data_path, "train"))
                        else data_path, build_pretrain_transform(input_size, min_scale))
-    cfg = SimpleNamespace(seed=0, batch_size=batch_size, num_workers=workers, pin_mem=True, input_size=input_size)
+    cfg = SimpleNamespace(seed=0, batch_size=batch_size, accum_iter=1, num_workers=workers, pin_mem=True, input_size=input_size)
     session = Session(0, 1, device, "fp32", None)
     if backend == "dali":
         loader = dali_train_loader(cfg, session, files, min_scale, num_threads=max(1, workers))

@@ -33,7 +33,7 @@ def loaders(folder: Path, *, seed: int = 0, rank: int = 0, world_size: int = 1, 
             min_scale: float = 0.2, size: int = SIZE, device: str = "cpu"):
     """(DALI loader, PIL loader, the ImageFiles they share) over ``folder``, batches on ``device``."""
     files = ImageFiles(str(folder), build_pretrain_transform(size, min_scale))
-    cfg = SimpleNamespace(seed=seed, batch_size=batch_size, num_workers=0, pin_mem=True, input_size=size)
+    cfg = SimpleNamespace(seed=seed, batch_size=batch_size, accum_iter=1, num_workers=0, pin_mem=True, input_size=size)
     session = Session(rank, world_size, torch.device(device), "fp32", None)
     return dali_train_loader(cfg, session, files, min_scale), train_loader(cfg, session, files), files
 
