@@ -67,7 +67,7 @@ seg-demo: seg demo-pretrain
 	@$(PY) -m segmentation.demo_report pretrained=$(DEMO_DIR)/seg_pretrained/metrics.json \
 	  random=$(DEMO_DIR)/seg_random/metrics.json
 
-test: venv
+test: venv fashion-mnist
 	$(PY) -m pytest -q
 
 clean:

@@ -244,8 +244,9 @@ def test_install_script_documents_and_dispatches_every_step():
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and "unknown step" in wrong.stderr
 
 
-@pytest.mark.parametrize("target, steps", [("venv", ["venv"]), ("test", ["venv"]), ("fashion-mnist", ["fashion-mnist"]),
-                                           ("demo", ["venv", "fashion-mnist"]), ("seg", ["venv", "seg"])])
+@pytest.mark.parametrize("target, steps", [("venv", ["venv"]), ("test", ["venv", "fashion-mnist"]),
+                                           ("fashion-mnist", ["fashion-mnist"]), ("demo", ["venv", "fashion-mnist"]),
+                                           ("seg", ["venv", "seg"])])
 def test_make_targets_install_through_the_script(target, steps, tmp_path):
     commands = make_dry_run(target, tmp_path)
     assert installs(commands) == steps, commands
