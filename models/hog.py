@@ -130,6 +130,19 @@ def cells_to_patches(hist: torch.Tensor, cells_per_patch: int, layout: str = "dm
     return x.reshape(n, ph * pw, k * k * nbins * c)
 
 
+def patches_to_cells(x: torch.Tensor, grid_size: tuple[int, int], cells_per_patch: int, nbins: int,
+                     channels: int, layout: str) -> torch.Tensor:
+    """Inverse of ``cells_to_patches``: [N, gh*gw, k*k*nbins*C] -> [N, C, gh*k, gw*k, nbins]."""
+    n = x.shape[0]
+    gh, gw = grid_size
+    k = cells_per_patch
+    if layout == "dmjd":  # patch vector (dh, dw, d, c)
+        cells = x.reshape(n, gh, gw, k, k, nbins, channels).permute(0, 6, 1, 3, 2, 4, 5)
+    else:  # maskfeat: patch vector (c, d, dh, dw)
+        cells = x.reshape(n, gh, gw, channels, nbins, k, k).permute(0, 3, 1, 5, 2, 6, 4)
+    return cells.reshape(n, channels, gh * k, gw * k, nbins)
+
+
 class HogTarget(nn.Module):
     """DMJD's HOG regression target per patch (docs/methods.md §2.2), from the ImageNet-normalized input.
 

@@ -93,9 +93,14 @@ def safe_torch_load(path: str, what: str) -> Any:
         raise UsageError(f"cannot load {what} {path!r}: {reason}") from err
 
 
+def is_sharded_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a checkpoint folder ``--fsdp`` wrote (DCP's ``.metadata`` in it; ``util.fsdp``)."""
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, ".metadata"))
+
+
 def load_file(path: str) -> dict[str, Any]:
     """``torch.load`` a checkpoint on the CPU with ``weights_only=True``; one-sentence errors."""
-    if os.path.isfile(os.path.join(path, ".metadata")):
+    if is_sharded_checkpoint(path):
         raise UsageError(f"{path} is a checkpoint folder --fsdp wrote: resume it with --fsdp, or convert it to a "
                          f".pth with python tools/dcp_to_plain.py {path} OUT.pth")
     if not os.path.isfile(path):

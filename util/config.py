@@ -13,8 +13,6 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping, Self
 
-import torch
-
 from models import official
 from models.encoders.common import GRAD_CKPT_MODES
 from util.checkpoint import latest_checkpoint
@@ -23,7 +21,7 @@ from util.errors import UsageError
 from util.flags import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, ArgumentParser,
                          device_name)
 from util.lr import scaled_lr
-from util.runtime import AMP_DTYPES
+from util.runtime import AMP_DTYPES, device_or_default
 
 
 def add_training_args(p: ArgumentParser, *, model: str, model_help: str, batch_size: int, epochs: int,
@@ -83,6 +81,8 @@ def add_sharding_args(p: ArgumentParser) -> None:
     p.add_argument("--fsdp", action="store_true",
                    help="shard weights, gradients and optimizer state over the processes (FSDP2) instead of "
                         "replicating them (DDP); checkpoints become checkpoint-<epoch>.dcp folders")
+
+
 def add_official_compat_args(p: ArgumentParser, pretrain: bool) -> None:
     """The official repositories' flags that have no flag of ours: each is taken with its official meaning
     where it maps onto ours (``resolve_official_compat``), else with one printed line saying it does nothing
@@ -185,7 +185,7 @@ class RunConfig:
         values |= resolve_official_compat(args)
         values["log_dir"] = args.log_dir or args.output_dir
         if args.compile is None:
-            values["compile"] = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+            values["compile"] = device_or_default(args.device).startswith("cuda")
         if args.auto_resume and not args.resume:
             suffix = ".dcp" if getattr(args, "fsdp", False) else ".pth"
             values["resume"] = latest_checkpoint(args.output_dir, suffix) or ""

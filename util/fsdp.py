@@ -32,7 +32,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from util import distributed as dist_util
-from util.checkpoint import check_finite_weights, rng_state, safe_torch_load, save_checkpoint, set_rng_state
+from util.checkpoint import (check_finite_weights, is_sharded_checkpoint, rng_state, safe_torch_load, save_checkpoint,
+                              set_rng_state)
 from util.errors import UsageError
 from util.resume import SAME_RUN, compare_weights, saved_model
 
@@ -129,10 +130,6 @@ class SafeReader(FileSystemReader):
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata
-
-
-def is_sharded_checkpoint(path: str) -> bool:
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, ".metadata"))
 
 
 def read_sharded(path: str) -> tuple[dict[str, Any], Metadata]:

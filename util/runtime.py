@@ -14,8 +14,14 @@ from util.errors import UsageError
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
+def device_or_default(name: str | None) -> str:
+    """``--device`` as given, or (None) cuda when a GPU is visible, else cpu."""
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def select_device(name: str | None) -> str:
-    device = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    """``device_or_default(name)``, refused in one line when it is a GPU that is not there."""
+    device = device_or_default(name)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no GPU is visible: pass --device cpu")
     return device
@@ -83,13 +89,12 @@ def run_tool(run: Callable[[argparse.Namespace], object], parser: Callable[[], a
 
 
 def run_cli(main: Callable[[argparse.Namespace], object], parser: Callable[[], argparse.ArgumentParser]) -> None:
-    """Parse flags and run ``main``; a ``UsageError`` (a bad flag value included) prints one line and exits 2,
-    no traceback."""
+    """Parse flags and run ``main`` (``run_tool``): a ``UsageError`` (a bad flag value included) prints one line
+    and exits 2, no traceback; the process group is left in any case."""
     from util import distributed as dist_util
     try:
-        main(parser().parse_args())
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        status = run_tool(main, parser)
     finally:
         dist_util.cleanup()
+    if status:
+        sys.exit(status)

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torchvision.utils import make_grid
 
-from models.hog import HogTarget, MaskFeatHogTarget
+from models.hog import HogTarget, MaskFeatHogTarget, patches_to_cells
 from models.interfaces import Masks
 from models.patches import patchify, unpatchify
 from models.targets import CLIPTarget, FrozenTeacherTarget, PixelTarget
@@ -159,19 +159,6 @@ def hog_layout(target: nn.Module) -> HogLayout | None:
         centres = (torch.arange(target.nbins) + 0.5) * math.pi / target.nbins
         return HogLayout(target.pool, target.nbins, target.in_chans, "maskfeat", -centres)
     return None
-
-
-def patches_to_cells(x: torch.Tensor, grid_size: tuple[int, int], cells_per_patch: int, nbins: int,
-                     channels: int, layout: str) -> torch.Tensor:
-    """Inverse of ``models.hog.cells_to_patches``: [N, gh*gw, k*k*nbins*C] -> [N, C, gh*k, gw*k, nbins]."""
-    n = x.shape[0]
-    gh, gw = grid_size
-    k = cells_per_patch
-    if layout == "dmjd":  # patch vector (dh, dw, d, c)
-        cells = x.reshape(n, gh, gw, k, k, nbins, channels).permute(0, 6, 1, 3, 2, 4, 5)
-    else:  # maskfeat: patch vector (c, d, dh, dw)
-        cells = x.reshape(n, gh, gw, channels, nbins, k, k).permute(0, 3, 1, 5, 2, 6, 4)
-    return cells.reshape(n, channels, gh * k, gw * k, nbins)
 
 
 def glyph_stencils(edge_angles: torch.Tensor, cell: int) -> torch.Tensor:
