@@ -253,6 +253,10 @@ def dali_train_loader(cfg: RunConfig, session: Session, dataset: ImageFiles, min
     ``--num_workers`` (at least 1)."""
     if not isinstance(dataset, ImageFiles):
         raise UsageError("--data_backend dali reads image files only: pass --data_backend pil")
-    host = train_loader(cfg, session, EncodedCrops(dataset, cfg.input_size, min_scale), collate_fn=collate_encoded)
+    # the workers restart every epoch, while DALI's threads run: forking then can copy a lock another thread
+    # holds and hang the worker (seen: the main process waiting forever for a batch's shared memory), so they
+    # start from the forkserver's clean process instead
+    host = train_loader(cfg, session, EncodedCrops(dataset, cfg.input_size, min_scale), collate_fn=collate_encoded,
+                        start_method="forkserver")
     threads = num_threads if num_threads is not None else max(1, cfg.num_workers)
     return DaliLoader(host, cfg.input_size, session.device, threads)

@@ -53,17 +53,19 @@ def start_session(cfg: RunConfig) -> Iterator[Session]:
 
 
 def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty: bool = False,
-                 collate_fn: Callable[[list], Any] | None = None) -> DataLoader:
+                 collate_fn: Callable[[list], Any] | None = None, start_method: str | None = None) -> DataLoader:
     """This process's shard of ``dataset`` in full batches, reshuffled each epoch, each item augmented from its
     own seed (``util.sampling``: ``Trainer.epochs`` sets the epoch, and where a resumed one starts). Raises
     ``UsageError`` when the data make no full batch, unless ``allow_empty`` (evaluation only). ``collate_fn``:
-    batches of another kind (the DALI path's encoded files, ``util.dali_loader``), which are not pinned."""
+    batches of another kind (the DALI path's encoded files, ``util.dali_loader``), which are not pinned;
+    ``start_method``: how the workers start (default: the platform's, fork on Linux)."""
     sampler = ResumableSampler(dataset, num_replicas=session.world_size, rank=session.rank, shuffle=True,
                                seed=cfg.seed)
     # workers start afresh each epoch (they read the dataset's epoch); the loader's own generator draws their
     # base seeds, so the global RNG, which the checkpoints restore, sees only what the model draws
     loader = DataLoader(SeededItems(dataset, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.num_workers, collate_fn=collate_fn,
+                        multiprocessing_context=start_method if cfg.num_workers else None,
                         pin_memory=cfg.pin_mem and session.device.type == "cuda" and collate_fn is None,
                         drop_last=True, persistent_workers=False, worker_init_fn=ignore_sigterm,
                         generator=torch.Generator().manual_seed(cfg.seed + session.rank))
