@@ -1,7 +1,9 @@
 """The DALI input pipeline (util/dali_loader.py) on DALI's CPU operators: the PIL path's batches (same order,
 windows and flips, the pixels within resampling differences), crop windows measured on a coordinate image,
 seeds, sharding, resume, corrupt files, the CLI, and the dataload benchmark."""
+import gc
 import json
+import multiprocessing
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -292,3 +294,26 @@ def test_dataload_benchmark_runs_on_a_tiny_folder(tmp_path, capsys):
     assert [(r["backend"], r["workers"]) for r in result["rows"]] == [("pil", 1), ("dali", 1)]
     assert all(r["img_per_s"] > 0 for r in result["rows"])
     assert {"device", "date", "torch", "command"} <= set(result) and lines[0].startswith("| backend")
+
+
+def _collect_garbage_and_exit() -> None:
+    gc.collect()
+
+
+def test_a_process_forked_after_a_dali_run_collects_its_pipelines(tmp_path):
+    """A pipeline left as cyclic garbage (a dropped loader) is collected in a forked child (a DataLoader worker
+    of a later run) without waiting for the parent's DALI threads, which the child does not have."""
+    dali, _, _ = loaders(write_smooth(tmp_path / "data", 8))
+    epoch_batches(dali, 0)
+    gc.disable()  # the loader and its pipeline stay uncollected until the child's gc.collect()
+    try:
+        del dali
+        child = multiprocessing.get_context("fork").Process(target=_collect_garbage_and_exit)
+        child.start()
+        child.join(timeout=60)
+        hung = child.is_alive()
+        if hung:
+            child.kill()
+    finally:
+        gc.enable()
+    assert not hung and child.exitcode == 0

@@ -11,6 +11,7 @@ files skipped and counted as ``ImageFiles`` does. Fine-tuning and linear probing
 """
 import functools
 import io
+import os
 import warnings
 from collections import deque
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from util.errors import UsageError
 from util.session import Session, train_loader
 
 BACKENDS = ("dali", "pil")
+_ORPHANS: list = []  # a forked child's copies of the parent's native DALI pipelines (_forget_pipelines_in_child)
 DALI_PACKAGE = "nvidia-dali-cuda130"
 
 
@@ -41,6 +43,27 @@ def dali_import_error() -> str:
     except (ImportError, OSError) as err:
         return str(err)
     return ""
+
+
+def _forget_pipelines_in_child(pipeline_class: type) -> None:
+    """In a forked child the parent's DALI pipelines are copies whose threads did not come along: collecting one
+    there (``Pipeline.__del__`` shuts its native pipeline down, joining those threads) would hang the child, e.g.
+    a DataLoader worker forked after a DALI run. Their native handles move to ``_ORPHANS`` instead, never freed:
+    such children leave by ``os._exit`` (multiprocessing's fork start), without finalizing them."""
+    for ref in list(pipeline_class._pipes):
+        pipe = ref()
+        if pipe is not None and pipe._pipe is not None:
+            _ORPHANS.append(pipe._pipe)
+            pipe._pipe = None
+
+
+@functools.cache
+def _guard_forks() -> None:
+    """Register ``_forget_pipelines_in_child`` once, when this process builds its first pipeline (nothing is
+    imported in the child, where another thread may have held the import lock at the fork)."""
+    from nvidia.dali import Pipeline
+
+    os.register_at_fork(after_in_child=functools.partial(_forget_pipelines_in_child, Pipeline))
 
 
 def choose_backend(requested: str | None, device: torch.device, data_set: str) -> str:
@@ -201,6 +224,7 @@ class DaliLoader:
         import nvidia.dali.types as types
         from nvidia.dali import Pipeline
 
+        _guard_forks()
         gpu = self.device.type == "cuda"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if gpu else None
