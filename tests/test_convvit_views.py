@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 
+from conftest import assert_close_across_kernels
 from models import create_model
 from models.encoders.convvit import ConvViT
 from models.interfaces import Masks, repeat_views
@@ -61,14 +62,15 @@ def run(m: ConvViT, imgs: torch.Tensor, masks: Masks, shared: bool) -> tuple[tor
                                    disjoint_masks(3, 3, "rand"), disjoint_masks(3, 3, "block")],
                          ids=["drawn-rand-V2", "drawn-block-V2", "rand-V2", "rand-V3", "block-V3"])
 def test_shared_stages_equal_per_view_passes(masks):
-    """fp32: the same tokens bit for bit and the same image gradient; the parameter gradients sum the same
-    terms in another order (fp32 within 2e-6 of their scale; fp64 within 1e-12)."""
+    """fp32: the same tokens and image gradient (other batch shapes: within 1e-6 of their scale); the parameter
+    gradients sum the same terms in another order (fp32 within 2e-6 of their scale; fp64 within 1e-12)."""
     assert masks.disjoint_views
     imgs = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(2))
     m = encoder()
     ref, ref_grads, ref_img = run(m, imgs, masks, shared=False)
     out, grads, img = run(m, imgs, masks, shared=True)
-    assert torch.equal(out, ref) and torch.equal(img, ref_img)
+    assert_close_across_kernels(out, ref)
+    assert_close_across_kernels(img, ref_img)
     assert grads.keys() == ref_grads.keys()
     for key, g in grads.items():
         torch.testing.assert_close(g, ref_grads[key], rtol=0, atol=2e-6 * ref_grads[key].abs().max().item())
@@ -94,7 +96,8 @@ def test_the_composition_shares_only_disjoint_views(monkeypatch):
     overlapping = DisjointMasking(RandomMasking(0.75), num_views=3)(2, 64, CPU, torch.Generator().manual_seed(0))
     assert not overlapping.disjoint_views
     model(imgs, mask=overlapping)
-    assert torch.equal(shared, alone) and seen == [(2, 2), (4, 1), (6, 1)]
+    assert_close_across_kernels(shared, alone)
+    assert seen == [(2, 2), (4, 1), (6, 1)]
 
 
 def test_overlapping_views_are_refused():
@@ -108,13 +111,15 @@ def test_overlapping_views_are_refused():
 
 def test_drop_path_training_gives_each_view_its_rows():
     """DropPath in the convolution stages draws per row: in training the views get rows of their own
-    (the same draws as repeated images); in evaluation the stages are shared again."""
+    (the same draws as repeated images); in evaluation the stages are shared again. The two batch shapes may
+    run other CPU kernels: equal within 1e-6 of the scale, not bit for bit."""
     m = encoder(drop_path_rate=0.3).train()
     imgs, masks = torch.randn(2, 3, 128, 128), drawn_masks(2, "rand")
     torch.manual_seed(5)
     ref = m(repeat_views(imgs, 2), masks.ids_keep).patches
     torch.manual_seed(5)
-    assert torch.equal(m(imgs, masks.ids_keep, views=2).patches, ref)
+    assert_close_across_kernels(m(imgs, masks.ids_keep, views=2).patches, ref)
     m.eval()
     with torch.no_grad():
-        assert torch.equal(m(imgs, masks.ids_keep, views=2).patches, m(repeat_views(imgs, 2), masks.ids_keep).patches)
+        assert_close_across_kernels(m(imgs, masks.ids_keep, views=2).patches,
+                                    m(repeat_views(imgs, 2), masks.ids_keep).patches)

@@ -8,6 +8,7 @@ from skimage import data as skdata
 from skimage.feature import hog as sk_hog
 from torchvision import transforms
 
+from conftest import assert_close_across_kernels
 from golden_rules import assert_fingerprint, case_inputs, load_case, make_uint8
 from models.hog import (HogTarget, cells_to_patches, denormalize_to_uint8, hog_cell_histograms,
                         whiten_histograms)
@@ -130,14 +131,15 @@ def test_hand_computed_gradients():
 
 
 def test_float32_under_autocast_and_batched():
-    """bf16 autocast and a batch do not change a sample's histograms."""
+    """bf16 autocast and a batch do not change a sample's histograms (other batch shapes: within 1e-6 of the
+    scale, as the convolution may run other kernels)."""
     gen = torch.Generator().manual_seed(1)
     img = torch.randint(0, 256, (3, 3, 32, 48), generator=gen).float()
     alone = torch.cat([hog_cell_histograms(img[k:k + 1]) for k in range(3)])
     with torch.autocast("cpu", dtype=torch.bfloat16):
         batched = hog_cell_histograms(img)
     assert batched.dtype == torch.float32 and batched.shape == (3, 3, 4, 6, 9)
-    assert torch.equal(batched, alone)
+    assert_close_across_kernels(batched, alone)
 
 
 # ---------------------------------------------------------------------------- whitening and layout
