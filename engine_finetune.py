@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from util import distributed as dist_util
+from util.checkpoint import check_classes
 from util.config import ClassifyConfig
 from util.logging import EtaMeter, RunLog
 from util.train_loop import TrainConfig, autocast, run_epoch
@@ -44,16 +45,20 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, op
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
              amp_dtype: torch.dtype | None = None, report: bool = True) -> dict[str, float]:
     """Cross-entropy, top-1 and top-5 accuracy (%) over ``loader``, summed over processes when the
-    loader is sharded (``--dist_eval``). Counts are summed, not per-process means, so shards of
-    unequal size are weighted correctly. With ``report`` the main process prints MAE's line,
+    loader is sharded (``--dist_eval``: ``util.classify.EvalShard``, whose padding repeats are left out, so each
+    image counts once). Counts are summed, not per-process means, so shards of unequal size are weighted
+    correctly. With ``report`` the main process prints MAE's line,
     ``* Acc@1 ... Acc@5 ... loss ...``, which scripts grep for."""
     model.eval()
     totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, top-1, top-5, count
     count = 0
+    real = getattr(getattr(loader, "sampler", None), "real", None)  # EvalShard: the items past it repeat others
     for imgs, targets in loader:
+        keep = len(targets) if real is None else max(0, min(len(targets), real - count))
         imgs, targets = imgs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
-            logits = model(imgs)
+            logits = model(imgs)  # repeats too: a sharded model's forward needs every process
+        logits, targets = logits[:keep], targets[:keep]
         loss = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top.eq(targets[:, None])
@@ -75,10 +80,15 @@ def fit(trainer: Trainer[ClassifyConfig], criterion: nn.Module, train_loader: Da
         mixup_fn: Callable | None = None, ema: ModelEmaV3 | None = None) -> dict[str, float]:
     """Train from the resumed epoch (if any) to the last, evaluating after each epoch (and ``ema``'s weights
     when given); keep ``checkpoint-best.pth`` and a checkpoint every ``--save_freq`` epochs (at SIGTERM, one where
-    the epoch stopped). With ``--eval`` only evaluate. Returns the best validation metrics (``--eval``: the
+    the epoch stopped). A resumed checkpoint must be of the data's classes (``util.checkpoint.check_classes`` with
+    ``derived['classes']``). With ``--eval`` only evaluate. Returns the best validation metrics (``--eval``: the
     metrics)."""
     cfg, device, amp_dtype = trainer.cfg, trainer.session.device, trainer.session.amp_dtype
     ckpt = trainer.resume(with_optimizer=not cfg.eval)
+    if ckpt:
+        note = check_classes(trainer.resumed_from, ckpt, trainer.derived["classes"])
+        if note and dist_util.is_main_process():
+            print(note)
     if ema is not None and ckpt.get("model_ema"):
         ema.module.load_state_dict(ckpt["model_ema"])
     if cfg.eval:

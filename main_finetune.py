@@ -88,7 +88,8 @@ def main(args: argparse.Namespace) -> dict:
         optimizer = torch.optim.AdamW(groups, lr=lr, fused=session.device.type == "cuda")
         ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
         trainer = Trainer(cfg, session, model, optimizer, lr,
-                          derived={"eff_batch": eff_batch, "nb_classes": classes.count})
+                          derived={"eff_batch": eff_batch, "nb_classes": classes.count,
+                                   "classes": classes.names})
         if dist_util.is_main_process() and cfg.eval:
             print(evaluation_note(cfg, data))
         elif dist_util.is_main_process():

@@ -46,7 +46,8 @@ def main(args: argparse.Namespace) -> dict:
         lr, eff_batch = cfg.scaled_lr(session.world_size)
         optimizer = LARS(model.head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
         trainer = Trainer(cfg, session, model, optimizer, lr,
-                          derived={"eff_batch": eff_batch, "nb_classes": classes.count})
+                          derived={"eff_batch": eff_batch, "nb_classes": classes.count,
+                                   "classes": classes.names})
         if dist_util.is_main_process() and cfg.eval:
             print(evaluation_note(cfg, data))
         elif dist_util.is_main_process():

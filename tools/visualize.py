@@ -12,6 +12,7 @@ resized (shorter side) and centre-cropped to the model's input size, masked with
 ``--out``, ``<image name>-reconstruction.png``.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -19,14 +20,13 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script
 
 import torch  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 import main_pretrain  # noqa: E402
 from models.mim import MaskedImageModel  # noqa: E402
 from util.checkpoint import load_file, load_pretrained  # noqa: E402
 from util.config import PretrainConfig  # noqa: E402
-from util.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from util.data import IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, read_image  # noqa: E402
 from util.errors import UsageError  # noqa: E402
 from util.flags import OPEN_FRACTION, SEED  # noqa: E402
 from util.runtime import run_tool  # noqa: E402
@@ -97,18 +97,17 @@ def build_model(ckpt: dict, path: str, cfg: PretrainConfig) -> MaskedImageModel:
     return model.eval()
 
 
-def read_image(path: str, size: int) -> torch.Tensor:
-    """An image file as the model's input: [3, size, size] ImageNet-normalized, shorter side resized
-    (bicubic) to ``size``, then centre-cropped."""
+def input_image(path: str, size: int) -> torch.Tensor:
+    """An image file (``util.data.read_image``) as the model's input: [3, size, size] ImageNet-normalized, shorter
+    side resized (bicubic) to ``size``, then centre-cropped."""
     to_input = transforms.Compose([
         transforms.Resize(size, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(size),
         transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    if not os.path.exists(path):
+        raise UsageError(f"image {path!r} does not exist")
     try:
-        with Image.open(path) as image:
-            return to_input(image.convert("RGB"))
-    except FileNotFoundError as err:
-        raise UsageError(f"image {path!r} does not exist") from err
-    except (UnidentifiedImageError, OSError) as err:
+        return to_input(read_image(path))
+    except UnreadableImage as err:
         raise UsageError(f"cannot read image {path!r}: {err}") from err
 
 
@@ -126,7 +125,7 @@ def visualize(args: argparse.Namespace) -> list[Path]:
     ckpt = load_file(args.checkpoint)  # one line for a missing or unsafe file
     cfg = pretrain_config(recorded_flags(ckpt, args.checkpoint, args), args)
     model = build_model(ckpt, args.checkpoint, cfg)
-    images = [read_image(path, cfg.input_size) for path in args.images]  # every image readable before any output
+    images = [input_image(path, cfg.input_size) for path in args.images]  # every image readable before any output
     written = []
     for image, name in zip(images, output_names(args.images)):
         imgs = image[None]

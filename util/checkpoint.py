@@ -15,7 +15,7 @@ import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -275,3 +275,31 @@ def load_pretrained(model: nn.Module, path_or_state_dict: str | dict[str, Any],
         raise UsageError(f"checkpoint is missing {len(fatal)} weights of this model ({shown}): "
                          "is it a checkpoint of the same architecture?")
     return report
+
+
+def check_classes(path: str, ckpt: dict[str, Any], names: Sequence[str]) -> str | None:
+    """Refuse a classifier checkpoint trained on other classes than ``names`` (the data's, in label order), or in
+    another order: its outputs would be scored against other classes. The names are those its run recorded
+    (``args['classes']``, which fine-tuning and linear probing store). Returns a warning line for a checkpoint that
+    records none (an official or older one), whose outputs can only be assumed to be ``names``; else None."""
+    args = ckpt.get("args")
+    saved = args.get("classes") if isinstance(args, dict) else getattr(args, "classes", None)
+    if saved is None:
+        return (f"warning: {path} records no class names (an official or older checkpoint): its outputs are taken "
+                f"to be the data's class folders in sorted order, {_shown(names)}{_text_order_note(names)}")
+    if list(saved) == list(names):
+        return None
+    how = "in another order" if sorted(saved) == sorted(names) else "other classes"
+    raise UsageError(f"{path} was trained on classes {_shown(saved)} but the data's class folders are {_shown(names)} "
+                     f"({how}{_text_order_note(names)}): evaluate or resume it on data whose class folders are its "
+                     "classes, renamed if need be")
+
+
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(names[:4]) + (f", ... ({len(names)} in all)" if len(names) > 4 else "")
+
+
+def _text_order_note(names: Sequence[str]) -> str:
+    """A note when the folders are numbers, which sort as text (0, 1, 10, 100, ...: ImageNet-V2's)."""
+    numbered = all(name.isdigit() for name in names) and list(names) != sorted(names, key=int)
+    return "; folders named by number sort as text: 0, 1, 10, 100, ..." if numbered else ""

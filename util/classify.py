@@ -3,7 +3,7 @@ and the train / validation loaders."""
 from typing import NamedTuple
 
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
+from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
 from util import distributed as dist_util
 from util.checkpoint import load_pretrained
@@ -42,12 +42,32 @@ def build_loaders(cfg: ClassifyConfig, session: Session, train_transform: Transf
                               classes=classes.names)
     val_set = build_dataset(cfg.data_set, cfg.data_path, eval_transform, train=False, classes=classes.names)
     if cfg.dist_eval and session.world_size > 1:
-        val_sampler = DistributedSampler(val_set, num_replicas=session.world_size, rank=session.rank, shuffle=False)
+        val_sampler = EvalShard(len(val_set), session.world_size, session.rank)
     else:
         val_sampler = SequentialSampler(val_set)
     val = DataLoader(val_set, batch_size=cfg.batch_size, sampler=val_sampler, num_workers=cfg.num_workers,
                      pin_memory=cfg.pin_mem and session.device.type == "cuda", drop_last=False)
     return ClassifyData(train_loader(cfg, session, train_set, allow_empty=cfg.eval), val)
+
+
+class EvalShard(Sampler[int]):
+    """Process ``rank``'s share of ``size`` validation items under ``--dist_eval``: items rank, rank + W, ... (W =
+    ``num_replicas``), each item on exactly one process, then repeats of one of them up to ceil(size / W), so that
+    every process runs as many batches as the others (a sharded model's forward is a collective). The first ``real``
+    items are the share; ``engine_finetune.evaluate`` leaves the repeats out of the metrics (``DistributedSampler``
+    pads alike, and its repeats would be counted: 3 images over 2 processes scored as 4)."""
+
+    def __init__(self, size: int, num_replicas: int, rank: int):
+        self.num_replicas, self.rank = num_replicas, rank
+        share = list(range(rank, size, num_replicas))
+        self.real = len(share)
+        self.indices = share + [share[0] if share else 0] * (-(-size // num_replicas) - self.real)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 def evaluation_note(cfg: ClassifyConfig, data: ClassifyData) -> str:

@@ -25,7 +25,7 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from util.config import RunConfig
-from util.data import IMAGENET_MEAN, IMAGENET_STD, UNREADABLE, ImageFiles
+from util.data import IMAGENET_MEAN, IMAGENET_STD, UNREADABLE, ImageFiles, is_deep, read_image
 from util.errors import UsageError
 from util.session import Session, train_loader
 
@@ -85,14 +85,20 @@ def choose_backend(requested: str | None, device: torch.device, data_set: str) -
 def _load_encoded(path: str) -> tuple[bytes, Image.Image]:
     """The file's bytes, and PIL's reading of its header alone (the size; a file that is no image fails here).
     A JPEG must also end its last scan with the end-of-image marker: DALI decodes only the crop's rows, so a
-    truncated file would pass or fail by where the crop falls, while PIL's full decode always refuses it."""
+    truncated file would pass or fail by where the crop falls, while PIL's full decode always refuses it. An
+    image deeper than 8 bits (``util.data.is_deep``) is handed over as the PNG of the PIL path's 8-bit image:
+    DALI would scale its pixels otherwise."""
     with open(path, "rb") as f:
         data = f.read()
-    header = Image.open(io.BytesIO(data))
+    header = read_image(data, header_only=True)
     # FF D9 cannot occur inside entropy-coded data (FF is stuffed there), and an EXIF thumbnail's EOI comes
     # before the main image's scans (FF DA)
     if header.format == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         raise OSError("JPEG data end before the end-of-image marker (a truncated file)")
+    if is_deep(header.mode):
+        encoded = io.BytesIO()
+        read_image(data).save(encoded, format="PNG")
+        data = encoded.getvalue()
     return data, header
 
 
@@ -257,7 +263,7 @@ class DaliLoader:
             item = (batch.encoded(k).tobytes(), batch.windows[k], bool(batch.flips[k]), batch.files[k])
             while True:
                 try:
-                    image = Image.open(io.BytesIO(item[0])).convert("RGB")
+                    image = read_image(item[0])
                     break
                 except UNREADABLE as pil_err:
                     self.files.mark_unreadable(int(item[3]), pil_err)

@@ -4,8 +4,10 @@ Every dataset yields ``(image, label)`` where ``image`` is whatever ``transform`
 PIL image (a ``[3, S, S]`` float tensor for the transforms built here) and ``label`` is an int.
 """
 import gzip
+import io
 import multiprocessing
 import os
+import struct
 import warnings
 from typing import Callable, TypeVar
 
@@ -27,8 +29,53 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 Transform = Callable[[Image.Image], object]
 T = TypeVar("T")
-# what PIL raises on a file that is not a readable image (truncated, garbage, not an image, too large)
-UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+# what PIL raises on a file that is not a readable image (missing, truncated, garbage, not an image, too large;
+# SyntaxError .. struct.error are what its format plugins raise on a malformed header)
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
+               Image.DecompressionBombError, Image.DecompressionBombWarning)
+
+
+class UnreadableImage(Exception):
+    """A file ``read_image`` cannot make an image of; the message is PIL's reason."""
+
+
+# what a dataset skips and counts: the reader's refusal, and OSError of the DALI path reading a file's bytes itself
+UNREADABLE = (UnreadableImage, OSError)
+
+
+def is_deep(mode: str) -> bool:
+    """Whether PIL ``mode`` holds more than 8 bits a pixel (16-bit PNG ``I;16*``, 32-bit ``I``, float ``F``), which
+    PIL's ``convert("RGB")`` clips to 0..255."""
+    return mode in ("I", "F") or mode.startswith("I;16")
+
+
+def read_image(source: str | bytes, header_only: bool = False) -> Image.Image:
+    """The project's one reader of image files: ``source`` (a path, or a file's bytes) decoded as an 8-bit RGB
+    image; with ``header_only``, as PIL opens it (size, mode and format read, no pixel decoded, the file closed).
+
+    Deeper pixels (``is_deep``) are scaled linearly from the image's own range, its lowest finite value to 0 and its
+    highest to 255 (a constant image is black): PIL's ``convert("RGB")`` clips them, so a 16-bit PNG turns white
+    and a float TIFF black. Any failure of PIL's raises ``UnreadableImage``, a decompression bomb included (more
+    than ``Image.MAX_IMAGE_PIXELS`` pixels, which PIL only warns about below twice the limit)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as image:
+                return image if header_only else _to_rgb8(image)
+    except _PIL_ERRORS as err:
+        raise UnreadableImage(str(err) or type(err).__name__) from err
+
+
+def _to_rgb8(image: Image.Image) -> Image.Image:
+    """``image`` decoded as 8-bit RGB, deep pixels scaled from their range (``read_image``)."""
+    if not is_deep(image.mode):
+        return image.convert("RGB")
+    pixels = np.asarray(image, dtype=np.float32)  # [H, W]
+    finite = pixels[np.isfinite(pixels)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    pixels = np.nan_to_num(pixels, nan=low, posinf=high, neginf=low) - low
+    scaled = pixels * (255 / (high - low)) if high > low else np.zeros_like(pixels)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8)).convert("RGB")
 
 
 def build_pretrain_transform(input_size: int, min_scale: float = 0.2) -> transforms.Compose:
@@ -79,13 +126,31 @@ def class_folders(root: str) -> list[str]:
 
 
 def _images_under(folder: str) -> list[str]:
-    """All image files below ``folder``, in a deterministic (sorted) order; a folder that cannot be listed is an
-    error (``os.walk`` would skip it silently, and its images with it)."""
-    found = []
+    """All image files below ``folder``, in a deterministic (sorted) order, each real folder read once however many
+    links lead to it; a folder that cannot be listed is an error (``os.walk`` would skip it silently, and its images
+    with it), and so is a link to a folder holding the one it is in (the walk would go round in circles, filing
+    other classes' images under this one)."""
+    found, seen = [], {os.path.realpath(folder)}
+    roots = (os.path.abspath(folder), os.path.realpath(folder))
     for dirpath, dirnames, filenames in os.walk(folder, onerror=_raise_unreadable, followlinks=True):
-        dirnames.sort()
+        here = os.path.realpath(dirpath)
+        kept = []
+        for name in sorted(dirnames):
+            target = os.path.realpath(os.path.join(dirpath, name))
+            if any(_within(path, target) for path in (here, *roots)):
+                raise UsageError(f"{os.path.join(dirpath, name)} links to {target}, a folder holding it: a loop "
+                                 "that would read the data over and over; remove the link")
+            if target not in seen:  # another link to a folder already read (or queued)
+                seen.add(target)
+                kept.append(name)
+        dirnames[:] = kept
         found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
     return found
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or inside it (both absolute, normalized)."""
+    return os.path.commonpath([path, folder]) == folder
 
 
 def _check_classes(root: str, found: list[str], expected: list[str]) -> None:
@@ -146,7 +211,7 @@ class ImageFiles(Dataset):
         return torch.from_numpy(np.frombuffer(self._bad, dtype=np.uint8).copy())
 
     def __getitem__(self, index: int) -> tuple[object, int]:
-        _, image, label = self.read(index, _load_rgb)
+        _, image, label = self.read(index, read_image)
         return (self.transform(image) if self.transform else image), label
 
     def read(self, index: int, load: Callable[[str], T]) -> tuple[int, T, int]:
@@ -168,11 +233,6 @@ class ImageFiles(Dataset):
         if not self._bad[index]:
             self._bad[index] = 1
             warnings.warn(f"skipping unreadable image {self.samples[index][0]}: {err}")
-
-
-def _load_rgb(path: str) -> Image.Image:
-    with Image.open(path) as f:
-        return f.convert("RGB")
 
 
 def _read_idx(path: str, magic: int) -> np.ndarray:
@@ -238,6 +298,32 @@ def dataset_classes(data_set: str, data_path: str | None) -> list[str]:
         raise UsageError(f"{root} has no class folders: classification needs <class>/ folders of images "
                          "in train/ and val/")
     return classes
+
+
+def check_outside_data(data_set: str, data_path: str | None, output_dir: str, log_dir: str | None) -> None:
+    """Refuse an ``--output_dir`` (or ``--log_dir``) inside a folder of images the run reads, or holding one: the
+    run's own pictures would become data (a flat folder: ``reconstruction-*.png`` read as images; a folder of
+    classes: the output folder read as a class). A folder beside ``train/`` and ``val/`` is not read and allowed."""
+    read = _image_roots(data_set, data_path)
+    written = [("--output_dir", output_dir)] + ([("--log_dir", log_dir)] if log_dir not in (None, output_dir) else [])
+    for flag, path in written:
+        where = os.path.realpath(path)
+        for folder in read:
+            if _within(where, folder):
+                raise UsageError(f"{flag} {path} is inside {folder}, whose images --data_path reads: the run would "
+                                 f"read its own files as data; pass a {flag} outside it")
+            if _within(folder, where):
+                raise UsageError(f"{flag} {path} holds {folder}, whose images --data_path reads: the run would "
+                                 f"write among its data; pass a {flag} that does not contain the data")
+
+
+def _image_roots(data_set: str, data_path: str | None) -> list[str]:
+    """The resolved folders an image-folder dataset reads its splits from (none for another data set, or for a
+    --data_path that is no folder: reading the data says what is wrong with it)."""
+    if data_set != "imagefolder" or not data_path or not os.path.isdir(data_path):
+        return []
+    splits = [os.path.join(data_path, split) for split in ("train", "val")]
+    return [os.path.realpath(path) for path in ([p for p in splits if os.path.isdir(p)] or [data_path])]
 
 
 def _split_root(data_set: str, data_path: str | None, train: bool) -> str:

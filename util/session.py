@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from util import distributed as dist_util
 from util.config import RunConfig
+from util.data import check_outside_data
 from util.errors import UsageError
 from util.output_lock import claim_output_dir
 from util.runtime import amp_choice, seed_everything, select_device
@@ -30,7 +31,8 @@ class Session:
 def start_session(cfg: RunConfig) -> Iterator[Session]:
     """Join the process group (torchrun, torch.distributed.launch, or none), seed every RNG with
     ``seed + rank``, choose the precision and hold ``--output_dir`` (``util.output_lock``; the main process
-    locks it, every process learns whether that failed) while the block runs. Each CLI enters it first,
+    locks it, every process learns whether that failed) while the block runs; an output folder inside the data,
+    or holding it, is refused (``util.data.check_outside_data``). Each CLI enters it first,
     before any model or data exists, so that the same command builds the same model and draws the same
     batches, and a folder in use or not writable is refused at once. ``--eval`` writes nothing: no lock."""
     rank, world_size, device = dist_util.init_distributed(select_device(cfg.device), cfg.local_rank, cfg.launch)
@@ -43,6 +45,7 @@ def start_session(cfg: RunConfig) -> Iterator[Session]:
         refusal = None
         if rank == 0 and not getattr(cfg, "eval", False):
             try:
+                check_outside_data(cfg.data_set, cfg.data_path, cfg.output_dir, cfg.log_dir)
                 lock.enter_context(claim_output_dir(cfg.output_dir, cfg.log_dir))
             except UsageError as err:
                 refusal = str(err)
