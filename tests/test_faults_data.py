@@ -25,7 +25,8 @@ GRADIENT = np.arange(32 * 32).reshape(32, 32)  # 0..1023, row-major
 
 
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):
-    """A 16-bit grey PNG (values up to 65472) keeps its picture: PIL's convert("RGB") clips it to all white."""
+    """A 16-bit grey PNG (values up to 65472) keeps its picture, scaled by its depth (v / 257): PIL's
+    convert("RGB") clips it to all white."""
     Image.fromarray((GRADIENT * 64).astype(np.uint16)).save(tmp_path / "deep.png")
     with Image.open(tmp_path / "deep.png") as raw:
         assert raw.mode == "I;16"
@@ -33,7 +34,7 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path):
     pixels = np.asarray(image)
     assert image.mode == "RGB" and label == 0
     assert (pixels[..., 0] == pixels[..., 2]).all()  # grey stays grey
-    expected = np.rint(GRADIENT * 255 / 1023)  # lowest value to 0, highest to 255, linear between
+    expected = np.rint(GRADIENT * 64 / 257)
     assert np.abs(pixels[..., 0] - expected).max() <= 1
 
 

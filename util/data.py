@@ -53,9 +53,11 @@ def read_image(source: str | bytes, header_only: bool = False) -> Image.Image:
     """The project's one reader of image files: ``source`` (a path, or a file's bytes) decoded as an 8-bit RGB
     image; with ``header_only``, as PIL opens it (size, mode and format read, no pixel decoded, the file closed).
 
-    Deeper pixels (``is_deep``) are scaled linearly from the image's own range, its lowest finite value to 0 and its
-    highest to 255 (a constant image is black): PIL's ``convert("RGB")`` clips them, so a 16-bit PNG turns white
-    and a float TIFF black. Any failure of PIL's raises ``UnreadableImage``, a decompression bomb included (more
+    Deeper pixels (``is_deep``) are scaled, never clipped (PIL's ``convert("RGB")`` clips them, so a 16-bit PNG
+    turns white and a float TIFF black): 16-bit ones by their depth (``v / 257``, as libpng and OpenCV reduce
+    them, so brightness stays comparable between images); 32-bit integer and float ones, which have no fixed
+    scale, linearly from the image's own range, its lowest finite value to 0 and its highest to 255 (a constant
+    image is black). Any failure of PIL's raises ``UnreadableImage``, a decompression bomb included (more
     than ``Image.MAX_IMAGE_PIXELS`` pixels, which PIL only warns about below twice the limit)."""
     try:
         with warnings.catch_warnings():
@@ -71,6 +73,8 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
     if not is_deep(image.mode):
         return image.convert("RGB")
     pixels = np.asarray(image, dtype=np.float32)  # [H, W]
+    if image.mode.startswith("I;16"):
+        return Image.fromarray(np.rint(pixels / 257).astype(np.uint8)).convert("RGB")
     finite = pixels[np.isfinite(pixels)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
     pixels = np.nan_to_num(pixels, nan=low, posinf=high, neginf=low) - low
