@@ -8,6 +8,9 @@ i.e. the encoder plus ``fc_norm`` under global pooling. Decoder and other pretra
 out (the load report lists them); a pretraining checkpoint has no ``fc_norm``, which keeps its identity
 initialization, as at the start of fine-tuning.
 
+``--out`` is checked before anything is read: never the checkpoint itself (whatever the spelling or
+symlink), a folder, or an existing file unless ``--force``; it is written atomically (temp file, rename).
+
 Targets:
 
 - ``safetensors``: that state dict under our flat (official) key names; ``safetensors.torch.load_file`` then
@@ -26,13 +29,14 @@ from typing import Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script
 
 import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import save as safetensors_bytes  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
 
 from models.classifier import Classifier  # noqa: E402
 from models.encoders.vit import VisionTransformer  # noqa: E402
 from util.checkpoint import load_file, load_pretrained  # noqa: E402
 from util.errors import UsageError  # noqa: E402
+from util.output_files import atomic_write, check_output_file  # noqa: E402
 from util.runtime import build_named_model, parse_model_kwargs, run_tool  # noqa: E402
 
 TARGETS = ("timm", "safetensors")
@@ -50,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="classifier recipe, e.g. vit_base_patch16, swin_tiny_256")
     parser.add_argument("--to", required=True, choices=TARGETS)
     parser.add_argument("--out", required=True, help="output file (.safetensors; for timm also .pth)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists (never the checkpoint)")
     parser.add_argument("--img_size", type=int, default=None, help="input size (default: the recipe's)")
     parser.add_argument("--model_kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                         help="recipe overrides, as for the training CLIs (e.g. global_pool=False)")
@@ -116,14 +121,15 @@ def to_timm(model: Classifier) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def write(state_dict: dict[str, torch.Tensor], out: str, metadata: dict[str, str]) -> None:
-    """safetensors unless ``out`` asks for a torch file (.pth / .pt / .bin, which timm also reads)."""
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    """safetensors unless ``out`` asks for a torch file (.pth / .pt / .bin, which timm also reads); written
+    atomically, so a stopped export leaves no half-written file."""
     # safetensors refuses views into a larger storage and shared tensors: store each as its own copy
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    if Path(out).suffix in (".pth", ".pt", ".bin"):
-        torch.save(tensors, out)
-    else:
-        save_file(tensors, out, metadata=metadata)
+    with atomic_write(out) as f:
+        if Path(out).suffix in (".pth", ".pt", ".bin"):
+            torch.save(tensors, f)
+        else:
+            f.write(safetensors_bytes(tensors, metadata=metadata))
 
 
 def timm_call(kwargs: dict, out: str) -> str:
@@ -139,6 +145,7 @@ def timm_call(kwargs: dict, out: str) -> str:
 
 def export(args: argparse.Namespace) -> None:
     overrides = parse_model_kwargs(args.model_kwargs)
+    check_output_file(args.out, inputs=[args.checkpoint], force=args.force)
     checkpoint = load_file(args.checkpoint)  # a missing or unsafe file is reported before any model is built
     model = build_feature_extractor(args.model, args.img_size, overrides)
     if args.to == "timm":

@@ -9,7 +9,8 @@ records its run's arguments; the recipe is rebuilt from those recorded settings 
 ``--model`` (and ``--model_kwargs``, ``--input_size`` where they differ from the recipe's). Each image is
 resized (shorter side) and centre-cropped to the model's input size, masked with masks drawn from ``--seed``
 (the same masks for every image), and drawn as in training (``util.visualize``): one PNG per image in
-``--out``, ``<image name>-reconstruction.png``.
+``--out``, ``<image name>-reconstruction.png``. The pictures are checked before anything is read: none may
+be an input file, an existing one is replaced only with ``--force``, and each is written atomically.
 """
 import argparse
 import os
@@ -29,6 +30,7 @@ from util.config import PretrainConfig  # noqa: E402
 from util.data import IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, read_image  # noqa: E402
 from util.errors import UsageError  # noqa: E402
 from util.flags import OPEN_FRACTION, SEED  # noqa: E402
+from util.output_files import check_output_file, check_output_folder  # noqa: E402
 from util.runtime import run_tool  # noqa: E402
 from util.visualize import model_picture, no_picture_reason, save_png  # noqa: E402
 
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("checkpoint", help="a pretraining checkpoint (.pth) of ours or an official MAE-family one")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     parser.add_argument("--out", default="visualize_output", help="folder for the PNGs (created if missing)")
+    parser.add_argument("--force", action="store_true", help="replace pictures of the same names in --out")
     parser.add_argument("--mask_ratio", default=None, type=OPEN_FRACTION,
                         help="fraction of patches masked (default: the checkpoint's run's)")
     parser.add_argument("--seed", default=0, type=SEED, help="seed of the masks")
@@ -120,8 +123,17 @@ def output_names(images: Sequence[str]) -> list[str]:
     return names
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse in one line, before anything is read, an ``--out`` that cannot hold the pictures or a picture
+    that is an input or exists (without ``--force``)."""
+    check_output_folder(args.out)
+    for name in output_names(args.images):
+        check_output_file(Path(args.out) / name, inputs=[args.checkpoint, *args.images], force=args.force)
+
+
 def visualize(args: argparse.Namespace) -> list[Path]:
     """Write one picture per image; returns their paths."""
+    check_outputs(args)
     ckpt = load_file(args.checkpoint)  # one line for a missing or unsafe file
     cfg = pretrain_config(recorded_flags(ckpt, args.checkpoint, args), args)
     model = build_model(ckpt, args.checkpoint, cfg)

@@ -13,7 +13,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -25,27 +24,21 @@ from torch.distributed.tensor import DTensor
 from models.pos_embed import resize_pos_embed
 from util import distributed as dist_util
 from util.errors import UsageError
+from util.output_files import atomic_write
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, then rename. A full disk
-    is one line saying which checkpoint is still intact (torch.save buries the OS error in a page of C++)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    """Write ``state`` to ``path`` atomically (``util.output_files.atomic_write``: temp file, fsync, rename). A
+    full disk is one line saying which checkpoint is still intact (torch.save buries the OS error in a page of
+    C++)."""
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are shared with colleagues
-        os.replace(tmp, path)
     except BaseException as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         if _disk_full(err):
+            folder = os.path.dirname(os.path.abspath(path))
             raise UsageError(f"No space left on device while writing {path}; {previous_checkpoint_note(folder)}: "
                              "free some space, then resume with --auto_resume") from err
         raise

@@ -11,6 +11,7 @@ from util.config import ClassifyConfig
 from util.data import Transform, build_dataset, dataset_classes
 from util.errors import UsageError
 from util.runtime import build_named_model, parse_model_kwargs
+from util.sampling import ignore_stop_signals
 from util.session import Session, train_loader
 
 
@@ -46,7 +47,8 @@ def build_loaders(cfg: ClassifyConfig, session: Session, train_transform: Transf
     else:
         val_sampler = SequentialSampler(val_set)
     val = DataLoader(val_set, batch_size=cfg.batch_size, sampler=val_sampler, num_workers=cfg.num_workers,
-                     pin_memory=cfg.pin_mem and session.device.type == "cuda", drop_last=False)
+                     pin_memory=cfg.pin_mem and session.device.type == "cuda", drop_last=False,
+                     worker_init_fn=ignore_stop_signals)  # the epoch's evaluation must finish at a stop signal
     return ClassifyData(train_loader(cfg, session, train_set, allow_empty=cfg.eval), val)
 
 

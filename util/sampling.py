@@ -65,7 +65,9 @@ def begin_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
     loader.dataset.epoch = epoch
 
 
-def ignore_sigterm(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a scheduler's SIGTERM reaches every process of the job, and a worker that
-    died of it would fail the step the main process is finishing before it saves (``util.preemption``)."""
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a scheduler's SIGTERM reaches every process of the job, as Ctrl-C's SIGINT
+    reaches every process of the terminal's foreground group, and a worker that died of either would fail the
+    step the main process is finishing before it saves (``util.preemption``)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -13,7 +13,7 @@ from util.data import check_outside_data
 from util.errors import UsageError
 from util.output_lock import claim_output_dir
 from util.runtime import amp_choice, seed_everything, select_device
-from util.sampling import ResumableSampler, SeededItems, ignore_sigterm
+from util.sampling import ResumableSampler, SeededItems, ignore_stop_signals
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty
                         num_workers=cfg.num_workers, collate_fn=collate_fn,
                         multiprocessing_context=start_method if cfg.num_workers else None,
                         pin_memory=cfg.pin_mem and session.device.type == "cuda" and collate_fn is None,
-                        drop_last=True, persistent_workers=False, worker_init_fn=ignore_sigterm,
+                        drop_last=True, persistent_workers=False, worker_init_fn=ignore_stop_signals,
                         generator=torch.Generator().manual_seed(cfg.seed + session.rank))
     if len(loader) == 0 and not allow_empty:
         raise UsageError(f"{len(dataset)} images make no full batch of {cfg.batch_size} x {session.world_size} "

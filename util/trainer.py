@@ -1,6 +1,6 @@
 """One training run around the optimization loop, the same for every CLI: resume, DDP and torch.compile
-wrapping, the epochs left, optimizer-step counting, checkpoints, the run's logs and stopping at SIGTERM. The
-engines (``engine_pretrain.pretrain``, ``engine_finetune.fit``) drive it epoch by epoch."""
+wrapping, the epochs left, optimizer-step counting, checkpoints, the run's logs and stopping at SIGTERM or
+SIGINT (Ctrl-C). The engines (``engine_pretrain.pretrain``, ``engine_finetune.fit``) drive it epoch by epoch."""
 import os
 import time
 from typing import Any, Generic, Iterator, Mapping, TypeVar
@@ -16,7 +16,7 @@ from util.checkpoint import checkpoints_newest_first, remove_partial_checkpoints
 from util.compile import CompiledOrEager
 from util.config import RunConfig
 from util.logging import RunLog
-from util.preemption import StopOnSigterm
+from util.preemption import StopOnSignals
 from util.resume import batch_change_note, check_resumable, read_checkpoint, restore
 from util.sampling import begin_epoch
 from util.session import Session
@@ -44,11 +44,11 @@ class Trainer(Generic[C]):
         self.start_epoch, self.step = cfg.start_epoch, 0
         self.resumed_from = ""
         self.resumed_batches = (0, 0)  # (batches done, batches in all) of start_epoch: a checkpoint of a stop
-        # while ``epochs`` runs: the train loader, its log, the SIGTERM flag, and the current epoch's first batch,
+        # while ``epochs`` runs: the train loader, its log, the stop flag, and the current epoch's first batch,
         # size and optimizer steps before it
         self.loader: DataLoader | None = None
         self.log: RunLog | None = None
-        self.stop: StopOnSigterm | None = None
+        self.stop: StopOnSignals | None = None
         self.first_batch = self.epoch_batches = self.epoch_start_step = 0
 
     def resume(self, with_optimizer: bool = True) -> dict[str, Any]:
@@ -104,7 +104,7 @@ class Trainer(Generic[C]):
     def epochs(self, loader: DataLoader) -> Iterator[int]:
         """The epochs left to train. Before each: the loader reshuffles for it (leaving out the batches a stopped
         run did) and ``step`` moves to the count at its end (what its checkpoints record). ``log`` (TensorBoard,
-        log.txt) and ``stop`` (SIGTERM) are open meanwhile. When no epoch is left (a finished run resumed),
+        log.txt) and ``stop`` (SIGTERM, SIGINT) are open meanwhile. When no epoch is left (a finished run resumed),
         says so and yields nothing."""
         if self.start_epoch >= self.cfg.epochs:
             if dist_util.is_main_process():
@@ -113,7 +113,7 @@ class Trainer(Generic[C]):
                 print(f"nothing left to train: {source} and --epochs is {self.cfg.epochs}; pass a larger --epochs "
                       "to train on")
             return
-        self.loader, self.log, self.stop = loader, RunLog(self.cfg.output_dir, self.cfg.log_dir), StopOnSigterm()
+        self.loader, self.log, self.stop = loader, RunLog(self.cfg.output_dir, self.cfg.log_dir), StopOnSignals()
         start = time.time()
         try:
             for epoch in range(self.start_epoch, self.cfg.epochs):
@@ -140,7 +140,8 @@ class Trainer(Generic[C]):
 
     @property
     def stopped(self) -> bool:
-        """Whether SIGTERM ended the epoch just trained part-way (``save`` then writes where it stopped)."""
+        """Whether SIGTERM or SIGINT ended the epoch just trained part-way (``save`` then writes where it
+        stopped)."""
         return self.stop is not None and self.stop.stopped_after is not None
 
     def log_epoch(self, epoch: int, record: dict[str, float], summary: str) -> None:
@@ -183,7 +184,7 @@ class Trainer(Generic[C]):
         if not dist_util.is_main_process():
             return
         if self.stopped:
-            print(f"SIGTERM: stopped after batch {done} of {self.epoch_batches} of epoch {epoch} and saved "
+            print(f"{self.stop.reason}: stopped after batch {done} of {self.epoch_batches} of epoch {epoch} and saved "
                   f"{os.path.join(self.cfg.output_dir, written)}: --auto_resume continues from there", flush=True)
         elif name is None:
             remove_partial_checkpoints(self.cfg.output_dir, epoch, self.suffix)

@@ -16,7 +16,6 @@ statistics are per patch and not per channel: per-channel visible means would ad
 """
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +29,7 @@ from models.interfaces import Masks
 from models.patches import patchify, unpatchify
 from models.targets import CLIPTarget, FrozenTeacherTarget, PixelTarget
 from util.data import IMAGENET_MEAN, IMAGENET_STD
+from util.output_files import atomic_write
 from util.train_loop import autocast
 
 _MASK_GREY = 0.5  # fill value of masked patches in the "masked" panel
@@ -298,17 +298,8 @@ def model_picture(model: nn.Module, imgs: torch.Tensor, masks: Masks | torch.Ten
 
 
 def save_png(grid: torch.Tensor, path: str | os.PathLike) -> None:
-    """Write a uint8 [3, H, W] picture as PNG; a reader never sees a half-written file (temp file + os.replace)."""
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
+    """Write a uint8 [3, H, W] picture as PNG; a reader never sees a half-written file, and the file gets the
+    permissions of any other output (``util.output_files.atomic_write``)."""
     image = Image.fromarray(grid.detach().cpu().permute(1, 2, 0).contiguous().numpy())
-    # The temp file lives in the target folder so os.replace is a same-filesystem rename, hence atomic.
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp_path, path)
-    except BaseException:
-        os.unlink(tmp_path)
-        raise
+    with atomic_write(path) as f:
+        image.save(f, format="PNG")
