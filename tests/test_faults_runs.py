@@ -39,14 +39,15 @@ def test_second_run_in_one_output_dir_is_refused(image_folder, tmp_path):
 
 
 def test_stale_temp_files_are_removed_at_start(image_folder, tmp_path, capsys):
-    """The .tmp-*.pth of a save killed before its rename go once the lock is held; nothing else is touched."""
+    """The .tmp-*.pth/.png of saves killed before their rename go once the lock is held; nothing else is touched."""
     out = tmp_path / "run"
     out.mkdir()
     (out / ".tmp-k1ll3d.pth").write_bytes(b"\0" * 4096)
+    (out / ".tmp-k1ll3d.png").write_bytes(b"\0" * 16)
     (out / "notes.tmp").write_text("mine")
     main_pretrain.main(pretrain_args(image_folder, out, "--epochs", "1", "--vis_freq", "100"))
     assert not list(out.glob(".tmp-*")) and (out / "notes.tmp").read_text() == "mine"
-    assert "removed 1 temp file(s) of an interrupted checkpoint save" in capsys.readouterr().out
+    assert "removed 2 temp file(s) of an interrupted save" in capsys.readouterr().out
 
 
 def test_unwritable_output_dir_is_refused_before_model_and_data(tmp_path):

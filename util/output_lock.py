@@ -14,7 +14,7 @@ from typing import Iterator
 from util.errors import UsageError
 
 LOCK_FILE = ".lock"
-TEMP_PATTERN = ".tmp-*.pth"  # util.checkpoint.save_checkpoint's temp files
+TEMP_PATTERNS = (".tmp-*.pth", ".tmp-*.png")  # util.output_files.atomic_write's temp checkpoints and pictures
 
 
 @contextlib.contextmanager
@@ -45,13 +45,13 @@ def claim_output_dir(output_dir: str, log_dir: str) -> Iterator[None]:
 
 
 def remove_stale_temps(output_dir: str) -> None:
-    """Delete the ``.tmp-*.pth`` files of saves that were killed before their rename (each can be as large as a
-    checkpoint). Only with the lock held: then no save of a live run is under way in this folder."""
-    stale = glob.glob(os.path.join(output_dir, TEMP_PATTERN))
+    """Delete the ``.tmp-*.pth`` / ``.tmp-*.png`` files of saves that were killed before their rename (each can be
+    as large as a checkpoint). Only with the lock held: then no save of a live run is under way in this folder."""
+    stale = [path for pattern in TEMP_PATTERNS for path in glob.glob(os.path.join(output_dir, pattern))]
     if not stale:
         return
     size = sum(os.path.getsize(path) for path in stale)
     for path in stale:
         os.remove(path)
-    print(f"removed {len(stale)} temp file(s) of an interrupted checkpoint save from {output_dir} "
+    print(f"removed {len(stale)} temp file(s) of an interrupted save from {output_dir} "
           f"({size / 2 ** 20:.1f} MiB)")
