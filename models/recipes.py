@@ -17,6 +17,7 @@ from .losses import PatchLoss
 from .masking import BlockMasking, DisjointMasking, RandomMasking, UniformMasking
 from .mim import Branch, MaskedImageModel
 from .official import DMJD_QUIRKS, MASKFEAT_QUIRKS, UMMAE_QUIRKS, share_decoder_pos_embed
+from .options import check_decoder, check_pyramid_size
 from .pyramid_heads import SimMIMHead, UMDecoder
 from .registry import Recipe, TrainDefaults, register_model
 from .targets import CLIPTarget, PixelTarget
@@ -34,6 +35,7 @@ def build_mae(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.7
     ``mask_regular`` switches to UM-MAE's uniform masking (one visible patch per 2x2 group, mask ratio
     0.75) with ``vis_mask_ratio`` of the visible patches behind a learned token (the paper's ViT row).
     ``masking`` replaces the masking altogether by any :class:`Masking` (docs/extending.md)."""
+    check_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads)
     encoder = encoder_fn(img_size=img_size, vis_mask_token=vis_mask_ratio > 0, **encoder_kwargs)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     decoder = MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
@@ -112,6 +114,7 @@ def build_dmjd(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.
     ``theta`` is 1. The training defaults: crop scale 0.5 and, with several views, DMJD's LR rule.
     """
     quirks = DMJD_QUIRKS if official_quirks else {}
+    check_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads, decoder_mlp_ratio)
     encoder = encoder_fn(img_size=img_size, **encoder_kwargs)
     masking = build_masking(mask_type, mask_ratio, 1.0 if "masking_ignores_pred_ratio" in quirks else pred_ratio,
                             num_views)
@@ -195,6 +198,7 @@ def build_deepmim(encoder_fn: Callable, img_size: int = 224, mask_ratio: float =
     loss 2 - 2 cos; without it the MAE pixel target (``norm_pix_loss``) and the MAE loss. The official
     DeepMIM oddities (an unused ``--norm_pix_loss``, a hard-coded resume path) do not touch the arithmetic,
     so it has no quirks; its checkpoints' one shared ``decoder_pos_embed`` is read into every decoder."""
+    check_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads)
     encoder = encoder_fn(img_size=img_size, **encoder_kwargs)
     if clip_path:
         target, loss = CLIPTarget(load_clip_teacher(clip_path)), PatchLoss("cosine", on="masked")
@@ -240,8 +244,11 @@ def build_ummae(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0
         raise ValueError("UM-MAE on a pyramid encoder needs uniform masking (--mask_regular); random masking "
                          "with every token encoded is SimMIM (simmim_* recipes)")
     masking = _mae_masking(mask_ratio, True, vis_mask_ratio)
+    check_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads)
     encoder = encoder_fn(img_size=img_size, masked_tokens="compact", vis_mask_token=vis_mask_ratio > 0,
                          **encoder_kwargs)
+    # the compact grid must halve through every merge (a Swin checks this itself, a PVT classifier need not)
+    check_pyramid_size(encoder.img_size, encoder.patch_size, encoder.cell_size, len(encoder.feature_info), True)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     decoder = UMDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim, decoder_depth,
                         decoder_num_heads, raster_positions=official_quirks)
