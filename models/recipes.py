@@ -318,56 +318,56 @@ def build_classifier(encoder_fn: Callable, img_size: int = 224, num_classes: int
     return Classifier(encoder, num_classes, global_pool)
 
 
-@register_model
+@register_model(task="classify")
 def vit_tiny_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_tiny, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def vit_small_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_small, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def vit_base_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_base, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def vit_large_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_large, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def vit_huge_patch14(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_huge, patch_size=14, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def convvit_base_patch16(**kwargs) -> Classifier:
     """ConViT-B for fine-tuning / linear probing: no multi-scale fusion, global pooling (docs/methods.md §2.7)."""
     return build_classifier(partial(convvit.convvit_base, fusion=False, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def convvit_large_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(convvit.convvit_large, fusion=False, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def swin_tiny_256(**kwargs) -> Classifier:
     """Swin-T for fine-tuning at 256 px (UM-MAE FINETUNE.md): the full grid, window 16."""
     return build_classifier(partial(swin.swin_tiny, masked_tokens="none", window_size=16, vis_mask_token=False),
                             **{"img_size": 256, **kwargs})
 
 
-@register_model
+@register_model(task="classify")
 def swin_large_256(**kwargs) -> Classifier:
     return build_classifier(partial(swin.swin_large, masked_tokens="none", window_size=16, vis_mask_token=False),
                             **{"img_size": 256, **kwargs})
 
 
-@register_model
+@register_model(task="classify")
 def pvt_small_256(**kwargs) -> Classifier:
     """PVT-S for fine-tuning at 256 px: spatial reduction 8/4/2/1, learnable position table."""
     return build_classifier(partial(pvt.pvt_small, learnable_pos_embed=True), **{"img_size": 256, **kwargs})
