@@ -17,11 +17,14 @@ from util.config import (FinetuneConfig, add_classify_args, add_official_compat_
                          add_sharding_args, add_training_args)
 from util.data import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform
 from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, POSITIVE_FRACTION, POSITIVE_INT, PROBABILITY,
-                         ArgumentParser)
+                         ArgumentParser, aa_policy)
 from util.fsdp import check_usable, shard_model
 from util.runtime import run_cli
 from util.session import start_session
 from util.trainer import Trainer
+
+
+REMODES = ("pixel", "rand", "const")  # timm RandomErasing: per-pixel normal, per-box normal, zeros
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -32,15 +35,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop_path", default=0.1, type=FRACTION_BELOW_ONE, help="stochastic depth rate")
     p.add_argument("--layer_decay", default=0.75, type=POSITIVE_FRACTION, help="layer-wise LR decay")
     p.add_argument("--color_jitter", default=None, type=NON_NEGATIVE)
-    p.add_argument("--aa", default="rand-m9-mstd0.5-inc1", type=str, help="RandAugment policy")
+    p.add_argument("--aa", default="rand-m9-mstd0.5-inc1", type=aa_policy,
+                   help="timm auto-augment policy (RandAugment by default), or none")
     p.add_argument("--smoothing", default=0.1, type=FRACTION_BELOW_ONE, help="label smoothing")
     p.add_argument("--reprob", default=0.25, type=PROBABILITY, help="random erasing probability")
-    p.add_argument("--remode", default="pixel", type=str)
+    p.add_argument("--remode", default="pixel", choices=REMODES, help="what random erasing fills boxes with")
     p.add_argument("--recount", default=1, type=POSITIVE_INT)
     p.add_argument("--resplit", action="store_true", default=False)
     p.add_argument("--mixup", default=0.0, type=NON_NEGATIVE, help="mixup alpha (on if > 0)")
     p.add_argument("--cutmix", default=0.0, type=NON_NEGATIVE, help="cutmix alpha (on if > 0)")
-    p.add_argument("--cutmix_minmax", default=None, type=PROBABILITY, nargs="+")
+    p.add_argument("--cutmix_minmax", default=None, type=PROBABILITY, nargs=2, metavar=("MIN", "MAX"),
+                   help="CutMix box side range, as fractions of the image side (replaces --cutmix's Beta)")
     p.add_argument("--mixup_prob", default=1.0, type=PROBABILITY)
     p.add_argument("--mixup_switch_prob", default=0.5, type=PROBABILITY)
     p.add_argument("--mixup_mode", default="batch", choices=["batch", "pair", "elem"])
@@ -56,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def build_mixup_and_criterion(cfg: FinetuneConfig, num_classes: int) -> tuple[Mixup | None, nn.Module]:
     """timm Mixup/CutMix when either is on (label smoothing then happens inside Mixup, and the loss is
     soft-target cross-entropy), else label-smoothing or plain cross-entropy, as the official code."""
-    if cfg.mixup > 0 or cfg.cutmix > 0 or cfg.cutmix_minmax is not None:
+    if cfg.mixes:
         mixup_fn = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, cutmix_minmax=cfg.cutmix_minmax,
                          prob=cfg.mixup_prob, switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
                          label_smoothing=cfg.smoothing, num_classes=num_classes)
@@ -76,7 +81,8 @@ def main(args: argparse.Namespace) -> dict:
                                     auto_augment=cfg.aa, interpolation="bicubic", re_prob=cfg.reprob,
                                     re_mode=cfg.remode, re_count=cfg.recount, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         classes = data_classes(cfg)
-        model = build_classifier(cfg, classes.count, drop_path_rate=cfg.drop_path).to(session.device)
+        drop_path = {"drop_path_rate": ("--drop_path", cfg.drop_path)}
+        model = build_classifier(cfg, classes.count, drop_path).to(session.device)
         model.set_grad_checkpointing(cfg.grad_ckpt)
         data = build_loaders(cfg, session, train_tf, build_eval_transform(cfg.input_size), classes)
         mixup_fn, criterion = build_mixup_and_criterion(cfg, classes.count)

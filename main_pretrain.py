@@ -20,7 +20,7 @@ from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, OPEN_FRACTION, POSITIV
                          ArgumentParser)
 from util.fsdp import check_usable, shard_model
 from util.lr import weight_decay_groups
-from util.runtime import build_named_model, parse_model_kwargs, run_cli
+from util.runtime import build_named_model, recipe_options, run_cli
 from util.session import start_session, train_loader
 from util.trainer import Trainer
 
@@ -74,10 +74,10 @@ RECIPE_SWITCHES = ("norm_pix_loss", "official_quirks", "mask_regular")
 
 def build_model(cfg: PretrainConfig) -> Recipe:
     """The ``--model`` recipe with the method flags that were given and ``--model_kwargs``."""
-    kwargs = {"img_size": cfg.input_size}
-    kwargs |= {k: getattr(cfg, k) for k in RECIPE_FLAGS if getattr(cfg, k) is not None}
-    kwargs |= {k: True for k in RECIPE_SWITCHES if getattr(cfg, k)}
-    recipe = build_named_model(cfg.model, **kwargs | parse_model_kwargs(cfg.model_kwargs))
+    flags = {"img_size": ("--input_size", cfg.input_size)}
+    flags |= {k: (f"--{k}", getattr(cfg, k)) for k in RECIPE_FLAGS if getattr(cfg, k) is not None}
+    flags |= {k: (f"--{k}", True) for k in RECIPE_SWITCHES if getattr(cfg, k)}
+    recipe = build_named_model(cfg.model, "pretrain", **recipe_options(flags, cfg.model_kwargs))
     if cfg.official_quirks and not recipe.quirks:
         print(f"{cfg.model} reproduces its official code without quirks: --official_quirks changes nothing")
     grid = tuple(recipe.model.encoder.grid_size)

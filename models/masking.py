@@ -6,9 +6,34 @@ in raster order; ``ids_keep`` lists the visible patches in the order the encoder
 """
 import torch
 
+from util.errors import UsageError
+
 from .interfaces import Masks
 
 __all__ = ["Masks", "RandomMasking", "BlockMasking", "DisjointMasking", "UniformMasking", "compact_order"]
+
+
+def _plural(count: int, unit: str) -> str:
+    return f"{count} {unit}" if count == 1 else f"{count} {unit}{'es' if unit.endswith('ch') else 's'}"
+
+
+def check_keeps_some(masking: str, ratio: str, value: float, kept: int, units: int, unit: str,
+                     grid: tuple[int, int]) -> None:
+    """The one check of every masking on a model's patch grid: at least one of its ``units`` (patches, 2x2
+    blocks) stays visible. With none the encoder sees nothing, and the losses on visible tokens divide by zero;
+    ``kept`` is what the masking keeps at ``ratio`` = ``value``."""
+    if kept >= 1:
+        return
+    fix = f"a {ratio} below {1 - 1 / units:g} or a larger --input_size" if units > 1 else "a larger --input_size"
+    raise UsageError(f"{masking} at {ratio} {value:g} keeps none of the {_plural(units, unit)} of a "
+                     f"{grid[0]}x{grid[1]} patch grid visible (int({units} x {1 - value:g}) = 0): pass {fix}")
+
+
+def check_even_grid(masking: str, grid: tuple[int, int]) -> None:
+    """Maskings of 2x2 groups of patches need a patch grid of even sides."""
+    if grid[0] % 2 or grid[1] % 2:
+        raise UsageError(f"{masking} needs an even patch grid, got {grid[0]}x{grid[1]}: pass an --input_size of an "
+                         "even number of patches")
 
 
 class RandomMasking:
@@ -25,6 +50,12 @@ class RandomMasking:
     def num_units(self, num_patches: int) -> int:
         """The masking unit is one patch."""
         return num_patches
+
+    def check(self, grid_size: tuple[int, int]) -> None:
+        """Refuse (``UsageError``) a ratio that keeps no patch of the model's grid (checked when it is built)."""
+        patches = grid_size[0] * grid_size[1]
+        check_keeps_some("random masking", "mask_ratio", self.mask_ratio, self.num_visible(patches), patches,
+                         "patch", grid_size)
 
     def units_to_patches(self, order: torch.Tensor, len_keep: int, num_patches: int) -> tuple[torch.Tensor, int]:
         """An order of units [N, S] (first ``len_keep`` visible) -> the order of patches and their count kept."""
@@ -84,6 +115,13 @@ class BlockMasking:
         """The masking unit is a 2x2 block of patches."""
         return num_patches // 4
 
+    def check(self, grid_size: tuple[int, int]) -> None:
+        """Refuse an odd grid, and a ratio that keeps no 2x2 block of it."""
+        check_even_grid("block masking", grid_size)
+        patches = grid_size[0] * grid_size[1]
+        check_keeps_some("block masking", "mask_ratio", self.mask_ratio, self.num_visible(patches) // 4,
+                         patches // 4, "2x2 block", grid_size)
+
     def units_to_patches(self, order: torch.Tensor, len_keep: int, num_patches: int) -> tuple[torch.Tensor, int]:
         """An order of blocks [N, S] (first ``len_keep`` visible) -> the official order of patches [N, 4S]
         and the number of patches kept."""
@@ -123,6 +161,18 @@ class DisjointMasking:
 
     def num_swapped(self, units: int) -> int:
         return int(min(self.pred_ratio - self.mask_ratio, self.mask_ratio) * units)
+
+    def check(self, grid_size: tuple[int, int]) -> None:
+        """The base masking's check, and views that differ when ``pred_ratio`` asks for more than one view's
+        masked units: a grid too small to swap a unit would give V copies of one view."""
+        self.base.check(grid_size)
+        units = self.base.num_units(grid_size[0] * grid_size[1])
+        if self.num_views > 1 and self.pred_ratio > self.mask_ratio and self.num_swapped(units) == 0:
+            unit = "2x2 block" if isinstance(self.base, BlockMasking) else "patch"
+            share = min(self.pred_ratio - self.mask_ratio, self.mask_ratio)
+            raise UsageError(f"{self.num_views} views at mask_ratio {self.mask_ratio:g} and pred_ratio "
+                             f"{self.pred_ratio:g} swap int({units} x {share:g}) = 0 of the {_plural(units, unit)} "
+                             "between views, so every view is the same: pass a larger pred_ratio or --input_size")
 
     def __call__(self, batch_size: int, num_patches: int, device: torch.device,
                  generator: torch.Generator | None = None) -> Masks:
@@ -187,6 +237,13 @@ class UniformMasking:
         if not 0.0 <= vis_mask_ratio < 1.0:
             raise ValueError(f"vis_mask_ratio must be in [0, 1), got {vis_mask_ratio}")
         self.vis_mask_ratio, self.grid_size = vis_mask_ratio, grid_size
+
+    def check(self, grid_size: tuple[int, int]) -> None:
+        """Refuse an odd grid, and a secondary ratio that hides every visible patch of it."""
+        check_even_grid("uniform masking", grid_size)
+        groups = grid_size[0] * grid_size[1] // 4
+        check_keeps_some("secondary masking", "vis_mask_ratio", self.vis_mask_ratio,
+                         int(groups * (1 - self.vis_mask_ratio)), groups, "visible patch", grid_size)
 
     def __call__(self, batch_size: int, num_patches: int, device: torch.device,
                  generator: torch.Generator | None = None) -> Masks:

@@ -51,6 +51,8 @@ class MaskedImageModel(FlatKeys, nn.Module):
     def __init__(self, encoder: Encoder, masking: Masking, target: Target, branches: dict[str, Branch],
                  checkpoint_filters: list[Callable] = ()):
         super().__init__()
+        if hasattr(masking, "check"):  # ours refuse a grid they would keep nothing of, before any data is read
+            masking.check(encoder.grid_size)
         self.encoder = encoder
         self.masking = masking
         self.target = target

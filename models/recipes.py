@@ -17,6 +17,7 @@ from .losses import PatchLoss
 from .masking import BlockMasking, DisjointMasking, RandomMasking, UniformMasking
 from .mim import Branch, MaskedImageModel
 from .official import DMJD_QUIRKS, MASKFEAT_QUIRKS, UMMAE_QUIRKS, share_decoder_pos_embed
+from .options import check_decoder, check_pyramid_size
 from .pyramid_heads import SimMIMHead, UMDecoder
 from .registry import Recipe, TrainDefaults, register_model
 from .targets import CLIPTarget, PixelTarget
@@ -34,6 +35,7 @@ def build_mae(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.7
     ``mask_regular`` switches to UM-MAE's uniform masking (one visible patch per 2x2 group, mask ratio
     0.75) with ``vis_mask_ratio`` of the visible patches behind a learned token (the paper's ViT row).
     ``masking`` replaces the masking altogether by any :class:`Masking` (docs/extending.md)."""
+    check_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads)
     encoder = encoder_fn(img_size=img_size, vis_mask_token=vis_mask_ratio > 0, **encoder_kwargs)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     decoder = MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
@@ -112,6 +114,7 @@ def build_dmjd(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.
     ``theta`` is 1. The training defaults: crop scale 0.5 and, with several views, DMJD's LR rule.
     """
     quirks = DMJD_QUIRKS if official_quirks else {}
+    check_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads, decoder_mlp_ratio)
     encoder = encoder_fn(img_size=img_size, **encoder_kwargs)
     masking = build_masking(mask_type, mask_ratio, 1.0 if "masking_ignores_pred_ratio" in quirks else pred_ratio,
                             num_views)
@@ -195,6 +198,7 @@ def build_deepmim(encoder_fn: Callable, img_size: int = 224, mask_ratio: float =
     loss 2 - 2 cos; without it the MAE pixel target (``norm_pix_loss``) and the MAE loss. The official
     DeepMIM oddities (an unused ``--norm_pix_loss``, a hard-coded resume path) do not touch the arithmetic,
     so it has no quirks; its checkpoints' one shared ``decoder_pos_embed`` is read into every decoder."""
+    check_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads)
     encoder = encoder_fn(img_size=img_size, **encoder_kwargs)
     if clip_path:
         target, loss = CLIPTarget(load_clip_teacher(clip_path)), PatchLoss("cosine", on="masked")
@@ -240,8 +244,11 @@ def build_ummae(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0
         raise ValueError("UM-MAE on a pyramid encoder needs uniform masking (--mask_regular); random masking "
                          "with every token encoded is SimMIM (simmim_* recipes)")
     masking = _mae_masking(mask_ratio, True, vis_mask_ratio)
+    check_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads)
     encoder = encoder_fn(img_size=img_size, masked_tokens="compact", vis_mask_token=vis_mask_ratio > 0,
                          **encoder_kwargs)
+    # the compact grid must halve through every merge (a Swin checks this itself, a PVT classifier need not)
+    check_pyramid_size(encoder.img_size, encoder.patch_size, encoder.cell_size, len(encoder.feature_info), True)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     decoder = UMDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim, decoder_depth,
                         decoder_num_heads, raster_positions=official_quirks)
@@ -311,56 +318,56 @@ def build_classifier(encoder_fn: Callable, img_size: int = 224, num_classes: int
     return Classifier(encoder, num_classes, global_pool)
 
 
-@register_model
+@register_model(task="classify")
 def vit_tiny_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_tiny, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def vit_small_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_small, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def vit_base_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_base, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def vit_large_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_large, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def vit_huge_patch14(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_huge, patch_size=14, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def convvit_base_patch16(**kwargs) -> Classifier:
     """ConViT-B for fine-tuning / linear probing: no multi-scale fusion, global pooling (docs/methods.md §2.7)."""
     return build_classifier(partial(convvit.convvit_base, fusion=False, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def convvit_large_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(convvit.convvit_large, fusion=False, learnable_pos_embed=True), **kwargs)
 
 
-@register_model
+@register_model(task="classify")
 def swin_tiny_256(**kwargs) -> Classifier:
     """Swin-T for fine-tuning at 256 px (UM-MAE FINETUNE.md): the full grid, window 16."""
     return build_classifier(partial(swin.swin_tiny, masked_tokens="none", window_size=16, vis_mask_token=False),
                             **{"img_size": 256, **kwargs})
 
 
-@register_model
+@register_model(task="classify")
 def swin_large_256(**kwargs) -> Classifier:
     return build_classifier(partial(swin.swin_large, masked_tokens="none", window_size=16, vis_mask_token=False),
                             **{"img_size": 256, **kwargs})
 
 
-@register_model
+@register_model(task="classify")
 def pvt_small_256(**kwargs) -> Classifier:
     """PVT-S for fine-tuning at 256 px: spatial reduction 8/4/2/1, learnable position table."""
     return build_classifier(partial(pvt.pvt_small, learnable_pos_embed=True), **{"img_size": 256, **kwargs})

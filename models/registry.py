@@ -35,23 +35,30 @@ class Recipe:
 
 
 Builder = Callable[..., nn.Module | Recipe]
+TASKS = ("pretrain", "classify")  # what a registered model is for: main_pretrain.py, or fine-tuning / probing
 _MODELS: dict[str, Builder] = {}
 _QUIRKS: dict[str, dict[str, str]] = {}
+_TASKS: dict[str, str] = {}
 
 
-def register_model(fn: Builder | None = None, name: str | None = None, quirks: dict[str, str] | None = None):
+def register_model(fn: Builder | None = None, name: str | None = None, quirks: dict[str, str] | None = None,
+                   task: str = "pretrain"):
     """Decorator: register ``fn`` under its own name (or ``name``, for aliases such as official names).
 
     ``quirks`` names the official bugs the builder reproduces when called with ``official_quirks=True``
-    (``models/official.py``); a builder registered without them is never passed that flag.
-    Use as ``@register_model`` or ``@register_model(quirks=...)``.
+    (``models/official.py``); a builder registered without them is never passed that flag. ``task``: one of
+    ``TASKS``, a pretraining recipe or a classifier (``"classify"``), so that a CLI refuses the other kind.
+    Use as ``@register_model`` or ``@register_model(quirks=..., task=...)``.
     """
     if fn is None:
-        return lambda f: register_model(f, name, quirks)
+        return lambda f: register_model(f, name, quirks, task)
     name = name or fn.__name__
     if name in _MODELS:
         raise ValueError(f"model {name!r} is registered twice")
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     _MODELS[name] = fn
+    _TASKS[name] = task
     if quirks:
         _QUIRKS[name] = dict(quirks)
     return fn
@@ -60,12 +67,18 @@ def register_model(fn: Builder | None = None, name: str | None = None, quirks: d
 def register_alias(name: str, target: str, **fixed) -> None:
     """Register ``name`` as the recipe ``target`` with some keyword defaults ``fixed`` (official names)."""
     builder = _MODELS[target]
-    register_model(lambda **kwargs: builder(**{**fixed, **kwargs}), name, _QUIRKS.get(target))
+    register_model(lambda **kwargs: builder(**{**fixed, **kwargs}), name, _QUIRKS.get(target), _TASKS[target])
 
 
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered names matching the shell-style ``pattern``, sorted."""
-    return sorted(name for name in _MODELS if fnmatch.fnmatch(name, pattern))
+def list_models(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Registered names matching the shell-style ``pattern`` (and, given, ``task``), sorted."""
+    return sorted(name for name in _MODELS
+                  if fnmatch.fnmatch(name, pattern) and task in (None, _TASKS[name]))
+
+
+def model_task(name: str) -> str | None:
+    """What the registered model ``name`` is for (one of ``TASKS``); None for an unknown name."""
+    return _TASKS.get(name)
 
 
 def model_quirks(name: str) -> dict[str, str]:

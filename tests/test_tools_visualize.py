@@ -107,7 +107,9 @@ def test_bare_state_dict_needs_model(tmp_path):
 def test_hog_checkpoint_draws_glyphs(tmp_path):
     """A DMJD (HOG target) checkpoint: original, masked, HOG target, HOG prediction."""
     torch.manual_seed(0)
-    kwargs = dict(embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+    # 8-px patches: 1 of the 4 2x2 blocks of a 32-px image stays visible at DMJD's 0.6
+    kwargs = dict(embed_dim=32, depth=1, num_heads=2, patch_size=8, decoder_embed_dim=16, decoder_depth=1,
+                  decoder_num_heads=2)
     weights = tmp_path / "dmjd.pth"
     torch.save({"model": create_model("dmjd_vit_base_patch16_hog", img_size=32, **kwargs).state_dict()}, weights)
     image = write_image(tmp_path / "a.png", (32, 32))

@@ -288,7 +288,8 @@ def test_model_picture_of_a_pixel_model(norm_pix: bool, columns: int) -> None:
 @pytest.mark.parametrize("name", ["dmjd_vit_base_patch16_hog", "maskfeat_vit_base_patch16"])
 def test_model_picture_of_a_hog_model(name: str) -> None:
     torch.manual_seed(0)
-    model = create_model(name, img_size=32, embed_dim=32, depth=1, num_heads=2,
+    # 8-px patches: a 32-px image has four 2x2 blocks, of which block masking keeps some visible
+    model = create_model(name, img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
                          **({"decoder_embed_dim": 16, "decoder_depth": 1, "decoder_num_heads": 2}
                             if name.startswith("dmjd") else {}))
     assert no_picture_reason(model) is None

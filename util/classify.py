@@ -1,6 +1,7 @@
 """What fine-tuning and linear probing build alike: the classes, the classifier with its pretrained encoder,
 and the train / validation loaders."""
-from typing import NamedTuple
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple
 
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
@@ -10,7 +11,7 @@ from util.checkpoint import load_pretrained
 from util.config import ClassifyConfig
 from util.data import Transform, build_dataset, dataset_classes
 from util.errors import UsageError
-from util.runtime import build_named_model, parse_model_kwargs
+from util.runtime import build_named_model, recipe_options
 from util.sampling import ignore_stop_signals
 from util.session import Session, train_loader
 
@@ -79,11 +80,14 @@ def evaluation_note(cfg: ClassifyConfig, data: ClassifyData) -> str:
     return f"evaluate {cfg.model} from {weights} on {len(data.val.dataset)} validation images ({source})"
 
 
-def build_classifier(cfg: ClassifyConfig, num_classes: int, **kwargs) -> nn.Module:
-    """The ``--model`` classifier (``kwargs`` and ``--model_kwargs`` passed to its recipe), its encoder loaded
-    from ``--finetune`` unless a checkpoint is resumed (which holds every weight)."""
-    model = build_named_model(cfg.model, num_classes=num_classes, global_pool=cfg.global_pool,
-                              img_size=cfg.input_size, **kwargs | parse_model_kwargs(cfg.model_kwargs)).model
+def build_classifier(cfg: ClassifyConfig, num_classes: int,
+                     flags: Mapping[str, tuple[str, Any]] = MappingProxyType({}), **defaults: Any) -> nn.Module:
+    """The ``--model`` classifier, its encoder loaded from ``--finetune`` unless a checkpoint is resumed (which
+    holds every weight). Its options: the shared flags' and ``flags`` (option -> (flag, value)), which
+    ``--model_kwargs`` may not contradict (``util.runtime.recipe_options``), over the CLI's ``defaults``."""
+    flags = {"num_classes": ("--nb_classes", num_classes), "img_size": ("--input_size", cfg.input_size),
+             "global_pool": ("--global_pool/--cls_token", cfg.global_pool), **flags}
+    model = build_named_model(cfg.model, "classify", **defaults | recipe_options(flags, cfg.model_kwargs)).model
     if cfg.finetune and not cfg.resume:
         load_encoder(model, cfg.finetune)
     return model

@@ -265,7 +265,7 @@ class FinetuneConfig(ClassifyConfig):
     drop_path: float
     layer_decay: float
     color_jitter: float | None
-    aa: str
+    aa: str | None  # None: no auto-augment (--aa none)
     smoothing: float
     reprob: float
     remode: str
@@ -280,3 +280,33 @@ class FinetuneConfig(ClassifyConfig):
     model_ema: bool
     model_ema_decay: float
     fsdp: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **resolved: Any) -> Self:
+        cfg = super().from_args(args, **resolved)
+        cfg.check_mixing()
+        return cfg
+
+    @property
+    def mixes(self) -> bool:
+        """Whether Mixup / CutMix mix the training batches (timm's ``Mixup``, on when any of its flags is)."""
+        return self.mixup > 0 or self.cutmix > 0 or self.cutmix_minmax is not None
+
+    def check_mixing(self) -> None:
+        """What timm's Mixup would assert on at the first batch, refused while the flags are read: an odd batch
+        (images are mixed in pairs) and a ``--cutmix_minmax`` range with no box size in it."""
+        batch = self.batch_size
+        if self.mixes and not self.eval and batch % 2:
+            raise UsageError(f"--mixup/--cutmix mix the images of a batch in pairs: --batch_size {batch} must be "
+                             f"even; pass {f'{batch - 1} or {batch + 1}' if batch > 1 else 2}")
+        if self.cutmix_minmax is None:
+            return
+        low, high = self.cutmix_minmax
+        if low >= high:
+            raise UsageError(f"--cutmix_minmax {low:g} {high:g}: the first (smallest box side) must be below the "
+                             "second")
+        # timm draws a box side in [int(side x min), int(side x max)), which must not be empty
+        sides = int(self.input_size * low), int(self.input_size * high)
+        if sides[0] >= sides[1]:
+            raise UsageError(f"--cutmix_minmax {low:g} {high:g} gives boxes of {sides[0]} to {sides[1]} pixels at "
+                             f"--input_size {self.input_size}: widen the range")

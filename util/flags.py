@@ -5,6 +5,8 @@ import math
 import re
 from dataclasses import dataclass
 
+from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
 from util.errors import UsageError
 
 
@@ -68,4 +70,23 @@ def device_name(text: str) -> str:
     """``--device``: ``cpu``, ``cuda`` or ``cuda:<index>`` (whether a GPU is there is checked when the run starts)."""
     if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
         raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:<index>, got {text!r}")
+    return text
+
+
+def aa_policy(text: str) -> str | None:
+    """``--aa``: a timm auto-augment policy (``rand-m9-mstd0.5-inc1``, ``augmix-m5-w4-d2``, ``original``, ``v0``,
+    ``3a``...), checked by timm's own parser while parsing; ``none`` turns auto-augment off (None)."""
+    if text.lower() in ("none", ""):
+        return None
+    if text.startswith("rand"):
+        build = rand_augment_transform
+    elif text.startswith("augmix"):
+        build = augment_and_mix_transform
+    else:
+        build = auto_augment_transform
+    try:  # timm signals a policy it cannot read by an assertion (or a number that does not parse)
+        build(text, {"translate_const": 100, "img_mean": (124, 116, 104)})
+    except (AssertionError, ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"expected a timm auto-augment policy such as rand-m9-mstd0.5-inc1, "
+                                         f"augmix-m5-w4-d2, original or v0, or none (off), got {text!r}") from None
     return text

@@ -2,13 +2,15 @@
 import argparse
 import ast
 import random
+import re
 import sys
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 import models
+from models.registry import model_task
 from util.errors import UsageError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -53,9 +55,52 @@ def parse_model_kwargs(items: Iterable[str]) -> dict:
     return out
 
 
-def build_named_model(name: str, **kwargs):
-    """``models.create_recipe`` -> Recipe, with a one-line error when a recipe does not take an option or
-    ``img_size`` (``--input_size``) is no whole number of the encoder's patches."""
+def _plain(value: Any) -> Any:
+    """A list as a tuple: the config keeps list flags (``--ds_layers``) as tuples, ``KEY=[...]`` parses as a list."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def recipe_options(flags: Mapping[str, tuple[str, Any]], model_kwargs: Iterable[str]) -> dict:
+    """The options a recipe is built with: ``flags`` (option -> (the flag that sets it, its value)), then
+    ``--model_kwargs``. One setting has one source: a ``--model_kwargs`` key that repeats a flag's option with
+    another value is refused in one line naming the flag (the model and the run's data would disagree)."""
+    given = parse_model_kwargs(model_kwargs)
+    for key, value in given.items():
+        if key in flags and _plain(flags[key][1]) != _plain(value):
+            flag, flag_value = flags[key]
+            raise UsageError(f"--model_kwargs {key}={value!r} contradicts {flag} {flag_value}: set it with {flag} only")
+    return {key: value for key, (_, value) in flags.items()} | given
+
+
+def _related(name: str, others: Iterable[str]) -> list[str]:
+    """The names of ``others`` that contain ``name``, or are contained in it, as whole ``_``-separated words
+    (``vit_base_patch16`` <-> ``mae_vit_base_patch16``, not ``dmjd_convvit_base_patch16_hog``)."""
+    def within(short: str, long: str) -> bool:
+        return re.search(rf"(^|_){re.escape(short)}(_|$)", long) is not None
+    return [other for other in others if within(name, other) or within(other, name)]
+
+
+def check_task(name: str, task: str) -> None:
+    """Refuse, naming the models to use instead, a classifier given to pretraining (``task="pretrain"``) or a
+    pretraining recipe to fine-tuning / linear probing (``"classify"``); unknown names are left to the registry."""
+    actual = model_task(name)
+    if actual is None or actual == task:
+        return
+    if task == "pretrain":
+        others = _related(name, models.list_models(task="pretrain")) or models.list_models(task="pretrain")
+        raise UsageError(f"--model {name} is a fine-tuning model (a classifier): main_pretrain.py trains a "
+                         f"pretraining recipe, e.g. {', '.join(others)}")
+    others = _related(name, models.list_models(task="classify")) or models.list_models(task="classify")
+    raise UsageError(f"--model {name} is a pretraining recipe: fine-tuning and linear probing train a classifier, "
+                     f"e.g. {', '.join(others)} (with --finetune <the pretraining checkpoint>)")
+
+
+def build_named_model(name: str, task: str | None = None, **kwargs):
+    """``models.create_recipe`` -> Recipe, with a one-line error when the model is not for ``task`` (one of
+    ``models.registry.TASKS``; None: any), a recipe does not take an option or ``img_size`` (``--input_size``)
+    is no whole number of the encoder's patches."""
+    if task is not None:
+        check_task(name, task)
     try:
         recipe = models.create_recipe(name, **kwargs)
     except TypeError as err:

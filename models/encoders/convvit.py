@@ -25,6 +25,7 @@ from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm
 from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
+from ..options import check_heads, check_positive_ints, check_positive_numbers, check_sincos_width
 from ..pos_embed import sincos_2d
 from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks, tokens_to_map
 
@@ -125,6 +126,11 @@ class ConvViT(GradCheckpointing, nn.Module):
         super().__init__()
         if not (len(patch_sizes) == len(embed_dims) == len(depths) == len(mlp_ratios) == 3):
             raise ValueError("patch_sizes, embed_dims, depths and mlp_ratios need one entry per stage (3)")
+        check_positive_ints(patch_sizes=patch_sizes, embed_dims=embed_dims, num_heads=num_heads)
+        check_positive_numbers(mlp_ratios=mlp_ratios)
+        check_heads(f"num_heads={num_heads}", num_heads, f"embed_dims[2]={embed_dims[2]}", embed_dims[2])
+        if not learnable_pos_embed:
+            check_sincos_width("embed_dims[2]", embed_dims[2])
         img_size = to_2tuple(img_size)
         self.patch_sizes = tuple(patch_sizes)
         self.patch_size = prod(self.patch_sizes)

@@ -32,6 +32,8 @@ from torch import nn
 from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm, init_token
 from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..masking import compact_order
+from ..options import (check_per_stage, check_positive_ints, check_pyramid_size, check_sincos_width,
+                       check_stages)
 from ..pos_embed import sincos_2d
 from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks, tokens_to_map
 
@@ -140,14 +142,19 @@ class PyramidVisionTransformer(GradCheckpointing, nn.Module):
         if masked_tokens not in ("compact", "token"):
             raise ValueError(f"masked_tokens must be 'compact' or 'token', got {masked_tokens!r}")
         stages = len(embed_dims)
-        if not len(depths) == len(num_heads) == len(mlp_ratios) == stages or \
-                (sr_ratios is not None and len(sr_ratios) != stages):
-            raise ValueError("embed_dims, depths, num_heads, mlp_ratios (and sr_ratios) need one entry per stage")
+        check_positive_ints(patch_size=patch_size, cell_size=cell_size, embed_dims=embed_dims)
+        check_per_stage(embed_dims=embed_dims, depths=depths, num_heads=num_heads, mlp_ratios=mlp_ratios,
+                        **({} if sr_ratios is None else {"sr_ratios": sr_ratios}))
+        check_stages(depths, num_heads, {f"embed_dims[{s}]={w}": w for s, w in enumerate(embed_dims)},
+                     mlp_ratios=mlp_ratios)
+        check_sincos_width("embed_dims[0]", embed_dims[0])
         if patch_size % cell_size:
             raise ValueError(f"patch_size {patch_size} is not a multiple of cell_size {cell_size}")
         img_size = to_2tuple(img_size)
         if img_size[0] % patch_size or img_size[1] % patch_size:
             raise ValueError(f"img_size {img_size} is not divisible by patch_size {patch_size}")
+        if masked_tokens == "token":  # SimMIM's head upsamples the last stage to the patch grid: no row lost
+            check_pyramid_size(img_size, patch_size, cell_size, stages, compact=False)
         self.masked_tokens = masked_tokens
         self.img_size, self.patch_size, self.cell_size = img_size, patch_size, cell_size
         self.cells_per_patch = patch_size // cell_size

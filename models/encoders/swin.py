@@ -31,6 +31,7 @@ from torch import nn
 from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm, init_token
 from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..masking import compact_order
+from ..options import check_positive_ints, check_pyramid_size, check_stages
 from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks
 from .window_attention import OffsetLattice, WindowAttention
 
@@ -216,11 +217,14 @@ class SwinMIM(GradCheckpointing, nn.Module):
         super().__init__()
         if masked_tokens not in MASKED_TOKENS:
             raise ValueError(f"masked_tokens must be one of {MASKED_TOKENS}, got {masked_tokens!r}")
+        check_positive_ints(patch_size=patch_size, stride=stride, embed_dim=embed_dim, window_size=window_size,
+                            posmlp_dim=posmlp_dim)
+        check_stages(depths, num_heads, {f"embed_dim={embed_dim} x {2 ** s}": embed_dim * 2 ** s
+                                         for s in range(len(depths))}, mlp_ratio=mlp_ratio)
         if stride % patch_size:
             raise ValueError(f"stride {stride} must be a multiple of patch_size {patch_size}")
         img_size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
-        if img_size[0] % stride or img_size[1] % stride:
-            raise ValueError(f"image size {img_size} is not a multiple of the token stride {stride}")
+        check_pyramid_size(img_size, stride, patch_size, len(depths), compact=masked_tokens == "compact")
         self.masked_tokens = masked_tokens
         self.img_size, self.cell_size, self.patch_size = img_size, patch_size, stride
         self.cells_per_patch = stride // patch_size

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm, init_token
 from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
+from ..options import check_counts, check_heads, check_positive_ints, check_positive_numbers, check_sincos_width
 from ..pos_embed import sincos_2d
 from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks, tokens_to_map
 
@@ -42,6 +43,11 @@ class VisionTransformer(GradCheckpointing, nn.Module):
         super().__init__()
         if masked_tokens not in ("drop", "token"):
             raise ValueError(f"masked_tokens must be 'drop' or 'token', got {masked_tokens!r}")
+        check_positive_ints(patch_size=patch_size, embed_dim=embed_dim, num_heads=num_heads)
+        check_counts(depth=depth)
+        check_positive_numbers(mlp_ratio=mlp_ratio)
+        check_heads(f"num_heads={num_heads}", num_heads, f"embed_dim={embed_dim}", embed_dim)
+        check_sincos_width("embed_dim", embed_dim)  # the position table, learnable or not, starts as sin-cos
         self.masked_tokens = masked_tokens
         self.embed_dim = embed_dim
         self.patch_size = patch_size
