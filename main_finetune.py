@@ -10,12 +10,13 @@ from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from base.images import IMAGENET_MEAN, IMAGENET_STD
 from engine_finetune import fit
 from util import distributed as dist_util
 from util.classify import build_classifier, build_loaders, data_classes, evaluation_note
 from util.config import (FinetuneConfig, add_classify_args, add_official_compat_args, add_runtime_args,
                          add_sharding_args, add_training_args)
-from util.data import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform
+from util.data import build_eval_transform
 from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, POSITIVE_FRACTION, POSITIVE_INT, PROBABILITY,
                          ArgumentParser, aa_policy)
 from util.fsdp import check_usable, shard_model

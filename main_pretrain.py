@@ -6,6 +6,7 @@ import argparse
 
 import torch
 
+from base.errors import UsageError
 from engine_pretrain import ReconstructionProbe, pretrain
 from models import Recipe
 from models.recipes import MASK_TYPES, PRED_TYPES
@@ -15,7 +16,6 @@ from util.config import (PretrainConfig, add_official_compat_args, add_runtime_a
                          add_training_args)
 from util.dali_loader import BACKENDS, choose_backend, dali_train_loader
 from util.data import build_dataset, build_pretrain_transform
-from util.errors import UsageError
 from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, OPEN_FRACTION, POSITIVE_FRACTION, POSITIVE_INT,
                          ArgumentParser)
 from util.fsdp import check_usable, shard_model

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from base.errors import UsageError
 from benchmarks.measure import Step
-from util.errors import UsageError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OLD_LIBRARIES = "timm 0.3.2 / 0.4.12 and NumPy < 1.24 (only Block's qk_scale and np.float are bridged here)"

@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from base.errors import UsageError  # noqa: E402
 from benchmarks import official  # noqa: E402
 from benchmarks.device_peaks import peak_tflops  # noqa: E402
 from benchmarks.measure import Step, count_flops, our_step, saved_bytes, time_steps  # noqa: E402
 from models.clip_teacher import openai_visual_shapes  # noqa: E402
-from util.errors import UsageError  # noqa: E402
 from util.flags import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, device_name  # noqa: E402
 from util.runtime import (AMP_DTYPES, amp_choice, build_named_model, parse_model_kwargs, run_cli,  # noqa: E402
                           select_device)

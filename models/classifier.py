@@ -9,7 +9,7 @@ import torch
 from timm.layers import trunc_normal_
 from torch import nn
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 from .flat_keys import FlatKeys
 

@@ -17,8 +17,8 @@ import torch
 from timm.layers import LayerNormFp32
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
-from util import checkpoint  # the module, not its names: util.checkpoint imports models (a cycle)
-from util.errors import UsageError
+from base.errors import UsageError
+from base.safe_load import extract_state_dict, safe_torch_load
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -82,7 +82,7 @@ def _read_weights(path: str) -> dict[str, Any]:
         except Exception as err:
             raise UsageError(f"cannot load --clip_path {path!r}: it is a TorchScript archive that fails to "
                              f"load ({type(err).__name__})") from err
-    loaded = checkpoint.safe_torch_load(path, "--clip_path")
+    loaded = safe_torch_load(path, "--clip_path")
     if not isinstance(loaded, dict):
         raise UsageError(f"--clip_path {path!r} holds a {type(loaded).__name__}, not a CLIP state dict")
     return loaded
@@ -91,7 +91,7 @@ def _read_weights(path: str) -> dict[str, Any]:
 def _visual_state_dict(loaded: dict[str, Any], path: str) -> dict[str, torch.Tensor]:
     """The ``visual.*`` tensors without that prefix (after ``extract_state_dict`` unwraps ``state_dict``/
     ``model`` and strips DDP/compile prefixes); a bare visual state dict (``conv1.weight`` at the top) as is."""
-    tensors = checkpoint.extract_state_dict(loaded)
+    tensors = extract_state_dict(loaded)
     visual = {k[len("visual."):]: v for k, v in tensors.items() if k.startswith("visual.")}
     if not visual and "conv1.weight" in tensors:
         visual = tensors

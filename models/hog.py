@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from util.data import IMAGENET_MEAN, IMAGENET_STD
+from base.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _channel_stats(values: Sequence[float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ in raster order; ``ids_keep`` lists the visible patches in the order the encoder
 """
 import torch
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 from .interfaces import Masks
 

@@ -5,7 +5,7 @@ import math
 from numbers import Real
 from typing import Sequence
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 
 def _is_int(value: object) -> bool:

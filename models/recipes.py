@@ -5,7 +5,7 @@ from typing import Callable, Sequence
 
 from torch import nn
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 from .classifier import Classifier
 from .clip_teacher import load_clip_teacher

@@ -10,7 +10,7 @@ from typing import Callable
 
 from torch import nn
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from util.data import IMAGENET_MEAN, IMAGENET_STD
+from base.images import IMAGENET_MEAN, IMAGENET_STD
 
 from .clip_teacher import CLIP_MEAN, CLIP_STD, CLIPVisionTransformer
 from .patches import patchify

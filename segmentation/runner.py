@@ -7,7 +7,7 @@ from pathlib import Path
 from mmengine.config import Config, DictAction
 from mmengine.runner import Runner
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ import pickle
 import torch
 from mmengine.runner import checkpoint as mmengine_checkpoint
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 
 def weights_only_load(file, map_location=None, weights_only=None):

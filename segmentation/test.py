@@ -11,8 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script, also under torchrun
 
+from base.errors import UsageError  # noqa: E402
 from segmentation.runner import add_common_args, build_runner, load_config, run  # noqa: E402
-from util.errors import UsageError  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -14,11 +14,11 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import models
+from base.errors import UsageError
 from benchmarks import cpu_proxies, official, pretrain_throughput
 from benchmarks.measure import Step, count_flops, saved_bytes
 from models.clip_teacher import load_clip_teacher, openai_visual_shapes
 from models.mim import MaskedImageModel
-from util.errors import UsageError
 
 TINY_VIT = ["patch_size=8", "embed_dim=32", "depth=4", "num_heads=2", "decoder_embed_dim=32", "decoder_depth=1",
             "decoder_num_heads=2"]

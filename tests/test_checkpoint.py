@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from base.errors import UsageError
+from base.safe_load import extract_state_dict, load_file
 from models import create_model
 from models.pos_embed import resize_pos_embed
-from util.checkpoint import (extract_state_dict, latest_checkpoint, load_file, load_pretrained, rng_state,
-                             save_checkpoint, set_rng_state)
-from util.errors import UsageError
+from util.checkpoint import latest_checkpoint, load_pretrained, rng_state, save_checkpoint, set_rng_state
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
             decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)

@@ -11,9 +11,9 @@ import main_finetune
 import main_linprobe
 import main_pretrain
 import util.logging
+from base.errors import UsageError
 from conftest import TINY_MAE, make_image_folder
 from models import create_model
-from util.errors import UsageError
 from util.logging import EtaMeter, MetricLogger
 
 ACC_LINE = re.compile(r"^\* Acc@1 (\d+\.\d{3}) Acc@5 (\d+\.\d{3}) loss (\d+\.\d{3})$", re.M)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from base.errors import UsageError
 from golden_rules import assert_fingerprint, case_inputs, load_case, write_teacher
 from models.clip_teacher import CLIP_MEAN, CLIP_STD, CLIPVisionTransformer, load_clip_teacher, openai_visual_shapes
-from util.errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -8,8 +8,8 @@ import pytest
 import main_finetune
 import main_linprobe
 import main_pretrain
+from base.errors import UsageError
 from util.config import ClassifyConfig, FinetuneConfig, PretrainConfig
-from util.errors import UsageError
 
 CLIS = [(main_pretrain, PretrainConfig), (main_finetune, FinetuneConfig), (main_linprobe, ClassifyConfig)]
 

@@ -176,7 +176,7 @@ def test_convvit_classifier_loads_dmjd_pretraining_and_fine_tunes():
 
     from models import create_model
     from util.checkpoint import load_pretrained
-    from util.errors import UsageError
+    from base.errors import UsageError
 
     tiny = dict(embed_dims=(16, 24, 32), depths=(1, 1, 2), num_heads=2, num_classes=5, drop_path_rate=0.1)
     pretrain = create_model("dmjd_convvit_base_patch16_hog", embed_dims=(16, 24, 32), depths=(1, 1, 2),

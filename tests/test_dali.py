@@ -16,13 +16,13 @@ from PIL import Image
 import main_finetune
 import main_linprobe
 import main_pretrain
+from base.errors import UsageError
 from benchmarks import dataload
 from models import create_model
 from models.hog import denormalize_to_uint8
 from util import dali_loader
 from util.dali_loader import choose_backend, dali_import_error, dali_train_loader
 from util.data import ImageFiles, build_pretrain_transform
-from util.errors import UsageError
 from util.sampling import begin_epoch
 from util.session import Session, train_loader
 

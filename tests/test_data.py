@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from base.errors import UsageError
 from util.data import (FASHION_MNIST_DIR, build_dataset, build_eval_transform,
                        build_pretrain_transform)
-from util.errors import UsageError
 
 
 def _write_images(folder, count, start=0):

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 import main_pretrain
+from base.errors import UsageError
+from base.safe_load import load_file
 from models import create_model
 from models.clip_teacher import openai_visual_shapes
 from models.encoders.convvit import ConvViT
@@ -15,8 +17,7 @@ from models.interfaces import EncoderOutput
 from models.losses import PatchLoss
 from models.masking import BlockMasking, DisjointMasking
 from models.mim import Branch, MaskedImageModel
-from util.checkpoint import load_file, load_pretrained
-from util.errors import UsageError
+from util.checkpoint import load_pretrained
 from util.lr import weight_decay_groups
 
 TINY = dict(embed_dim=32, depth=12, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)

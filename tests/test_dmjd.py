@@ -9,9 +9,9 @@ import main_pretrain
 from conftest import adamw_losses, smooth_images
 from golden_rules import assert_loss, rebuild
 from models import create_model, create_recipe, list_models
-from models.official import DMJD_QUIRKS
 from models.losses import PatchLoss
 from models.masking import BlockMasking, DisjointMasking, Masks, RandomMasking
+from models.official import DMJD_QUIRKS
 from util.config import PretrainConfig
 
 # tiny ConViT (the golden cases' stages 16/24/32, depths 1/1/2), decoder 16 x 1

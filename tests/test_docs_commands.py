@@ -45,8 +45,8 @@ import pytest
 import torch
 
 import models
+from base.errors import UsageError
 from conftest import make_image_folder
-from util.errors import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "PRETRAIN.md", "FINETUNE.md", "SEGMENTATION.md", "RELIABILITY.md", "benchmarks/README.md",

@@ -10,11 +10,12 @@ import torch
 
 import main_finetune
 import main_pretrain
+from base.errors import UsageError
+from base.safe_load import load_file
 from conftest import make_image_folder
 from test_finetune import tiny_cli_args
 from test_pretrain import pretrain_args, read_log
-from util.checkpoint import latest_checkpoint, load_file
-from util.errors import UsageError
+from util.checkpoint import latest_checkpoint
 
 ONE_STEP = ("--data_limit", "8", "--vis_freq", "100")  # one batch of 8: one optimizer step an epoch
 

@@ -11,13 +11,14 @@ import torch.multiprocessing as mp
 
 import main_finetune
 import main_linprobe
+from base.errors import UsageError
+from base.safe_load import load_file
 from conftest import make_image_folder
 from test_finetune import tiny_cli_args
 from test_pretrain import _free_port
 from util import distributed as dist_util
-from util.checkpoint import check_classes, load_file, save_checkpoint
+from util.checkpoint import check_classes, save_checkpoint
 from util.classify import EvalShard
-from util.errors import UsageError
 
 TRAIN = ("--batch_size", "4", "--epochs", "1", "--warmup_epochs", "0", "--aa", "", "--reprob", "0")
 

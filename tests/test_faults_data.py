@@ -13,13 +13,13 @@ from PIL import Image
 import main_finetune
 import main_linprobe
 import main_pretrain
+from base.errors import UsageError
+from base.images import read_image
 from conftest import TINY_MAE, make_image_folder
 from models import create_model
-from test_pretrain import pretrain_args
 from tools.visualize import main as visualize
 from util.dali_loader import _load_encoded
-from util.data import build_dataset, check_outside_data, read_image
-from util.errors import UsageError
+from util.data import build_dataset, check_outside_data
 
 GRADIENT = np.arange(32 * 32).reshape(32, 32)  # 0..1023, row-major
 

@@ -8,8 +8,8 @@ import pytest
 import main_finetune
 import main_linprobe
 import main_pretrain
+from base.errors import UsageError
 from util.config import FinetuneConfig
-from util.errors import UsageError
 
 TINY_VIT = ["embed_dim=32", "depth=1", "num_heads=2"]
 TINY_DECODER = ["decoder_embed_dim=32", "decoder_depth=1", "decoder_num_heads=2"]

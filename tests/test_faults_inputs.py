@@ -12,12 +12,12 @@ import torch
 import main_finetune
 import main_linprobe
 import main_pretrain
+from base.errors import UsageError
 from conftest import make_image_folder
 from test_pretrain import pretrain_args, read_log
 from util.classify import build_loaders, data_classes
 from util.config import FinetuneConfig
 from util.data import build_dataset, build_eval_transform
-from util.errors import UsageError
 from util.session import Session
 
 CLIS = [main_pretrain, main_finetune, main_linprobe]

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 import main_pretrain
+from base.errors import UsageError
 from models import create_model
 from models.masking import BlockMasking, DisjointMasking, RandomMasking, UniformMasking
-from util.errors import UsageError
 
 VIT = dict(img_size=32, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
            decoder_num_heads=2)

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 import main_pretrain
+from base.errors import UsageError
 from conftest import make_image_folder
 from test_pretrain import ROOT, _free_port, assert_same_models, pretrain_args, pretrain_argv, read_log
-from util.errors import UsageError
 
 HOLD_LOCK = ("import sys, time; from util.output_lock import claim_output_dir\n"
              "with claim_output_dir(sys.argv[1], sys.argv[1]):\n"

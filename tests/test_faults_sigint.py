@@ -13,10 +13,10 @@ import time
 
 import pytest
 
+from base.safe_load import load_file
 from conftest import make_image_folder
 from test_faults_runs import pretrain_cli
 from test_pretrain import ROOT
-from util.checkpoint import load_file
 from util.preemption import StopOnSignals
 from util.sampling import ignore_stop_signals
 

@@ -12,12 +12,13 @@ from timm.optim import param_groups_layer_decay
 
 import main_finetune
 import main_linprobe
+from base.errors import UsageError
+from base.safe_load import load_file
 from conftest import TINY_MAE, make_image_folder
 from models import create_model
 from models.classifier import to_linear_probe
-from util.checkpoint import load_file, load_pretrained
+from util.checkpoint import load_pretrained
 from util.config import FinetuneConfig
-from util.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)

@@ -4,14 +4,14 @@ import timm
 import torch
 from torch import nn
 
+from base.images import IMAGENET_MEAN, IMAGENET_STD
 from conftest import adamw_losses, smooth_images
 from models.encoders.vit import VisionTransformer
 from models.heads import MAEDecoder
-from models.masking import RandomMasking
 from models.losses import PatchLoss
+from models.masking import RandomMasking
 from models.mim import Branch, MaskedImageModel
 from models.targets import FrozenTeacherTarget, teacher_dtype
-from util.data import IMAGENET_MEAN, IMAGENET_STD
 
 
 def dino_like_teacher() -> nn.Module:

@@ -18,6 +18,9 @@ from torch.distributed.tensor import DTensor
 
 import main_finetune
 import main_pretrain
+from base.errors import UsageError
+from base.images import IMAGENET_MEAN, IMAGENET_STD
+from base.safe_load import load_file
 from conftest import make_image_folder
 from models.encoders.vit import VisionTransformer
 from models.heads import MAEDecoder
@@ -26,9 +29,7 @@ from models.masking import RandomMasking
 from models.mim import Branch, MaskedImageModel
 from models.targets import FrozenTeacherTarget
 from util import distributed as dist_util
-from util.checkpoint import load_file, save_checkpoint
-from util.data import IMAGENET_MEAN, IMAGENET_STD
-from util.errors import UsageError
+from util.checkpoint import save_checkpoint
 from util.fsdp import _tidy, check_usable, read_sharded, resume_sharded, shard_model, sharded_to_plain
 
 ROOT = Path(__file__).resolve().parents[1]

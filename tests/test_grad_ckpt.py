@@ -4,12 +4,12 @@ import pytest
 import torch
 
 import main_pretrain
+from base.errors import UsageError
+from base.safe_load import load_file
 from models import create_model
 from models.encoders import common
 from test_pretrain import pretrain_args
 from test_step_hygiene import CONVVIT, PVT, SWIN, VIT, HostSyncCounter, build
-from util.checkpoint import load_file
-from util.errors import UsageError
 
 # one pretraining recipe per encoder family (ConViT: test_dmjd_two_views_with_decoder_unchanged); Swin on the full
 # grid with shifted windows, PVT on UM-MAE's compact grid

@@ -8,11 +8,11 @@ from skimage import data as skdata
 from skimage.feature import hog as sk_hog
 from torchvision import transforms
 
+from base.images import IMAGENET_MEAN, IMAGENET_STD
 from conftest import assert_close_across_kernels
 from golden_rules import assert_fingerprint, case_inputs, load_case, make_uint8
 from models.hog import (HogTarget, cells_to_patches, denormalize_to_uint8, hog_cell_histograms,
                         whiten_histograms)
-from util.data import IMAGENET_MEAN, IMAGENET_STD
 
 NORMALIZE = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 

@@ -8,11 +8,11 @@ import torch
 from scipy import ndimage
 from skimage import data as skdata
 
+from base.images import IMAGENET_STD
 from conftest import assert_close_across_kernels
 from models.hog import (MaskFeatHogTarget, cells_to_patches, gaussian_window_2d, hog_cell_histograms,
                         maskfeat_hog_cells, sobel_gradients)
 from test_hog import normalize
-from util.data import IMAGENET_STD
 
 SOBEL_X = np.array([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
 

@@ -4,13 +4,13 @@ import math
 import pytest
 import torch
 
+from base.errors import UsageError
 from conftest import TINY_MAE
 from models import create_model, list_models
 from models.masking import Masks, RandomMasking
 from models.patches import patchify, unpatchify
 from models.pos_embed import resize_pos_embed, sincos_2d
 from models.targets import PixelTarget
-from util.errors import UsageError
 
 
 @pytest.mark.parametrize("ratio,length", [(0.75, 196), (0.75, 16), (0.6, 49), (0.9, 64), (0.0, 10)])

@@ -38,13 +38,13 @@ import torch.distributed.launch as torch_launch
 
 import main_pretrain
 import models
+from base.errors import UsageError
 from conftest import make_image_folder
 from test_deepmim import save_tiny_clip
 from util import distributed as dist_util
 from util.classify import build_classifier
 from util.config import PretrainConfig
 from util.distributed import LaunchFlags, Placement, placement
-from util.errors import UsageError
 from util.runtime import parse_model_kwargs
 from util.submitit_launch import parse_args, submit
 

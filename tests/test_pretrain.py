@@ -13,15 +13,15 @@ import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 import main_pretrain
+from base.safe_load import load_file
 from conftest import TINY_MAE
 from engine_pretrain import train_one_epoch
-from util.train_loop import TrainConfig
 from models import create_model
 from models.masking import Masks, RandomMasking
 from util import distributed as dist_util
-from util.checkpoint import load_file
 from util.logging import NonFiniteLossError
 from util.lr import weight_decay_groups
+from util.train_loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_KWARGS = ["embed_dim=32", "depth=2", "num_heads=2", "patch_size=8",

@@ -9,8 +9,8 @@ from conftest import adamw_losses, assert_close_across_kernels
 from golden_rules import load_case, rebuild, rule_weights
 from models.classifier import Classifier
 from models.encoders.pvt import PyramidVisionTransformer, pvt_small
-from models.masking import Masks, UniformMasking, compact_order
 from models.losses import PatchLoss
+from models.masking import Masks, UniformMasking, compact_order
 from models.mim import Branch, MaskedImageModel
 from models.pos_embed import sincos_2d
 from models.pyramid_heads import UMDecoder

@@ -19,9 +19,9 @@ from mmengine.runner import Runner  # noqa: E402
 from mmseg.registry import MODELS  # noqa: E402
 
 import segmentation  # noqa: E402,F401  (registrations)
+from base.errors import UsageError  # noqa: E402
 from models import create_model  # noqa: E402
 from segmentation.backbones import MIMBackbone  # noqa: E402
-from util.errors import UsageError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "segmentation" / "configs"

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from base.errors import UsageError
+from base.safe_load import load_file
 from conftest import make_image_folder
 from util import distributed as dist_util
-from util.checkpoint import load_file
 from util.distributed import LaunchFlags
-from util.errors import UsageError
 from util.submitit_launch import Task, launch, submit
 
 TINY_PRETRAIN = ["--model", "mae_vit_tiny_patch16", "--model_kwargs", "embed_dim=32", "depth=2", "num_heads=2",

@@ -8,8 +8,8 @@ from conftest import adamw_losses, group_visible_ids
 from golden_rules import assert_loss, rebuild
 from models.classifier import Classifier
 from models.encoders.swin import OffsetLattice, SwinMIM, WindowAttention
-from models.masking import RandomMasking, UniformMasking
 from models.losses import PatchLoss
+from models.masking import RandomMasking, UniformMasking
 from models.mim import Branch, MaskedImageModel
 from models.pyramid_heads import SimMIMHead, UMDecoder
 from models.targets import PixelTarget

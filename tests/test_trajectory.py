@@ -17,8 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import main_finetune
 import main_linprobe
 import main_pretrain
+from base.safe_load import load_file
 from conftest import make_image_folder
-from util.checkpoint import load_file
 
 GOLDEN = Path(__file__).parent / "golden" / "trajectories.json"
 REL = 1e-5

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import main_pretrain
+from base.errors import UsageError
 from models import create_model
 from models.masking import Masks, UniformMasking
 from util.config import PretrainConfig
-from util.errors import UsageError
 
 TINY_VIT = dict(img_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1,
                 decoder_num_heads=2)

@@ -13,9 +13,9 @@ from torch import nn
 from engine_pretrain import ReconstructionProbe
 from models import create_model
 from models.hog import HogTarget, MaskFeatHogTarget, cells_to_patches
+from models.hog import patches_to_cells
 from models.patches import patchify
 from models.targets import FrozenTeacherTarget
-from models.hog import patches_to_cells
 from util.visualize import (HOG_TITLES, IMAGENET_MEAN, IMAGENET_STD, NORM_PIX_TITLES, TITLES, HogLayout, Panels,
                             glyph_stencils, hog_glyphs, hog_layout, hog_panels, model_picture, no_picture_reason,
                             pixel_panels, save_png, title_strip, titled_grid)

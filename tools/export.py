@@ -32,10 +32,11 @@ import torch  # noqa: E402
 from safetensors.torch import save as safetensors_bytes  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer as TimmViT  # noqa: E402
 
+from base.errors import UsageError  # noqa: E402
+from base.safe_load import load_file  # noqa: E402
 from models.classifier import Classifier  # noqa: E402
 from models.encoders.vit import VisionTransformer  # noqa: E402
-from util.checkpoint import load_file, load_pretrained  # noqa: E402
-from util.errors import UsageError  # noqa: E402
+from util.checkpoint import load_pretrained  # noqa: E402
 from util.output_files import atomic_write, check_output_file  # noqa: E402
 from util.runtime import build_named_model, parse_model_kwargs, run_tool  # noqa: E402
 

@@ -24,11 +24,12 @@ import torch  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
 import main_pretrain  # noqa: E402
+from base.errors import UsageError  # noqa: E402
+from base.images import IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, read_image  # noqa: E402
+from base.safe_load import load_file  # noqa: E402
 from models.mim import MaskedImageModel  # noqa: E402
-from util.checkpoint import load_file, load_pretrained  # noqa: E402
+from util.checkpoint import load_pretrained  # noqa: E402
 from util.config import PretrainConfig  # noqa: E402
-from util.data import IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, read_image  # noqa: E402
-from util.errors import UsageError  # noqa: E402
 from util.flags import OPEN_FRACTION, SEED  # noqa: E402
 from util.output_files import check_output_file, check_output_folder  # noqa: E402
 from util.runtime import run_tool  # noqa: E402

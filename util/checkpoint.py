@@ -4,7 +4,6 @@ Everything is read with ``torch.load(weights_only=True)``: no arbitrary object i
 official MAE-family checkpoints hold an ``argparse.Namespace`` under ``'args'``; that one class is
 allow-listed so they load without ``weights_only=False``.
 """
-import argparse
 import errno
 import fnmatch
 import glob
@@ -21,12 +20,11 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
+from base.errors import UsageError
+from base.safe_load import extract_state_dict, load_file
 from models.pos_embed import resize_pos_embed
 from util import distributed as dist_util
-from util.errors import UsageError
 from util.output_files import atomic_write
-
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 def save_checkpoint(path: str, state: dict[str, Any]) -> None:
@@ -70,47 +68,6 @@ def check_finite_weights(model: nn.Module, epoch: int, output_dir: str) -> None:
         raise UsageError(f"the weights after epoch {epoch} are not finite (norm {norm.item()}): training diverged, "
                          f"so no checkpoint was written and {previous_checkpoint_note(output_dir)}; resume from it "
                          "with a lower --blr (or --lr) or with --clip_grad")
-
-
-def safe_torch_load(path: str, what: str) -> Any:
-    """``torch.load`` a file on the CPU with ``weights_only=True`` (``argparse.Namespace`` allowed: the
-    MAE-family checkpoints store their args as one). Any failure is one ``UsageError`` line naming the file
-    as ``what`` (``"checkpoint"``, ``"--clip_path"``): the unpickler's own errors are pages long."""
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
-        reason = (f"it stores a Python object ({refused.group(1)}) that is not loaded for safety; "
-                  "re-save only its tensors" if refused else "it is not a PyTorch checkpoint")
-        raise UsageError(f"cannot load {what} {path!r}: {reason}") from err
-
-
-def is_sharded_checkpoint(path: str) -> bool:
-    """Whether ``path`` is a checkpoint folder ``--fsdp`` wrote (DCP's ``.metadata`` in it; ``util.fsdp``)."""
-    return os.path.isdir(path) and os.path.isfile(os.path.join(path, ".metadata"))
-
-
-def load_file(path: str) -> dict[str, Any]:
-    """``torch.load`` a checkpoint on the CPU with ``weights_only=True``; one-sentence errors."""
-    if is_sharded_checkpoint(path):
-        raise UsageError(f"{path} is a checkpoint folder --fsdp wrote: resume it with --fsdp, or convert it to a "
-                         f".pth with python tools/dcp_to_plain.py {path} OUT.pth")
-    if not os.path.isfile(path):
-        raise UsageError(f"checkpoint {path!r} does not exist: pass the path of a .pth file")
-    return safe_torch_load(path, "checkpoint")
-
-
-def strip_wrapper_prefixes(key: str) -> str:
-    """``key`` without its DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes, which can nest in
-    either order."""
-    while True:
-        for prefix in _WRAPPER_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-                break
-        else:
-            return key
 
 
 def rng_state() -> dict[str, Any]:
@@ -190,17 +147,6 @@ def save_training_state(output_dir: str, model: nn.Module, optimizer: torch.opti
             "args": json.loads(json.dumps(args, default=str)), "rng": rng, "world_size": world_size,
             **extra})
     dist_util.barrier()
-
-
-def extract_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The model weights of a checkpoint (``model``/``state_dict``/``module`` entry or the dict itself): its
-    tensors under string keys, with DDP (``module.``) and torch.compile (``_orig_mod.``) prefixes removed."""
-    for key in ("model", "state_dict", "module"):
-        if key in checkpoint and isinstance(checkpoint[key], dict):
-            checkpoint = checkpoint[key]
-            break
-    return {strip_wrapper_prefixes(key): value for key, value in checkpoint.items()
-            if isinstance(key, str) and isinstance(value, torch.Tensor)}
 
 
 @dataclass

@@ -6,11 +6,11 @@ from typing import Any, Mapping, NamedTuple
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
 
+from base.errors import UsageError
 from util import distributed as dist_util
 from util.checkpoint import load_pretrained
 from util.config import ClassifyConfig
 from util.data import Transform, build_dataset, dataset_classes
-from util.errors import UsageError
 from util.runtime import build_named_model, recipe_options
 from util.sampling import ignore_stop_signals
 from util.session import Session, train_loader

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Mapping, Self
 
+from base.errors import UsageError
 from models import official
 from models.encoders.common import GRAD_CKPT_MODES
 from util.checkpoint import latest_checkpoint
 from util.distributed import LaunchFlags
-from util.errors import UsageError
 from util.flags import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, ArgumentParser,
                          device_name)
 from util.lr import scaled_lr

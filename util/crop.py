@@ -9,7 +9,7 @@ import torch
 from torchvision import transforms
 from torchvision.transforms import functional as F
 
-from util.data import IMAGENET_MEAN, IMAGENET_STD
+from base.images import IMAGENET_MEAN, IMAGENET_STD
 
 
 class SingleDrawResizedCrop(transforms.RandomResizedCrop):

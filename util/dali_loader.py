@@ -24,9 +24,10 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
+from base.errors import UsageError
+from base.images import IMAGENET_MEAN, IMAGENET_STD, is_deep, read_image
 from util.config import RunConfig
-from util.data import IMAGENET_MEAN, IMAGENET_STD, UNREADABLE, ImageFiles, is_deep, read_image
-from util.errors import UsageError
+from util.data import ImageFiles, UNREADABLE
 from util.session import Session, train_loader
 
 BACKENDS = ("dali", "pil")

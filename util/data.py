@@ -4,10 +4,8 @@ Every dataset yields ``(image, label)`` where ``image`` is whatever ``transform`
 PIL image (a ``[3, S, S]`` float tensor for the transforms built here) and ``label`` is an int.
 """
 import gzip
-import io
 import multiprocessing
 import os
-import struct
 import warnings
 from typing import Callable, TypeVar
 
@@ -18,10 +16,9 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from util.errors import UsageError
+from base.errors import UsageError
+from base.images import IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, read_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DATA_SETS = ("imagefolder", "fashion_mnist")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -29,57 +26,8 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
 
 Transform = Callable[[Image.Image], object]
 T = TypeVar("T")
-# what PIL raises on a file that is not a readable image (missing, truncated, garbage, not an image, too large;
-# SyntaxError .. struct.error are what its format plugins raise on a malformed header)
-_PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error,
-               Image.DecompressionBombError, Image.DecompressionBombWarning)
-
-
-class UnreadableImage(Exception):
-    """A file ``read_image`` cannot make an image of; the message is PIL's reason."""
-
-
 # what a dataset skips and counts: the reader's refusal, and OSError of the DALI path reading a file's bytes itself
 UNREADABLE = (UnreadableImage, OSError)
-
-
-def is_deep(mode: str) -> bool:
-    """Whether PIL ``mode`` holds more than 8 bits a pixel (16-bit PNG ``I;16*``, 32-bit ``I``, float ``F``), which
-    PIL's ``convert("RGB")`` clips to 0..255."""
-    return mode in ("I", "F") or mode.startswith("I;16")
-
-
-def read_image(source: str | bytes, header_only: bool = False) -> Image.Image:
-    """The project's one reader of image files: ``source`` (a path, or a file's bytes) decoded as an 8-bit RGB
-    image; with ``header_only``, as PIL opens it (size, mode and format read, no pixel decoded, the file closed).
-
-    Deeper pixels (``is_deep``) are scaled, never clipped (PIL's ``convert("RGB")`` clips them, so a 16-bit PNG
-    turns white and a float TIFF black): 16-bit ones by their depth (``v / 257``, as libpng and OpenCV reduce
-    them, so brightness stays comparable between images); 32-bit integer and float ones, which have no fixed
-    scale, linearly from the image's own range, its lowest finite value to 0 and its highest to 255 (a constant
-    image is black). Any failure of PIL's raises ``UnreadableImage``, a decompression bomb included (more
-    than ``Image.MAX_IMAGE_PIXELS`` pixels, which PIL only warns about below twice the limit)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as image:
-                return image if header_only else _to_rgb8(image)
-    except _PIL_ERRORS as err:
-        raise UnreadableImage(str(err) or type(err).__name__) from err
-
-
-def _to_rgb8(image: Image.Image) -> Image.Image:
-    """``image`` decoded as 8-bit RGB, deep pixels scaled from their range (``read_image``)."""
-    if not is_deep(image.mode):
-        return image.convert("RGB")
-    pixels = np.asarray(image, dtype=np.float32)  # [H, W]
-    if image.mode.startswith("I;16"):
-        return Image.fromarray(np.rint(pixels / 257).astype(np.uint8)).convert("RGB")
-    finite = pixels[np.isfinite(pixels)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    pixels = np.nan_to_num(pixels, nan=low, posinf=high, neginf=low) - low
-    scaled = pixels * (255 / (high - low)) if high > low else np.zeros_like(pixels)
-    return Image.fromarray(np.rint(scaled).astype(np.uint8)).convert("RGB")
 
 
 def build_pretrain_transform(input_size: int, min_scale: float = 0.2) -> transforms.Compose:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -31,10 +31,10 @@ from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, se
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from base.errors import UsageError
+from base.safe_load import is_sharded_checkpoint, safe_torch_load
 from util import distributed as dist_util
-from util.checkpoint import (check_finite_weights, is_sharded_checkpoint, rng_state, safe_torch_load, save_checkpoint,
-                              set_rng_state)
-from util.errors import UsageError
+from util.checkpoint import check_finite_weights, rng_state, save_checkpoint, set_rng_state
 from util.resume import SAME_RUN, compare_weights, saved_model
 
 SUFFIX = ".dcp"

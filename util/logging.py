@@ -11,8 +11,8 @@ import time
 
 import torch
 
+from base.errors import UsageError
 from util.distributed import all_reduce_mean, is_main_process
-from util.errors import UsageError
 
 
 class NonFiniteLossError(UsageError):

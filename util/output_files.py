@@ -8,7 +8,7 @@ import os
 import tempfile
 from typing import BinaryIO, Iterator, Sequence
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 TEMP_PREFIX = ".tmp-"  # util.output_lock removes the temp files of a killed checkpoint save by this prefix
 

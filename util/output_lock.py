@@ -11,7 +11,7 @@ import os
 import socket
 from typing import Iterator
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 LOCK_FILE = ".lock"
 TEMP_PATTERNS = (".tmp-*.pth", ".tmp-*.png")  # util.output_files.atomic_write's temp checkpoints and pictures

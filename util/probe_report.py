@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from util.errors import UsageError
+from base.errors import UsageError
 
 
 def best_of(output_dir: str) -> dict:

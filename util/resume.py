@@ -6,9 +6,10 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from base.errors import UsageError
+from base.safe_load import load_file
 from util import distributed as dist_util
-from util.checkpoint import LoadReport, load_file, set_rng_state
-from util.errors import UsageError
+from util.checkpoint import LoadReport, set_rng_state
 
 EXPECTED = "--resume takes a checkpoint-<epoch>.pth this framework wrote"
 SAME_RUN = "resume with the --model and --model_kwargs of the run that wrote it"

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 import models
+from base.errors import UsageError
 from models.registry import model_task
-from util.errors import UsageError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 

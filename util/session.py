@@ -7,10 +7,10 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from base.errors import UsageError
 from util import distributed as dist_util
 from util.config import RunConfig
 from util.data import check_outside_data
-from util.errors import UsageError
 from util.output_lock import claim_output_dir
 from util.runtime import amp_choice, seed_everything, select_device
 from util.sampling import ResumableSampler, SeededItems, ignore_stop_signals

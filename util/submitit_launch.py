@@ -25,9 +25,9 @@ from typing import Any, Callable, Iterator
 
 import submitit
 
+from base.errors import UsageError
 from util import distributed as dist_util
 from util.checkpoint import latest_checkpoint
-from util.errors import UsageError
 from util.flags import POSITIVE_INT, ArgumentParser
 
 # the official scripts' default job folder: /checkpoint/$USER/experiments/<job id>

@@ -24,11 +24,11 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from torchvision.utils import make_grid
 
+from base.images import IMAGENET_MEAN, IMAGENET_STD
 from models.hog import HogTarget, MaskFeatHogTarget, patches_to_cells
 from models.interfaces import Masks
 from models.patches import patchify, unpatchify
 from models.targets import CLIPTarget, FrozenTeacherTarget, PixelTarget
-from util.data import IMAGENET_MEAN, IMAGENET_STD
 from util.output_files import atomic_write
 from util.train_loop import autocast
 
