@@ -26,9 +26,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict:
     if not os.path.isfile(args.checkpoint):
         raise UsageError(f"checkpoint {args.checkpoint!r} does not exist")
-    cfg = load_config(args)
+    cfg = load_config(args, ("test_dataloader",))
     cfg.load_from = args.checkpoint
-    metrics = build_runner(cfg).test()
+    metrics = build_runner(cfg, ("test",), args.cfg_options).test()
     scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, numbers.Real)}  # numpy floats too
     print(" ".join(f"{k} {v:.2f}" for k, v in scalars.items()))
     if args.out_json:
@@ -38,4 +38,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    run(main, get_args_parser())
+    sys.exit(run(main, get_args_parser()))

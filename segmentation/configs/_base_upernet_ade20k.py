@@ -56,15 +56,20 @@ test_dataloader = val_dataloader
 val_evaluator = dict(type="IoUMetric", iou_metrics=["mIoU"])
 test_evaluator = val_evaluator
 
-# AdamW (0.9, 0.999), wd 0.05; linear warmup over 1500 iterations from 1e-6, then poly (power 1) to 0
+# AdamW (0.9, 0.999), wd 0.05. The official schedule (mmcv 1.x ``policy='poly'``, warmup linear, 1500 iterations,
+# ratio 1e-6) is lr * (1 - it / 160000) at every iteration it, times 1 - (1 - it / 1500) * (1 - 1e-6) during the
+# warmup. mmengine's schedulers multiply when they overlap and count ``end - begin - 1`` steps, hence PolyLR over
+# [0, 160001) (reaching 1 - it / 160000) and LinearLR over [0, 1501) (reaching 1 at it = 1500).
 optim_wrapper = dict(type="OptimWrapper",
                      optimizer=dict(type="AdamW", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05),
                      constructor="EncoderLayerDecayConstructor",
                      paramwise_cfg=dict(num_layers=12, layer_decay_rate=1.0))
 param_scheduler = [
-    dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1500),
-    dict(type="PolyLR", eta_min=0.0, power=1.0, begin=1500, end=160000, by_epoch=False),
+    dict(type="LinearLR", start_factor=1e-6, by_epoch=False, begin=0, end=1501),
+    dict(type="PolyLR", eta_min=0.0, power=1.0, begin=0, end=160001, by_epoch=False),
 ]
+# the batch the learning rate and the 160k iterations are for; train.py warns at another, --auto-scale-lr scales
+auto_scale_lr = dict(enable=False, base_batch_size=16)
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=160000, val_interval=16000)
 val_cfg = dict(type="ValLoop")
 test_cfg = dict(type="TestLoop")

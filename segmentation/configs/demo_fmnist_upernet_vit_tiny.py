@@ -36,6 +36,7 @@ param_scheduler = [
     dict(type="PolyLR", eta_min=0.0, power=1.0, begin=50, end=1000, by_epoch=False),
 ]
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=1000, val_interval=1000)
+auto_scale_lr = dict(enable=False, base_batch_size=8)  # one CPU process
 default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=1000),
                      visualization=dict(type="SegVisualizationHook", draw=False))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo"))
