@@ -179,7 +179,7 @@ def run_cli(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("argv,expected", [
     (["--data_path", "/no/such/folder"], "/no/such/folder"),
-    (["--model", "mae_vit_bse_patch16", "--data_path", "/tmp"], "did you mean mae_vit_base_patch16"),
+    (["--model", "mae_vit_bse_patch16", "--data_path", str(ROOT / "docs")], "did you mean mae_vit_base_patch16"),
     (["--data_set", "fashion_mnist", "--data_path", "/no/such/folder"], "dataset-fashion-mnist"),
 ])
 def test_cli_errors_are_one_line(argv, expected, tmp_path):
