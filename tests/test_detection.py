@@ -3,6 +3,7 @@ through the one dense adapter) trains, evaluates with COCO's box AP at a non-squ
 its own checkpoint on a generated COCO-layout tree; our and the official UM-MAE fine-tuned checkpoints load
 into the backbone. Needs the segmentation extra (``make seg``, which installs mmdet too); CI always has it."""
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,9 +123,20 @@ def test_vit_with_relative_position_bias_is_refused_at_another_size():
         backbone(torch.randn(1, 3, 64, 96))
 
 
+class _Payload:
+    """Unpickling this runs a shell command: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
 def test_cli_trains_tests_and_refuses_in_one_line(coco_tree, tmp_path):
-    """detection/train.py (with --pretrained and --cfg-options) and test.py run as documented; a data root
-    without COCO's annotation files is one line, exit 2."""
+    """detection/train.py (with --pretrained) and test.py run as documented; a data root without COCO's
+    annotation files and a --pretrained pickle that would run code are each one line, exit 2."""
     name = "gfl_swin_tiny_fpn_25ep_1024_coco.py"
     cfg = tiny_config(name, coco_tree, tmp_path / "work", epochs=1)
     config = tmp_path / "tiny.py"
@@ -149,3 +161,9 @@ def test_cli_trains_tests_and_refuses_in_one_line(coco_tree, tmp_path):
                              timeout=300)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1
     assert refused.stderr.startswith("error: ") and "instances_train2017.json" in refused.stderr
+    marker, evil = tmp_path / "pwned", tmp_path / "evil.pth"
+    torch.save({"model": _Payload(marker)}, evil)
+    refused = subprocess.run([sys.executable, "detection/train.py", str(config), "--pretrained", str(evil),
+                              *common], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and not marker.exists()
+    assert "not loaded for safety" in refused.stderr and "Traceback" not in refused.stderr
