@@ -1,9 +1,9 @@
 """A small real-data detection set in COCO's layout, made from Fashion-MNIST (the detection demo's data).
 
 Each canvas (``--size`` px, a smooth random background) holds 2-4 tinted Fashion-MNIST items, each scaled to
-20-50% of the canvas side and pasted at a random place (later ones on top, so items may overlap). An item's
-box is the extent of its bright pixels (> 40 of 255), visible or covered; its category is its class
-(COCO ids 1..10):
+20-50% of the canvas side and pasted at a random place where it overlaps no earlier item (an item with no
+free place after 20 draws is left out). An item's box is the extent of its bright pixels (> 40 of 255); its
+category is its class (COCO ids 1..10):
 
     OUT/train2017/*.jpg  OUT/val2017/*.jpg  OUT/annotations/instances_{train,val}2017.json
 
@@ -26,7 +26,7 @@ def make_canvas(items: FashionMNIST, rng: np.random.Generator, size: int) -> tup
     """One image [size, size, 3] uint8 and its objects: dicts with ``bbox`` [x, y, w, h] and ``label`` 0..9."""
     low = rng.uniform(20, 110, size=(3, 3, 3)).astype(np.float32)
     image = np.asarray(Image.fromarray(low.astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32)
-    objects = []
+    objects, taken = [], []  # taken: the (x, y, w, h) squares of the items pasted so far
     for _ in range(rng.integers(2, 5)):
         index = int(rng.integers(len(items)))
         side = int(rng.uniform(0.2, 0.5) * size)
@@ -34,7 +34,13 @@ def make_canvas(items: FashionMNIST, rng: np.random.Generator, size: int) -> tup
         inside = item > 40
         if not inside.any():
             continue
-        top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+        for _ in range(20):
+            top, left = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+            if all(top >= b + h or b >= top + side or left >= a + w or a >= left + side for a, b, w, h in taken):
+                break
+        else:
+            continue
+        taken.append((left, top, side, side))
         tint = rng.uniform(0.6, 1.0, size=3).astype(np.float32)
         patch = image[top:top + side, left:left + side]
         patch[inside] = item[inside, None] * tint

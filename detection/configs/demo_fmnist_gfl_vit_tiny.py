@@ -22,6 +22,7 @@ train_pipeline = [
 ]
 test_pipeline = [
     dict(type="LoadImageFromFile"),
+    dict(type="Resize", scale=(img_size, img_size), keep_ratio=True),  # the canvas size: records scale_factor 1
     dict(type="LoadAnnotations", with_bbox=True),
     dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape", "scale_factor")),
 ]
