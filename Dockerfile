@@ -20,7 +20,7 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHON=python3.11 \
     VENV=/opt/venv
 WORKDIR /src
-COPY requirements.txt requirements-seg.txt ./
+COPY requirements.txt requirements-seg.txt requirements-seg-nodeps.txt ./
 COPY tools/install.sh tools/
 RUN tools/install.sh runtime
 # CUDA 13 dropped Volta: nvcc 13 cannot target sm_70 and the cu130 torch wheel has no sm_70 kernels, so V100

@@ -30,19 +30,23 @@ def sincos_2d(embed_dim: int, grid_size: int | tuple[int, int], cls_token: bool 
     return emb.float()
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_extra_tokens: int) -> torch.Tensor:
+def resize_pos_embed(pos_embed: torch.Tensor, new_grid: tuple[int, int], num_extra_tokens: int,
+                     old_grid: tuple[int, int] | None = None) -> torch.Tensor:
     """Bicubically resize the patch part of pos_embed [1, E + h*w, D] to new_grid; extra tokens kept.
 
-    The old grid must be square (as every official checkpoint's is); align_corners=False as in MAE.
+    The old grid is ``old_grid`` (h, w), or else square (as every official checkpoint's is); align_corners=False
+    as in MAE. Differentiable: a dense encoder resizes its learnable table to each input's grid in forward.
     """
     extra, patch = pos_embed[:, :num_extra_tokens], pos_embed[:, num_extra_tokens:]
-    old = int(round(patch.shape[1] ** 0.5))
-    if old * old != patch.shape[1]:
-        raise ValueError(f"cannot resize a position embedding of {patch.shape[1]} non-square patches")
-    if (old, old) == tuple(new_grid):
+    if old_grid is None:
+        side = int(round(patch.shape[1] ** 0.5))
+        if side * side != patch.shape[1]:
+            raise ValueError(f"cannot resize a position embedding of {patch.shape[1]} non-square patches")
+        old_grid = (side, side)
+    if tuple(old_grid) == tuple(new_grid):
         return pos_embed
     dim = patch.shape[-1]
-    patch = patch.reshape(1, old, old, dim).permute(0, 3, 1, 2).float()
+    patch = patch.reshape(1, *old_grid, dim).permute(0, 3, 1, 2).float()
     patch = F.interpolate(patch, size=tuple(new_grid), mode="bicubic", align_corners=False)
     patch = patch.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
     return torch.cat([extra, patch], dim=1)

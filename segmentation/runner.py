@@ -31,9 +31,9 @@ QUOTES = "'\"`"
 
 
 def add_common_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="an mmseg config, e.g. segmentation/configs/upernet_vit_base_512_160k_ade20k.py")
+    p.add_argument("config", help="an mmseg or mmdet config (segmentation/configs/, detection/configs/)")
     p.add_argument("--work-dir", help="where logs and checkpoints go (default: ./work_dirs/<config name>)")
-    p.add_argument("--data-root", help="the ADEChallengeData2016 folder (default: the config's data_root)")
+    p.add_argument("--data-root", help="the ADEChallengeData2016 or COCO folder (default: the config's data_root)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                    help="pytorch under torchrun")

@@ -3,7 +3,7 @@
 Each fenced ```bash / ```sh / ```shell block of DOCS is read line by line (backslash continuations joined,
 comment lines and trailing comments dropped, a trailing `...` meaning "more flags" dropped). Each command is then:
 
-* one of our CLIs (CLI_DIRS: main_*.py, submitit_*.py, tools/*.py, benchmarks/*.py, segmentation/*.py), also
+* one of our CLIs (CLI_DIRS: main_*.py, submitit_*.py, tools/*.py, benchmarks/*.py, segmentation/*.py, detection/*.py), also
   behind `torchrun ...`, `python -m torch.distributed.launch ...` or a wrapper (`docker run ... IMAGE <cli>`,
   `srun [apptainer exec ... IMAGE] <cli>`): its flags must parse with the CLI's own parser (its module's
   `get_args_parser()` or `build_parser()`; else the script is run with argparse stopped right after parsing)
@@ -49,10 +49,11 @@ from base.errors import UsageError
 from conftest import make_image_folder
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["README.md", "PRETRAIN.md", "FINETUNE.md", "SEGMENTATION.md", "RELIABILITY.md", "benchmarks/README.md",
+DOCS = ["README.md", "PRETRAIN.md", "FINETUNE.md", "SEGMENTATION.md", "DETECTION.md", "RELIABILITY.md",
+        "benchmarks/README.md",
         *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 SHELL_FENCES = ("bash", "sh", "shell")
-CLI_DIRS = ("", "tools", "benchmarks", "segmentation")  # "" = the repository root (main_*.py, submitit_*.py)
+CLI_DIRS = ("", "tools", "benchmarks", "segmentation", "detection")  # "" = the repository root (main_*.py, submitit_*.py)
 E2E_PROGRAMS = ("main_pretrain.py", "main_finetune.py", "main_linprobe.py", "tools/export.py")
 MULTI_PROCESS_OR_GPU = {"--compile", "--fsdp"}  # switches a one-process CPU run drops
 
@@ -307,7 +308,7 @@ def run_until_parsed(program: str, argv: list[str]) -> argparse.Namespace:
 
 
 def needs_segmentation_extra(program: str) -> bool:
-    return program.startswith("segmentation/")
+    return program.startswith(("segmentation/", "detection/"))
 
 
 def check_paths(command: DocCommand) -> None:
@@ -321,7 +322,8 @@ def check_paths(command: DocCommand) -> None:
 def test_cli_command_parses(command: DocCommand):
     program, argv, _ = resolve(command.words)
     if needs_segmentation_extra(program):
-        pytest.importorskip("mmseg", reason="the segmentation extra is not installed: run `make seg`")
+        pytest.importorskip("mmdet" if program.startswith("detection/") else "mmseg",
+                            reason="the segmentation extra is not installed: run `make seg`")
     check_paths(command)
     try:
         args = parse(program, argv)

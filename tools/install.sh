@@ -7,7 +7,8 @@
 #   runtime        $VENV with requirements.txt (the image's venv)
 #   venv           runtime, then requirements-dev.txt (tests, hadolint): what `make` uses
 #   mmcv           build the onedl-mmcv wheel with its ops once into $WHEEL_CACHE (skipped when cached there)
-#   seg            mmcv, then requirements-seg.txt from that cache: the segmentation extra
+#   seg            mmcv, then requirements-seg.txt from that cache and requirements-seg-nodeps.txt: the
+#                  segmentation extra, with detection (mmdet)
 #   fashion-mnist  Debian's dataset-fashion-mnist through apt, when $FMNIST_DIR lacks it (the demo's data)
 #   help           this text
 #
@@ -79,6 +80,7 @@ step_mmcv() {
 step_seg() {
   step_mmcv
   "$PY" "${PIP[@]}" --find-links "$(wheel_cache)" -r requirements-seg.txt
+  "$PY" "${PIP[@]}" --no-deps -r requirements-seg-nodeps.txt
   touch "$VENV/.seg-installed"
 }
 

@@ -26,7 +26,7 @@ from torch import nn
 from ..init import init_conv_as_linear, init_linear_and_norm
 from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..options import check_heads, check_positive_ints, check_positive_numbers, check_sincos_width
-from ..pos_embed import sincos_2d
+from ..pos_embed import resize_pos_embed, sincos_2d
 from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks, tokens_to_map
 
 
@@ -217,8 +217,12 @@ class ConvViT(GradCheckpointing, nn.Module):
                                checkpointed=self.checkpointed_blocks(len(self.blocks1), len(self.blocks1)))
         stage2, _ = run_blocks(self.blocks2, self.patch_embed2(stage1), step=lambda block, x: block(x, vis2),
                                checkpointed=self.checkpointed_blocks(0, len(self.blocks2)))
-        x = self.patch_embed3(stage2).flatten(2).transpose(1, 2)
-        return stage1, stage2, self.patch_embed4(x) + self.pos_embed
+        x = self.patch_embed3(stage2)
+        grid = tuple(x.shape[-2:])
+        pos_embed = self.pos_embed
+        if grid != self.grid_size:  # an unmasked input of another size (dense tasks): the table resized to it
+            pos_embed = resize_pos_embed(pos_embed, grid, 0, self.grid_size)
+        return stage1, stage2, self.patch_embed4(x.flatten(2).transpose(1, 2)) + pos_embed
 
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
                 return_layers: Sequence[int] = (), secondary: torch.Tensor | None = None,

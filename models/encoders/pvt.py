@@ -34,7 +34,7 @@ from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..masking import compact_order
 from ..options import (check_per_stage, check_positive_ints, check_pyramid_size, check_sincos_width,
                        check_stages)
-from ..pos_embed import sincos_2d
+from ..pos_embed import resize_pos_embed, sincos_2d
 from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks, tokens_to_map
 
 COMPACT_SR_RATIOS = (4, 2, 1, 1)  # official pretraining on the compact grid
@@ -239,10 +239,14 @@ class PyramidVisionTransformer(GradCheckpointing, nn.Module):
               secondary: torch.Tensor | None = None) -> tuple[torch.Tensor, tuple[int, int], Sequence[int]]:
         """The tokens the blocks run on [N, h * w, C1] (positions added), their map size (h, w) and the
         spatial-reduction ratios for that map: the compact grid, or the full grid (mask tokens under
-        ``"token"``)."""
-        if tuple(imgs.shape[-2:]) != self.img_size:
+        ``"token"``). Without a mask the image may be of another size than the built one: the position table is
+        resized bicubically to its cell grid, as UM-MAE's detection backbone does for every input."""
+        masked = ids_keep is not None or secondary is not None
+        if masked and tuple(imgs.shape[-2:]) != self.img_size:
             raise ValueError(f"expected {self.img_size} images, got {tuple(imgs.shape[-2:])}")
-        x = self.patch_embed(imgs).flatten(2).transpose(1, 2)  # [N, cells, C1]
+        x = self.patch_embed(imgs)
+        cells = tuple(x.shape[-2:])
+        x = x.flatten(2).transpose(1, 2)  # [N, cells, C1]
         if ids_keep is not None and self.masked_tokens == "compact":
             x, hw = self.compact(x, compact_order(ids_keep, self.grid_size), secondary)
             return x, hw, self.compact_sr_ratios
@@ -251,7 +255,8 @@ class PyramidVisionTransformer(GradCheckpointing, nn.Module):
         if ids_keep is not None:  # "token": masked patches' cells become mask_token
             visible = patch_visibility(ids_keep, self.grid_size, self.cells_per_patch).flatten(1).unsqueeze(-1)
             x = torch.where(visible, x, self.mask_token.to(x.dtype))
-        return x + self.pos_embed.to(x.dtype), self.cell_grid, self.full_sr_ratios
+        pos_embed = resize_pos_embed(self.pos_embed, cells, 0, self.cell_grid)
+        return x + pos_embed.to(x.dtype), cells, self.full_sr_ratios
 
     def _run(self, state: tuple[torch.Tensor, tuple[int, int], Sequence[int]], count: int,
              taps: Sequence[int], read) -> dict:

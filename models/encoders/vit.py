@@ -14,10 +14,12 @@ from timm.models.vision_transformer import Block
 from timm.models.vision_transformer_relpos import RelPosBlock
 from torch import nn
 
+from base.errors import UsageError
+
 from ..init import init_conv_as_linear, init_linear_and_norm, init_token
 from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
 from ..options import check_counts, check_heads, check_positive_ints, check_positive_numbers, check_sincos_width
-from ..pos_embed import sincos_2d
+from ..pos_embed import resize_pos_embed, sincos_2d
 from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks, tokens_to_map
 
 
@@ -51,7 +53,8 @@ class VisionTransformer(GradCheckpointing, nn.Module):
         self.masked_tokens = masked_tokens
         self.embed_dim = embed_dim
         self.patch_size = patch_size
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        # any input whose sides are multiples of the patch (dense tasks); masking needs the built grid
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
         self.grid_size = self.patch_embed.grid_size
         self.num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -93,19 +96,35 @@ class VisionTransformer(GradCheckpointing, nn.Module):
         """Regexes over this encoder's parameter names: the stem (layer id 0) and the numbered blocks."""
         return r"^(?:cls_token|pos_embed|patch_embed)", r"^blocks\.(\d+)"
 
+    def pos_embed_for(self, grid: tuple[int, int], masked: bool = False) -> torch.Tensor:
+        """The position table [1, 1 + h * w, D] of a (h, w) patch grid: the built one, or it resized bicubically
+        (unmasked inputs only). A relative position bias is tied to the built grid: another one is refused."""
+        if grid == tuple(self.grid_size):
+            return self.pos_embed
+        if masked:
+            raise ValueError(f"masking needs the built grid {self.grid_size}, got {grid}")
+        if any(hasattr(block.attn, "rel_pos") for block in self.blocks):
+            raise UsageError(f"this ViT's relative position bias (rel_pos_bias=True) is tied to its {self.grid_size} "
+                             f"patch grid, and an input of {grid} patches came: build it at the input size or "
+                             "without rel_pos_bias")
+        return resize_pos_embed(self.pos_embed, grid, 1, self.grid_size)
+
     def embed(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
               secondary: torch.Tensor | None = None) -> torch.Tensor:
-        """Patch embedding, masking and positions -> [N, 1 + S, D] with the cls token first."""
+        """Patch embedding, masking and positions -> [N, 1 + S, D] with the cls token first. Without a mask the
+        image may be of another size than the built one: the position table is resized to its grid."""
+        grid = (imgs.shape[-2] // self.patch_size, imgs.shape[-1] // self.patch_size)
+        pos_embed = self.pos_embed_for(grid, masked=ids_keep is not None or secondary is not None)
         x = self.patch_embed(imgs)
         if ids_keep is not None and self.masked_tokens == "token":
             visible = patch_visibility(ids_keep, self.grid_size).flatten(1).unsqueeze(-1)
             x = torch.where(visible, x, self.mask_token.to(x.dtype))
         if secondary is not None:
             x = torch.where(secondary.unsqueeze(-1), self.vis_mask_token.to(x.dtype), x)
-        x = x + self.pos_embed[:, 1:]
+        x = x + pos_embed[:, 1:]
         if ids_keep is not None and self.masked_tokens == "drop":
             x = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        cls = (self.cls_token + pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         return torch.cat([cls, x], dim=1)
 
     def forward(self, imgs: torch.Tensor, ids_keep: torch.Tensor | None = None,
