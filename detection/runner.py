@@ -7,7 +7,7 @@ import os
 from mmengine.config import Config
 
 from base.errors import UsageError
-from segmentation.runner import load_config
+from segmentation.runner import check_data_paths, load_config
 
 LOADERS = {"train_dataloader": None, "val_dataloader": "val_evaluator", "test_dataloader": "test_evaluator"}
 
@@ -15,7 +15,7 @@ LOADERS = {"train_dataloader": None, "val_dataloader": "val_evaluator", "test_da
 def load_detection_config(args: argparse.Namespace, loaders: tuple[str, ...]) -> Config:
     """The config with the command line applied; each evaluator of ``loaders`` pointed at its dataset's
     annotation file, and those files checked (COCO: ``annotations/instances_{train,val}2017.json``)."""
-    cfg = load_config(args)
+    cfg = load_config(args, ())  # COCO's annotation files first: their message names COCO's layout
     for loader in loaders:
         dataset = cfg[loader].dataset
         ann_file = os.path.join(dataset.data_root, dataset.ann_file)
@@ -24,4 +24,5 @@ def load_detection_config(args: argparse.Namespace, loaders: tuple[str, ...]) ->
                              "(annotations/instances_{train,val}2017.json, train2017/, val2017/)")
         if LOADERS[loader]:
             cfg[LOADERS[loader]].ann_file = ann_file
+    check_data_paths(cfg, loaders)
     return cfg
