@@ -15,7 +15,7 @@ from util.config import (ClassifyConfig, add_classify_args, add_official_compat_
 from util.crop import build_linprobe_transform
 from util.data import build_eval_transform
 from util.flags import ArgumentParser
-from util.lars import LARS
+from util.optim import LARS
 from util.runtime import run_cli
 from util.session import start_session
 from util.trainer import Trainer

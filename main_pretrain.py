@@ -19,7 +19,7 @@ from util.data import build_dataset, build_pretrain_transform
 from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, OPEN_FRACTION, POSITIVE_FRACTION, POSITIVE_INT,
                          ArgumentParser)
 from util.fsdp import check_usable, shard_model
-from util.lr import weight_decay_groups
+from util.optim import weight_decay_groups
 from util.runtime import build_named_model, recipe_options, run_cli
 from util.session import start_session, train_loader
 from util.trainer import Trainer

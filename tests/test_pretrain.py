@@ -20,7 +20,7 @@ from models import create_model
 from models.masking import Masks, RandomMasking
 from util import distributed as dist_util
 from util.logging import NonFiniteLossError
-from util.lr import weight_decay_groups
+from util.optim import weight_decay_groups
 from util.train_loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]

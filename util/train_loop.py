@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from util.logging import EtaMeter, MetricLogger, RunLog
-from util.lr import lr_at, set_lr
+from util.optim import lr_at, set_lr
 
 # compute_loss(model, batch, device) -> (loss, {name: scalar tensor to log})
 ComputeLoss = Callable[[nn.Module, object, torch.device], tuple[torch.Tensor, dict[str, torch.Tensor]]]
