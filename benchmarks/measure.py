@@ -14,7 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from util.optim import weight_decay_groups
-from util.train_loop import autocast
+from util.session import autocast
 
 
 @dataclass
