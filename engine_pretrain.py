@@ -64,7 +64,9 @@ class PretrainEngine(Engine):
         return out.loss, logs
 
     def end_epoch(self, trainer: Trainer, epoch: int, stats: dict[str, float]) -> EpochEnd:
+        return EpochEnd({f"train_{k}": v for k, v in stats.items()}, f"loss {stats['loss']:.4f}")
+
+    def after_save(self, trainer: Trainer, epoch: int) -> None:
         # a sharded model's forward is a collective (--fsdp): every process runs it, the main one draws
         if (dist_util.is_main_process() or trainer.sharded) and trainer.due(epoch, trainer.cfg.vis_freq):
             self.probe.draw(trainer.model, trainer.cfg.output_dir, trainer.log, epoch, trainer.session.amp_dtype)
-        return EpochEnd({f"train_{k}": v for k, v in stats.items()}, f"loss {stats['loss']:.4f}")

@@ -3,7 +3,8 @@ the epochs left, the steps of an epoch (per-iteration LR, autocast, accumulation
 logging), checkpoints, the run's logs and stopping at SIGTERM or SIGINT (Ctrl-C).
 
 What a method family adds is an ``Engine`` (``engine_pretrain``, ``engine_finetune``): the loss of one batch, and
-hooks the loop calls at fixed points: after each optimizer step, after each epoch, at the end of the run."""
+hooks the loop calls at fixed points: after each optimizer step, after each epoch (before its checkpoints and
+after them), at the end of the run."""
 import contextlib
 import os
 import time
@@ -50,8 +51,12 @@ class Engine:
         """After every optimizer step (an EMA of the weights), with the module trained."""
 
     def end_epoch(self, trainer: "Trainer", epoch: int, stats: dict[str, float]) -> EpochEnd:
-        """After an epoch trained whole (evaluation, pictures); ``stats``: its mean scalars (``train_epoch``)."""
+        """After an epoch trained whole, before its checkpoints (which then hold what it measured, and the RNG
+        states after it): evaluation. ``stats``: the epoch's mean scalars (``train_epoch``)."""
         raise NotImplementedError
+
+    def after_save(self, trainer: "Trainer", epoch: int) -> None:
+        """After the epoch's checkpoints, before its log line: outputs nothing saved depends on (pictures)."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -91,7 +96,7 @@ class Trainer(Generic[C]):
     def fit(self, engine: Engine, loader: DataLoader) -> Any:
         """Train from the resumed epoch (if any) to the last: each epoch its steps (``train_epoch``), then
         ``engine.end_epoch``, a checkpoint every ``--save_freq`` epochs and after the last (``checkpoint-best.pth``
-        when the engine says so), and one log.txt line. At SIGTERM or SIGINT the epoch ends at the next optimizer
+        when the engine says so), ``engine.after_save`` and one log.txt line. At SIGTERM or SIGINT the epoch ends at the next optimizer
         step, a checkpoint of that point is saved, and the run ends. Returns ``engine.end_run()``."""
         self.resume(engine)
         model = self.wrapped()
@@ -116,6 +121,7 @@ class Trainer(Generic[C]):
                     self.save(epoch, name="checkpoint-best.pth", **engine.state_dict())
                 if self.due(epoch, self.cfg.save_freq):
                     self.save(epoch, **engine.state_dict())
+                engine.after_save(self, epoch)
                 self.log_epoch(epoch, end.record, end.summary)
         finally:
             self.log.close()
