@@ -96,8 +96,9 @@ class Trainer(Generic[C]):
     def fit(self, engine: Engine, loader: DataLoader) -> Any:
         """Train from the resumed epoch (if any) to the last: each epoch its steps (``train_epoch``), then
         ``engine.end_epoch``, a checkpoint every ``--save_freq`` epochs and after the last (``checkpoint-best.pth``
-        when the engine says so), ``engine.after_save`` and one log.txt line. At SIGTERM or SIGINT the epoch ends at the next optimizer
-        step, a checkpoint of that point is saved, and the run ends. Returns ``engine.end_run()``."""
+        when the engine says so), ``engine.after_save`` and one log.txt line. At SIGTERM or SIGINT the epoch ends
+        at the next optimizer step, a checkpoint of that point is saved, and the run ends. Returns
+        ``engine.end_run()``."""
         self.resume(engine)
         model = self.wrapped()
         if self.start_epoch >= self.cfg.epochs:
