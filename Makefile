@@ -42,7 +42,7 @@ demo: demo-pretrain
 	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) main_linprobe.py $(PROBE) --output_dir $(DEMO_DIR)/linprobe_random
 	@echo "pretraining checkpoint, TensorBoard logs and reconstruction PNGs: $(DEMO_DIR)/pretrain"
 	@echo "Fashion-MNIST test accuracy of a linear probe (10,000 images):"
-	@$(PY) -m util.probe_report pretrained=$(DEMO_DIR)/linprobe_pretrained random=$(DEMO_DIR)/linprobe_random
+	@$(PY) tools/probe_report.py pretrained=$(DEMO_DIR)/linprobe_pretrained random=$(DEMO_DIR)/linprobe_random
 
 demo-pretrain: $(DEMO_DIR)/pretrain/checkpoint-4.pth
 

@@ -1,6 +1,7 @@
-"""Fine-tuning and linear probing, for every encoder: the supervised epoch, evaluation, and the run over
-the epochs with its periodic and best checkpoints (or evaluation only, ``--eval``)."""
-from typing import Callable, Iterable
+"""Fine-tuning and linear probing, for every encoder: the loss of a batch (Mixup/CutMix, the criterion), an EMA of
+the weights after each optimizer step, and after each epoch the evaluation that keeps the best checkpoint; or
+evaluation only (``--eval``). The loop is ``util.trainer.Trainer``'s."""
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from timm.utils import ModelEmaV3
@@ -8,37 +9,70 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from util import distributed as dist_util
-from util.checkpoint import check_classes
-from util.config import ClassifyConfig
-from util.logging import EtaMeter, RunLog
-from util.train_loop import TrainConfig, autocast, run_epoch
-from util.trainer import Trainer
+from util.classify import check_classes
+from util.session import autocast
+from util.trainer import Engine, EpochEnd, Trainer
 
 
-def classification_loss(criterion: nn.Module, mixup_fn: Callable | None = None):
-    """compute_loss for the shared loop: (images, labels) -> criterion(model(images), labels),
-    with Mixup/CutMix applied on the device when given (soft targets)."""
+class ClassifyEngine(Engine):
+    """``criterion(model(images), labels)``, with Mixup/CutMix (``mixup_fn``: soft targets) applied on the device
+    when given; ``ema`` (timm ModelEmaV3) updated after each optimizer step. After each epoch, the model (and
+    ``ema``'s weights) evaluated on ``val_loader``; the best top-1 so far is kept (``best``: its metrics and epoch)
+    and saved in checkpoints with the EMA weights. A resumed checkpoint must be of the data's classes
+    (``classes``: their names, in label order; ``util.classify.check_classes``)."""
 
-    def compute(model: nn.Module, batch, device: torch.device):
+    def __init__(self, criterion: nn.Module, val_loader: DataLoader, classes: Sequence[str],
+                 mixup_fn: Callable | None = None, ema: ModelEmaV3 | None = None):
+        self.criterion, self.val_loader, self.classes = criterion, val_loader, classes
+        self.mixup_fn, self.ema = mixup_fn, ema
+        self.best: dict[str, Any] = {"acc1": -1.0}
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         imgs = batch[0].to(device, non_blocking=True)
         targets = batch[1].to(device, non_blocking=True)
-        if mixup_fn is not None:
-            imgs, targets = mixup_fn(imgs, targets)
-        return criterion(model(imgs), targets), {}
+        if self.mixup_fn is not None:
+            imgs, targets = self.mixup_fn(imgs, targets)
+        return self.criterion(model(imgs), targets), {}
 
-    return compute
+    def after_step(self, model: nn.Module) -> None:
+        if self.ema is not None:
+            self.ema.update(model)
 
+    def end_epoch(self, trainer: Trainer, epoch: int, stats: dict[str, float]) -> EpochEnd:
+        device, amp_dtype = trainer.session.device, trainer.session.amp_dtype
+        val = evaluate(trainer.model, self.val_loader, device, amp_dtype)
+        record = {**{f"train_{k}": v for k, v in stats.items()}, **{f"test_{k}": v for k, v in val.items()}}
+        if self.ema is not None:  # "* Acc@1" is the model's
+            ema_stats = evaluate(self.ema.module, self.val_loader, device, amp_dtype, report=False)
+            record |= {f"test_ema_{k}": v for k, v in ema_stats.items()}
+        best = val["acc1"] > self.best["acc1"]
+        if best:
+            self.best = {**val, "epoch": epoch}
+        trainer.log.scalars(val, (epoch + 1) * 1000, prefix="test")
+        summary = f"top-1 {val['acc1']:.2f}%  top-5 {val['acc5']:.2f}%  (best {self.best['acc1']:.2f}%)"
+        return EpochEnd(record, summary, best)
 
-def train_one_epoch(model: nn.Module, criterion: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    device: torch.device, epoch: int, cfg: TrainConfig, mixup_fn: Callable | None = None,
-                    scaler: torch.amp.GradScaler | None = None, run_log: RunLog | None = None,
-                    ema=None, first_batch: int = 0, stop: Callable[[int], bool] | None = None,
-                    eta: EtaMeter | None = None) -> dict[str, float]:
-    """One epoch of supervised training (from ``first_batch``, until ``stop``, ETA from ``eta``: see
-    ``run_epoch``); ``ema`` (timm ModelEmaV3) is updated after each optimizer step."""
-    after_step = (lambda: ema.update(model)) if ema is not None else None
-    return run_epoch(model, loader, optimizer, device, epoch, cfg, classification_loss(criterion, mixup_fn),
-                     scaler, run_log, after_step, first_batch, stop, eta)
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best} | ({"model_ema": self.ema.module.state_dict()} if self.ema is not None else {})
+
+    def load_state_dict(self, ckpt: dict[str, Any], path: str) -> None:
+        note = check_classes(path, ckpt, self.classes)
+        if note and dist_util.is_main_process():
+            print(note)
+        if self.ema is not None and ckpt.get("model_ema"):
+            self.ema.module.load_state_dict(ckpt["model_ema"])
+        self.best = ckpt.get("best", self.best)
+
+    def end_run(self) -> dict[str, float]:
+        """The best validation metrics, printed."""
+        if dist_util.is_main_process():
+            print(f"best top-1 {self.best['acc1']:.2f}% at epoch {self.best.get('epoch')}")
+        return self.best
+
+    def evaluate_checkpoint(self, trainer: Trainer) -> dict[str, float]:
+        """``--eval``: the metrics of the weights ``--resume`` names (its classes checked), or of ``--finetune``'s."""
+        trainer.resume(self, with_optimizer=False)
+        return evaluate(trainer.model, self.val_loader, trainer.session.device, trainer.session.amp_dtype)
 
 
 @torch.no_grad()
@@ -74,48 +108,3 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
     if report and dist_util.is_main_process():
         print(f"* Acc@1 {stats['acc1']:.3f} Acc@5 {stats['acc5']:.3f} loss {stats['loss']:.3f}", flush=True)
     return stats
-
-
-def fit(trainer: Trainer[ClassifyConfig], criterion: nn.Module, train_loader: DataLoader, val_loader: DataLoader,
-        mixup_fn: Callable | None = None, ema: ModelEmaV3 | None = None) -> dict[str, float]:
-    """Train from the resumed epoch (if any) to the last, evaluating after each epoch (and ``ema``'s weights
-    when given); keep ``checkpoint-best.pth`` and a checkpoint every ``--save_freq`` epochs (at SIGTERM, one where
-    the epoch stopped). A resumed checkpoint must be of the data's classes (``util.checkpoint.check_classes`` with
-    ``derived['classes']``). With ``--eval`` only evaluate. Returns the best validation metrics (``--eval``: the
-    metrics)."""
-    cfg, device, amp_dtype = trainer.cfg, trainer.session.device, trainer.session.amp_dtype
-    ckpt = trainer.resume(with_optimizer=not cfg.eval)
-    if ckpt:
-        note = check_classes(trainer.resumed_from, ckpt, trainer.derived["classes"])
-        if note and dist_util.is_main_process():
-            print(note)
-    if ema is not None and ckpt.get("model_ema"):
-        ema.module.load_state_dict(ckpt["model_ema"])
-    if cfg.eval:
-        return evaluate(trainer.model, val_loader, device, amp_dtype)
-    best = ckpt.get("best", {"acc1": -1.0})
-    model, eta = trainer.wrapped(), EtaMeter()
-    for epoch in trainer.epochs(train_loader):
-        train_stats = train_one_epoch(model, criterion, train_loader, trainer.optimizer, device, epoch, trainer.loop,
-                                      mixup_fn, trainer.scaler, trainer.log, ema, trainer.first_batch,
-                                      trainer.stop.poll, eta)
-        extra = {"model_ema": ema.module.state_dict()} if ema is not None else {}
-        if trainer.stopped:
-            trainer.save(epoch, best=best, **extra)
-            break
-        val = evaluate(trainer.model, val_loader, device, amp_dtype)
-        record = {**{f"train_{k}": v for k, v in train_stats.items()}, **{f"test_{k}": v for k, v in val.items()}}
-        if ema is not None:
-            ema_stats = evaluate(ema.module, val_loader, device, amp_dtype, report=False)  # "* Acc@1" is the model's
-            record |= {f"test_ema_{k}": v for k, v in ema_stats.items()}
-        if val["acc1"] > best["acc1"]:
-            best = {**val, "epoch": epoch}
-            trainer.save(epoch, name="checkpoint-best.pth", best=best, **extra)
-        if trainer.due(epoch, cfg.save_freq):
-            trainer.save(epoch, best=best, **extra)
-        trainer.log.scalars(val, (epoch + 1) * 1000, prefix="test")
-        trainer.log_epoch(epoch, record,
-                          f"top-1 {val['acc1']:.2f}%  top-5 {val['acc5']:.2f}%  (best {best['acc1']:.2f}%)")
-    if dist_util.is_main_process():
-        print(f"best top-1 {best['acc1']:.2f}% at epoch {best.get('epoch')}")
-    return best

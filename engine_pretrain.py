@@ -1,39 +1,18 @@
-"""Pretraining, for every method: the epoch (the model's forward returns the loss), the run over the
-epochs with its checkpoints, and the reconstruction pictures."""
+"""Pretraining, for every method: the loss of a batch is the model's own (its forward returns it), and after each
+epoch the reconstruction pictures. The loop is ``util.trainer.Trainer``'s."""
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from models.masking import Masks
 from util import distributed as dist_util
-from util.config import PretrainConfig
-from util.logging import EtaMeter, RunLog
-from util.train_loop import TrainConfig, run_epoch
-from util.trainer import Trainer
+from util.logging import RunLog
+from util.trainer import Engine, EpochEnd, Trainer
 from util.visualize import model_picture, no_picture_reason, save_png
-
-
-def pretrain_loss(model: nn.Module, batch, device: torch.device):
-    """(images, labels) -> the model's total loss, and its named terms when there are several."""
-    imgs = batch[0].to(device, non_blocking=True)
-    out = model(imgs)
-    logs = {f"loss_{k}": v for k, v in out.losses.items()} if len(out.losses) > 1 else {}
-    return out.loss, logs
-
-
-def train_one_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
-                    device: torch.device, epoch: int, cfg: TrainConfig,
-                    scaler: torch.amp.GradScaler | None = None, run_log: RunLog | None = None,
-                    first_batch: int = 0, stop: Callable[[int], bool] | None = None,
-                    eta: EtaMeter | None = None) -> dict[str, float]:
-    """Pretrain ``model`` (maybe DDP-wrapped or compiled) for one epoch (from ``first_batch``, until ``stop``,
-    ETA from ``eta``: see ``run_epoch``); return the epoch's mean scalars."""
-    return run_epoch(model, loader, optimizer, device, epoch, cfg, pretrain_loss, scaler, run_log,
-                     first_batch=first_batch, stop=stop, eta=eta)
 
 
 @dataclass
@@ -70,21 +49,24 @@ class ReconstructionProbe:
             run_log.image("reconstruction", grid, epoch)
 
 
-def pretrain(trainer: Trainer[PretrainConfig], loader: DataLoader, probe: ReconstructionProbe) -> None:
-    """Pretrain from the resumed epoch (if any) to the last: a checkpoint every ``--save_freq`` epochs and
-    reconstruction pictures every ``--vis_freq`` (both also after the last), one log.txt line an epoch; at
-    SIGTERM, a checkpoint where the epoch stopped."""
-    cfg, session = trainer.cfg, trainer.session
-    trainer.resume()
-    model, eta = trainer.wrapped(), EtaMeter()
-    for epoch in trainer.epochs(loader):
-        stats = train_one_epoch(model, loader, trainer.optimizer, session.device, epoch, trainer.loop,
-                                trainer.scaler, trainer.log, trainer.first_batch, trainer.stop.poll, eta)
-        if trainer.stopped or trainer.due(epoch, cfg.save_freq):
-            trainer.save(epoch)
-        if trainer.stopped:
-            break
+class PretrainEngine(Engine):
+    """The model's loss and, every ``--vis_freq`` epochs (and after the last), ``probe``'s reconstruction
+    pictures."""
+
+    def __init__(self, probe: ReconstructionProbe):
+        self.probe = probe
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(images, labels) -> the model's total loss, and its named terms when there are several."""
+        imgs = batch[0].to(device, non_blocking=True)
+        out = model(imgs)
+        logs = {f"loss_{k}": v for k, v in out.losses.items()} if len(out.losses) > 1 else {}
+        return out.loss, logs
+
+    def end_epoch(self, trainer: Trainer, epoch: int, stats: dict[str, float]) -> EpochEnd:
+        return EpochEnd({f"train_{k}": v for k, v in stats.items()}, f"loss {stats['loss']:.4f}")
+
+    def after_save(self, trainer: Trainer, epoch: int) -> None:
         # a sharded model's forward is a collective (--fsdp): every process runs it, the main one draws
-        if (dist_util.is_main_process() or trainer.sharded) and trainer.due(epoch, cfg.vis_freq):
-            probe.draw(trainer.model, cfg.output_dir, trainer.log, epoch, session.amp_dtype)
-        trainer.log_epoch(epoch, {f"train_{k}": v for k, v in stats.items()}, f"loss {stats['loss']:.4f}")
+        if (dist_util.is_main_process() or trainer.sharded) and trainer.due(epoch, trainer.cfg.vis_freq):
+            self.probe.draw(trainer.model, trainer.cfg.output_dir, trainer.log, epoch, trainer.session.amp_dtype)

@@ -11,7 +11,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 
 from base.images import IMAGENET_MEAN, IMAGENET_STD
-from engine_finetune import fit
+from engine_finetune import ClassifyEngine
 from util import distributed as dist_util
 from util.classify import build_classifier, build_loaders, data_classes, evaluation_note
 from util.config import (FinetuneConfig, add_classify_args, add_official_compat_args, add_runtime_args,
@@ -103,7 +103,8 @@ def main(args: argparse.Namespace) -> dict:
             print(f"fine-tune {cfg.model}: {classes.count} classes; eff. batch {eff_batch:g}; lr {lr:.3e}; "
                   f"layer decay {cfg.layer_decay}; {session.amp_name}; {session.world_size} process(es) on "
                   f"{session.device}")
-        return fit(trainer, criterion, data.train, data.val, mixup_fn, ema)
+        engine = ClassifyEngine(criterion, data.val, classes.names, mixup_fn, ema)
+        return engine.evaluate_checkpoint(trainer) if cfg.eval else trainer.fit(engine, data.train)
 
 
 if __name__ == "__main__":

@@ -6,16 +6,15 @@ import argparse
 
 from torch import nn
 
-from engine_finetune import fit
+from engine_finetune import ClassifyEngine
 from models.classifier import to_linear_probe
 from util import distributed as dist_util
-from util.classify import build_classifier, build_loaders, data_classes, evaluation_note
+from util.classify import build_classifier, build_linprobe_transform, build_loaders, data_classes, evaluation_note
 from util.config import (ClassifyConfig, add_classify_args, add_official_compat_args, add_runtime_args,
                          add_training_args)
-from util.crop import build_linprobe_transform
 from util.data import build_eval_transform
 from util.flags import ArgumentParser
-from util.lars import LARS
+from util.optim import LARS
 from util.runtime import run_cli
 from util.session import start_session
 from util.trainer import Trainer
@@ -55,7 +54,8 @@ def main(args: argparse.Namespace) -> dict:
             print(f"linear probe {cfg.model} ({'global pool' if cfg.global_pool else 'cls token'}): "
                   f"{classes.count} classes; {trainable} trainable parameters; eff. batch {eff_batch:g}; "
                   f"lr {lr:.3e}; {session.amp_name}; {session.world_size} process(es) on {session.device}")
-        return fit(trainer, nn.CrossEntropyLoss(), data.train, data.val)
+        engine = ClassifyEngine(nn.CrossEntropyLoss(), data.val, classes.names)
+        return engine.evaluate_checkpoint(trainer) if cfg.eval else trainer.fit(engine, data.train)
 
 
 if __name__ == "__main__":

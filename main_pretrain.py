@@ -7,7 +7,7 @@ import argparse
 import torch
 
 from base.errors import UsageError
-from engine_pretrain import ReconstructionProbe, pretrain
+from engine_pretrain import PretrainEngine, ReconstructionProbe
 from models import Recipe
 from models.recipes import MASK_TYPES, PRED_TYPES
 from util import distributed as dist_util
@@ -19,7 +19,7 @@ from util.data import build_dataset, build_pretrain_transform
 from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, OPEN_FRACTION, POSITIVE_FRACTION, POSITIVE_INT,
                          ArgumentParser)
 from util.fsdp import check_usable, shard_model
-from util.lr import weight_decay_groups
+from util.optim import weight_decay_groups
 from util.runtime import build_named_model, recipe_options, run_cli
 from util.session import start_session, train_loader
 from util.trainer import Trainer
@@ -107,7 +107,7 @@ def load_initial_weights(cfg: PretrainConfig, model: torch.nn.Module) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    """Pretrain as ``args`` say: config -> session -> recipe, data, optimizer -> ``engine_pretrain.pretrain``."""
+    """Pretrain as ``args`` say: config -> session -> recipe, data, optimizer -> ``Trainer.fit``."""
     cfg = PretrainConfig.from_args(args)
     with start_session(cfg) as session:
         if cfg.fsdp:
@@ -138,7 +138,7 @@ def main(args: argparse.Namespace) -> None:
                   f"{len(dataset)} images; eff. batch {eff_batch:g} = {cfg.batch_size} x {cfg.accum_iter} accum x "
                   f"{session.world_size} process(es) x {ratio:.4g} (pred/mask); lr {lr:.3e}; "
                   f"{session.amp_name} on {session.device}; {backend} input pipeline")
-        pretrain(trainer, loader, probe)
+        trainer.fit(PretrainEngine(probe), loader)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from util.dali_loader import dali_import_error, dali_train_loader  # noqa: E402
 from util.data import ImageFiles, build_pretrain_transform  # noqa: E402
 from util.flags import POSITIVE_FRACTION, POSITIVE_INT, ArgumentParser, device_name  # noqa: E402
-from util.sampling import begin_epoch  # noqa: E402
-from util.session import Session, train_loader  # noqa: E402
+from util.session import Session, begin_epoch, train_loader  # noqa: E402
 
 
 def make_folder(root: str, images: int, classes: int, seed: int = 0, size: tuple[int, int] = (500, 375),

@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from util.lr import weight_decay_groups
-from util.train_loop import autocast
+from util.optim import weight_decay_groups
+from util.session import autocast
 
 
 @dataclass

@@ -9,10 +9,9 @@ from torch import nn
 import main_finetune
 import main_linprobe
 import main_pretrain
-from util.compile import CompiledOrEager
 from util.config import PretrainConfig
 from util.session import Session
-from util.trainer import Trainer
+from util.trainer import CompiledOrEager, Trainer
 
 
 def failing_backend(graph_module, example_inputs):

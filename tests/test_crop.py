@@ -1,11 +1,11 @@
-"""Tests for util/crop.py: the single-draw (TF-style) random resized crop and the linear-probe transform."""
+"""Tests for the linear probe's augmentation (util/classify.py): the single-draw (TF-style) random resized crop."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
 
-from util.crop import SingleDrawResizedCrop, build_linprobe_transform
+from util.classify import SingleDrawResizedCrop, build_linprobe_transform
 
 DEFAULT_SCALE, DEFAULT_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
 

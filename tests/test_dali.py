@@ -23,8 +23,7 @@ from models.hog import denormalize_to_uint8
 from util import dali_loader
 from util.dali_loader import choose_backend, dali_import_error, dali_train_loader
 from util.data import ImageFiles, build_pretrain_transform
-from util.sampling import begin_epoch
-from util.session import Session, train_loader
+from util.session import Session, begin_epoch, train_loader
 
 pytestmark = pytest.mark.skipif(bool(dali_import_error()), reason=f"DALI does not import: {dali_import_error()}")
 

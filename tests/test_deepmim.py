@@ -18,7 +18,7 @@ from models.losses import PatchLoss
 from models.masking import BlockMasking, DisjointMasking
 from models.mim import Branch, MaskedImageModel
 from util.checkpoint import load_pretrained
-from util.lr import weight_decay_groups
+from util.optim import weight_decay_groups
 
 TINY = dict(embed_dim=32, depth=12, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
 

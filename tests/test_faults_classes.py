@@ -17,8 +17,8 @@ from conftest import make_image_folder
 from test_finetune import tiny_cli_args
 from test_pretrain import _free_port
 from util import distributed as dist_util
-from util.checkpoint import check_classes, save_checkpoint
-from util.classify import EvalShard
+from util.checkpoint import save_checkpoint
+from util.classify import EvalShard, check_classes
 
 TRAIN = ("--batch_size", "4", "--epochs", "1", "--warmup_epochs", "0", "--aa", "", "--reprob", "0")
 

@@ -16,7 +16,7 @@ from base.errors import UsageError
 from conftest import make_image_folder
 from test_pretrain import ROOT, _free_port, assert_same_models, pretrain_args, pretrain_argv, read_log
 
-HOLD_LOCK = ("import sys, time; from util.output_lock import claim_output_dir\n"
+HOLD_LOCK = ("import sys, time; from util.session import claim_output_dir\n"
              "with claim_output_dir(sys.argv[1], sys.argv[1]):\n"
              "    print('locked', flush=True); time.sleep(120)")
 

@@ -17,8 +17,7 @@ from base.safe_load import load_file
 from conftest import make_image_folder
 from test_faults_runs import pretrain_cli
 from test_pretrain import ROOT
-from util.preemption import StopOnSignals
-from util.sampling import ignore_stop_signals
+from util.session import StopOnSignals, ignore_stop_signals
 
 # Every checkpoint save hangs (as a save stuck on a lock or a full network disk would): the run is held inside
 # its stop, where only the second Ctrl-C can end it.

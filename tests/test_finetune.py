@@ -228,7 +228,7 @@ def test_cli_missing_checkpoint_is_one_line(separable_data, script):
 
 def test_probe_report_side_by_side(tmp_path):
     """The demo's comparison table: best top-1 of each run and the gain over the baseline."""
-    from util.probe_report import report
+    from tools.probe_report import report
     for name, accs in {"pre": [50.0, 70.5], "rand": [40.0, 60.0]}.items():
         folder = tmp_path / name
         folder.mkdir()

@@ -1,11 +1,11 @@
-"""Tests for util/lars.py: the official MAE linear-probe LARS update, hand-computed, and how timm's Lars differs."""
+"""Tests for util.optim.LARS: the official MAE linear-probe LARS update, hand-computed, and how timm's Lars differs."""
 import io
 
 import pytest
 import torch
 import timm.optim
 
-from util.lars import LARS
+from util.optim import LARS
 
 LR, MOM, TC = 0.5, 0.9, 0.01
 W0 = torch.tensor([[3.0, 0.0], [0.0, 4.0]], dtype=torch.float64)   # ||W0|| = 5
@@ -140,7 +140,7 @@ def test_step_returns_closure_loss():
     dict(weight_decay=0.1, always_adapt=False),   # ||g|| + wd*||p|| (+ eps) instead of ||g + wd*p||
 ])
 def test_timm_lars_differs(timm_kwargs):
-    """Why util/lars.py exists: no timm.optim.Lars setting reproduces the official update."""
+    """Why util.optim.LARS exists: no timm.optim.Lars setting reproduces the official update."""
     ours, theirs = _params(), _params()
     ours_opt = LARS(ours, lr=LR, weight_decay=timm_kwargs["weight_decay"], momentum=MOM, trust_coefficient=TC)
     timm_opt = timm.optim.Lars(theirs, lr=LR, momentum=MOM, trust_coeff=TC, **timm_kwargs)

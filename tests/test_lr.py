@@ -1,4 +1,4 @@
-"""Tests for util/lr.py: LR scaling rule, warmup + half-cosine schedule, lr_scale, AdamW weight-decay groups."""
+"""Tests for util/optim.py's LR scaling rule, warmup + half-cosine schedule, lr_scale, AdamW weight-decay groups."""
 import math
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import create_model
-from util.lr import lr_at, scaled_lr, set_lr, weight_decay_groups
+from util.optim import lr_at, scaled_lr, set_lr, weight_decay_groups
 
 TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
             decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)

@@ -15,13 +15,15 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 import main_pretrain
 from base.safe_load import load_file
 from conftest import TINY_MAE
-from engine_pretrain import train_one_epoch
+from engine_pretrain import PretrainEngine
 from models import create_model
 from models.masking import Masks, RandomMasking
 from util import distributed as dist_util
+from util.config import PretrainConfig
 from util.logging import NonFiniteLossError
-from util.lr import weight_decay_groups
-from util.train_loop import TrainConfig
+from util.optim import weight_decay_groups
+from util.session import Session
+from util.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_KWARGS = ["embed_dim=32", "depth=2", "num_heads=2", "patch_size=8",
@@ -36,6 +38,15 @@ def pretrain_argv(data: Path, out: Path, *extra: str) -> list[str]:
 
 def pretrain_args(data: Path, out: Path, *extra: str):
     return main_pretrain.get_args_parser().parse_args(pretrain_argv(data, out, *extra))
+
+
+def one_epoch(model, loader, optimizer, lr: float, *flags: str, wrapped=None) -> dict:
+    """Train ``model`` (through ``wrapped``, e.g. DDP, when given) one epoch of ``loader`` with the trainer's loop,
+    as main_pretrain would with ``flags``."""
+    args = main_pretrain.get_args_parser().parse_args(["--device", "cpu", "--epochs", "1", *flags])
+    session = Session(dist_util.get_rank(), dist_util.get_world_size(), torch.device("cpu"), "fp32", None)
+    trainer = Trainer(PretrainConfig.from_args(args), session, model, optimizer, lr)
+    return trainer.train_epoch(PretrainEngine(None), wrapped or model, loader, epoch=0)
 
 
 def read_log(out: Path) -> list[dict]:
@@ -121,8 +132,7 @@ def _train_tiny(rank: int, world_size: int, batch_size: int, accum_iter: int = 1
     # has none) into full steps, which would compare float noise rather than the averaging
     optimizer = torch.optim.SGD(weight_decay_groups(model, 0.05), lr=0.05, momentum=0.9)
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
-    cfg = TrainConfig(epochs=1, lr=0.05, accum_iter=accum_iter, print_freq=100)
-    train_one_epoch(wrapped, loader, optimizer, torch.device("cpu"), 0, cfg)
+    one_epoch(model, loader, optimizer, 0.05, "--accum_iter", str(accum_iter), "--print_freq", "100", wrapped=wrapped)
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
@@ -166,9 +176,8 @@ def test_nan_loss_stops_with_clear_message():
     model = create_model("mae_vit_tiny_patch16", **TINY_MAE)
     data = TensorDataset(torch.full((8, 3, 32, 32), float("nan")), torch.zeros(8, dtype=torch.long))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    cfg = TrainConfig(epochs=1, lr=1e-3, print_freq=1)
     with pytest.raises(NonFiniteLossError, match="not finite.*--blr"):
-        train_one_epoch(model, DataLoader(data, batch_size=4), optimizer, torch.device("cpu"), 0, cfg)
+        one_epoch(model, DataLoader(data, batch_size=4), optimizer, 1e-3, "--print_freq", "1")
 
 
 def run_cli(*argv: str, timeout: int = 120) -> subprocess.CompletedProcess:

@@ -1,19 +1,24 @@
-"""What fine-tuning and linear probing build alike: the classes, the classifier with its pretrained encoder,
-and the train / validation loaders."""
+"""What fine-tuning and linear probing build alike: the classes (and the check that a checkpoint was trained on
+them), the classifier with its pretrained encoder, the train / validation loaders, and the linear probe's
+augmentation."""
+import math
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping, NamedTuple, Sequence
 
+import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
+from torchvision import transforms
+from torchvision.transforms import functional as F
 
 from base.errors import UsageError
+from base.images import IMAGENET_MEAN, IMAGENET_STD
 from util import distributed as dist_util
 from util.checkpoint import load_pretrained
 from util.config import ClassifyConfig
 from util.data import Transform, build_dataset, dataset_classes
 from util.runtime import build_named_model, recipe_options
-from util.sampling import ignore_stop_signals
-from util.session import Session, train_loader
+from util.session import Session, ignore_stop_signals, train_loader
 
 
 class Classes(NamedTuple):
@@ -99,3 +104,74 @@ def load_encoder(model: nn.Module, path: str) -> None:
     report = load_pretrained(model, path, allow_missing=["head.*", "fc_norm.*"])
     if dist_util.is_main_process():
         print(f"loaded {path}: {report}")
+
+
+def check_classes(path: str, ckpt: dict[str, Any], names: Sequence[str]) -> str | None:
+    """Refuse a classifier checkpoint trained on other classes than ``names`` (the data's, in label order), or in
+    another order: its outputs would be scored against other classes. The names are those its run recorded
+    (``args['classes']``, which fine-tuning and linear probing store). Returns a warning line for a checkpoint that
+    records none (an official or older one), whose outputs can only be assumed to be ``names``; else None."""
+    args = ckpt.get("args")
+    saved = args.get("classes") if isinstance(args, dict) else getattr(args, "classes", None)
+    if saved is None:
+        return (f"warning: {path} records no class names (an official or older checkpoint): its outputs are taken "
+                f"to be the data's class folders in sorted order, {_shown(names)}{_text_order_note(names)}")
+    if list(saved) == list(names):
+        return None
+    how = "in another order" if sorted(saved) == sorted(names) else "other classes"
+    raise UsageError(f"{path} was trained on classes {_shown(saved)} but the data's class folders are {_shown(names)} "
+                     f"({how}{_text_order_note(names)}): evaluate or resume it on data whose class folders are its "
+                     "classes, renamed if need be")
+
+
+def _shown(names: Sequence[str]) -> str:
+    return ", ".join(names[:4]) + (f", ... ({len(names)} in all)" if len(names) > 4 else "")
+
+
+def _text_order_note(names: Sequence[str]) -> str:
+    """A note when the folders are numbers, which sort as text (0, 1, 10, 100, ...: ImageNet-V2's)."""
+    numbered = all(name.isdigit() for name in names) and list(names) != sorted(names, key=int)
+    return "; folders named by number sort as text: 0, 1, 10, 100, ..." if numbered else ""
+
+
+class SingleDrawResizedCrop(transforms.RandomResizedCrop):
+    """The linear probe's random resized crop: one draw, TF style, as in the official MAE linear probe.
+    torchvision's ``RandomResizedCrop`` retries up to ten draws until the box fits and then falls back to a centre
+    crop; the official probe instead draws once and clips the box to the image.
+
+    Constructed like the parent (size, scale, ratio, interpolation, antialias); the official
+    probe passes ``interpolation=InterpolationMode.BICUBIC``.
+    """
+
+    @staticmethod
+    def get_params(img, scale: list[float], ratio: list[float]) -> tuple[int, int, int, int]:
+        """Box ``(i, j, h, w)`` (top, left, height, width) for ``img`` (PIL image or ``[..., H, W]`` tensor).
+
+        Draws, in order, from torch's global RNG (so DataLoader worker seeding applies): one
+        uniform for the area fraction, one for the log aspect ratio, one randint each for i and j.
+        """
+        _, height, width = F.get_dimensions(img)
+        area = height * width
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1]).item()
+        aspect = math.exp(torch.empty(1).uniform_(math.log(ratio[0]), math.log(ratio[1])).item())
+
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        # Clipping to the image is the official rule; the lower bound of 1 only matters for
+        # draws that round to an empty box (extreme ratios on tiny images), which cannot be resized.
+        w = max(1, min(w, width))
+        h = max(1, min(h, height))
+
+        i = torch.randint(0, height - h + 1, size=(1,)).item()
+        j = torch.randint(0, width - w + 1, size=(1,)).item()
+        return i, j, h, w
+
+
+def build_linprobe_transform(input_size: int) -> transforms.Compose:
+    """Linear-probe training augmentation: RGB PIL image -> normalized ``[3, input_size, input_size]`` tensor."""
+    return transforms.Compose([
+        SingleDrawResizedCrop(input_size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])

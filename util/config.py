@@ -20,7 +20,7 @@ from util.checkpoint import latest_checkpoint
 from util.distributed import LaunchFlags
 from util.flags import (NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, SEED, ArgumentParser,
                          device_name)
-from util.lr import scaled_lr
+from util.optim import scaled_lr
 from util.runtime import AMP_DTYPES, device_or_default
 
 

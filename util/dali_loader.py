@@ -164,7 +164,7 @@ def pil_finish(image: Image.Image, window: torch.Tensor, flip: bool, size: int) 
 class DaliLoader:
     """Iterated like the PIL path's DataLoader: ``len`` batches of (images ``[B, 3, S, S]`` float32 on
     ``device``, labels ``[B]`` int64) per epoch. ``sampler``, ``batch_size`` and ``dataset`` are those of
-    ``host``, the DataLoader of ``EncodedBatch``es, so that ``util.sampling.begin_epoch`` and the trainer's
+    ``host``, the DataLoader of ``EncodedBatch``es, so that ``util.session.begin_epoch`` and the trainer's
     skipped-file count treat both paths alike.
 
     ``host``: a ``train_loader`` over ``EncodedCrops``; ``device``: a GPU (hardware/hybrid "mixed" decoding,

@@ -34,8 +34,8 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from base.errors import UsageError
 from base.safe_load import is_sharded_checkpoint, safe_torch_load
 from util import distributed as dist_util
-from util.checkpoint import check_finite_weights, rng_state, save_checkpoint, set_rng_state
-from util.resume import SAME_RUN, compare_weights, saved_model
+from util.checkpoint import (SAME_RUN, check_finite_weights, compare_weights, read_checkpoint, rng_state,
+                             save_checkpoint, saved_model, set_rng_state)
 
 SUFFIX = ".dcp"
 STATE_FILE = "training_state.pth"
@@ -232,27 +232,23 @@ def check_sharded(path: str, state: dict[str, Any], metadata: Metadata, model: n
                          "optimizer flags (--layer_decay, --weight_decay)")
 
 
+def _read_to_resume(path: str) -> tuple[dict[str, Any], Metadata]:
+    """``read_sharded``, and for a plain checkpoint file the flag that resumes it."""
+    try:
+        return read_sharded(path)
+    except UsageError as err:
+        if os.path.isfile(path) and path.endswith(".pth"):
+            raise UsageError(f"{path} is a plain checkpoint and --fsdp resumes checkpoint-<epoch>.dcp folders: "
+                             "resume it without --fsdp, or start from its weights with --finetune") from err
+        raise
+
+
 def resume_sharded(path: str, fallbacks: Sequence[str], model: nn.Module,
                    optimizer: torch.optim.Optimizer | None) -> tuple[str, dict[str, Any]]:
     """Restore the folder ``path`` (or, when it cannot be read, the first readable of ``fallbacks``: the older
     checkpoints ``--auto_resume`` found) into the sharded ``model`` and ``optimizer`` exactly, with this
     process's RNG states when the world size is unchanged. Returns (path, its training state)."""
-    for candidate, older in zip([path, *fallbacks], [*fallbacks, None]):
-        try:
-            state, metadata = read_sharded(candidate)
-            break
-        except UsageError as err:
-            if os.path.isfile(candidate) and candidate.endswith(".pth"):
-                raise UsageError(f"{candidate} is a plain checkpoint and --fsdp resumes checkpoint-<epoch>.dcp "
-                                 "folders: resume it without --fsdp, or start from its weights with "
-                                 "--finetune") from err
-            if not fallbacks:
-                raise
-            if dist_util.is_main_process():
-                print(f"warning: {err}; " + (f"falling back to {older}" if older else "no older checkpoint is left"))
-    else:
-        raise UsageError(f"none of the {len(fallbacks) + 1} checkpoints --auto_resume found can be read: remove "
-                         "them to start afresh, or pass --resume a good one")
+    candidate, (state, metadata) = read_checkpoint(path, fallbacks, _read_to_resume)
     check_sharded(candidate, state, metadata, model, optimizer)
     weights = model.state_dict()
     wanted = {"model": weights}

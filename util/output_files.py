@@ -10,7 +10,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 from base.errors import UsageError
 
-TEMP_PREFIX = ".tmp-"  # util.output_lock removes the temp files of a killed checkpoint save by this prefix
+TEMP_PREFIX = ".tmp-"  # util.session.claim_output_dir removes the temp files of a killed checkpoint save by this prefix
 
 
 def new_file_mode() -> int:

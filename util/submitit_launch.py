@@ -7,7 +7,7 @@ and calls the CLI's ``main``, which joins the process group as under torchrun. `
 the job folder, ``%j`` in either replaced by the job id.
 
 Timeouts and preemption: Slurm sends USR2 ``slurm_signal_delay_s`` before the time limit. The tasks take it
-as they take SIGTERM (``util.preemption``): they finish the optimizer step under way and save a checkpoint of
+as they take SIGTERM (``util.session``): they finish the optimizer step under way and save a checkpoint of
 that point; then the first task calls submitit's handler, which calls ``Task.checkpoint`` (the same command
 with ``--auto_resume``) and requeues the job. A job that Slurm itself requeues (after a SIGTERM preemption)
 continues the same way from the newest checkpoint in its output folder.
@@ -127,7 +127,7 @@ class Task:
 @contextlib.contextmanager
 def timeout_signal_stops_training() -> Iterator[None]:
     """While the block runs, submitit's timeout signal (USR2) stops training as SIGTERM does (the training's
-    own SIGTERM handler, ``util.preemption``: the step under way finishes and a checkpoint is saved); when the
+    own SIGTERM handler, ``util.session``: the step under way finishes and a checkpoint is saved); when the
     block has returned, submitit's handler runs (checkpoint and requeue). Outside training (the handler of
     SIGTERM is the one found on entry), nothing is lost: submitit's handler runs at once. Processes forked
     meanwhile (data-loader workers) ignore the signal."""

@@ -30,7 +30,7 @@ from models.interfaces import Masks
 from models.patches import patchify, unpatchify
 from models.targets import CLIPTarget, FrozenTeacherTarget, PixelTarget
 from util.output_files import atomic_write
-from util.train_loop import autocast
+from util.session import autocast
 
 _MASK_GREY = 0.5  # fill value of masked patches in the "masked" panel
 _PAD = 2  # make_grid padding between panels, in pixels

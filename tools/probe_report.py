@@ -1,4 +1,4 @@
-"""Compare linear-probe runs side by side: ``python -m util.probe_report NAME=OUTPUT_DIR ...``.
+"""Compare linear-probe runs side by side: ``python tools/probe_report.py NAME=OUTPUT_DIR ...``.
 
 Reads each run's ``log.txt`` (JSON lines written by main_linprobe / main_finetune) and prints the best
 top-1 / top-5 of each, with the gain of every run over the last one (the baseline).
@@ -6,8 +6,11 @@ top-1 / top-5 of each, with the gain of every run over the last one (the baselin
 import json
 import os
 import sys
+from pathlib import Path
 
-from base.errors import UsageError
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script
+
+from base.errors import UsageError  # noqa: E402
 
 
 def best_of(output_dir: str) -> dict:
@@ -39,7 +42,7 @@ def main(argv: list[str]) -> None:
     try:
         runs = [tuple(arg.split("=", 1)) for arg in argv]
         if not runs or any(len(run) != 2 for run in runs):
-            raise UsageError("usage: python -m util.probe_report NAME=OUTPUT_DIR [NAME=OUTPUT_DIR ...]")
+            raise UsageError("usage: python tools/probe_report.py NAME=OUTPUT_DIR [NAME=OUTPUT_DIR ...]")
         print(report(runs))
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
