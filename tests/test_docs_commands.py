@@ -22,6 +22,7 @@ from base.errors import UsageError
 from conftest import make_image_folder, tiny_cli_args
 from doc_commands import (CLI_COMMANDS, COMMANDS, DOCS, OTHER_COMMANDS, ROOT, DocCommand, check_paths, cli_module,
                           cli_parser, ids, is_python, parse, resolve)
+from models.official import quirks_table
 
 MULTI_PROCESS_OR_GPU = {"--compile", "--fsdp"}  # switches a one-process CPU run drops
 
@@ -193,3 +194,9 @@ def test_docs_have_commands_of_every_kind():
             "tools/export.py", "benchmarks/pretrain_throughput.py"} <= programs, sorted(programs)
     assert {"torchrun", "docker", "srun"} <= launches, sorted(launches)
 
+
+def test_the_quirks_are_documented_from_their_one_definition():
+    """The docs print the table of official quirks that models/official.py renders from ``QUIRKS``, once."""
+    table = quirks_table()
+    homes = [name for name in DOCS if table in (ROOT / name).read_text()]
+    assert len(homes) == 1, f"the quirks table (models.official.quirks_table()) is printed in {homes}"
