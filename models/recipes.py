@@ -41,7 +41,7 @@ def build_mae(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.7
     encoder = encoder_fn(img_size=img_size, vis_mask_token=vis_mask_ratio > 0, **encoder_kwargs)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     decoder = MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
-                         decoder_depth, decoder_num_heads)
+                         decoder_depth, decoder_num_heads, num_prefix_tokens=encoder.num_prefix_tokens)
     return MaskedImageModel(encoder, masking or _mae_masking(mask_ratio, mask_regular, vis_mask_ratio), target,
                             {"mim": Branch(decoder, PatchLoss("l2", on="masked"))})
 
