@@ -43,8 +43,12 @@ def tiny_model(name: str, folder) -> tuple[torch.nn.Module, int]:
 
 @pytest.mark.parametrize("name", list_models(task="pretrain"))
 def test_recipe_parts_satisfy_the_contracts(name, tmp_path):
+    check_recipe(name, tmp_path)
+
+
+def check_recipe(name: str, folder) -> None:
     """Each axis value is what the composition expects; the output separates prefix and patch tokens."""
-    model, size = tiny_model(name, tmp_path)
+    model, size = tiny_model(name, folder)
     assert isinstance(model.encoder, Encoder) and isinstance(model.masking, Masking)
     assert isinstance(model.target, Target)
     assert all(isinstance(h, Head) for h in model.heads.values())
@@ -90,10 +94,13 @@ def masks_for(mode: MaskedTokens, secondary: bool, grid: tuple[int, int]):
 
 @pytest.mark.parametrize("module", sorted(ENCODERS))
 def test_encoder_takes_the_declared_arguments(module):
+    check_encoder_arguments(*ENCODERS[module])
+
+
+def check_encoder_arguments(cls: type, tiny: dict) -> None:
     """Every encoder takes the shared constructor arguments (ENCODER_ARGS). Each masked_tokens mode it declares
     builds and encodes a masked batch (with secondary masking under the modes that declare it); a mode, a
     secondary masking or a learnable position table it does not declare is one UsageError naming what it takes."""
-    cls, tiny = ENCODERS[module]
     params, declared = inspect.signature(cls).parameters, cls.encoder_args
     assert set(ENCODER_ARGS) <= set(params), f"{cls.__name__} lacks {set(ENCODER_ARGS) - set(params)}"
     assert params["masked_tokens"].default == declared.masked_tokens[0] and params["vis_mask_token"].default is False
@@ -150,9 +157,12 @@ def test_unit_maskings_give_disjoint_views_on_any_grid():
 
 @pytest.mark.parametrize("module", sorted(ENCODERS))
 def test_forward_features_maps_follow_feature_info(module):
+    check_feature_maps(*ENCODERS[module])
+
+
+def check_feature_maps(cls: type, tiny: dict) -> None:
     """forward_features gives [N, C_i, H / r_i, W / r_i] for every level; a subset (negative indices
     included) returns the same maps as the full call."""
-    cls, tiny = ENCODERS[module]
     torch.manual_seed(0)
     encoder = cls(**tiny).eval()
     size = tiny["img_size"]
