@@ -30,7 +30,7 @@ from benchmarks import official  # noqa: E402
 from benchmarks.measure import count_flops, our_step, saved_bytes, time_steps  # noqa: E402
 from benchmarks.pretrain_throughput import RECIPES, recipe_kwargs, significant  # noqa: E402
 from util.flags import NON_NEGATIVE_INT, POSITIVE_INT, ArgumentParser  # noqa: E402
-from util.runtime import AMP_DTYPES, build_named_model, parse_model_kwargs, run_cli  # noqa: E402
+from util.runtime import AMP_DTYPES, build_named_model, run_cli  # noqa: E402
 
 COLUMNS = ("recipe", "views", "gflop", "target_gflop", "saved_mib")
 OFFICIAL_COLUMNS = ("official_gflop", "official_saved_mib", "step_time_ratio")
@@ -81,9 +81,11 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), metavar="NAME")
     p.add_argument("--batch_size", type=POSITIVE_INT, default=2)
-    p.add_argument("--input_size", type=POSITIVE_INT, default=None, help="default: each recipe's own (224 or 256)")
-    p.add_argument("--model_kwargs", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides for every recipe (e.g. a tiny configuration)")
+    p.add_argument("--input_size", type=POSITIVE_INT, default=None,
+                   help="default: each recipe's own (224 or 256; with --tiny its tiny one)")
+    p.add_argument("--model_kwargs", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe")
+    p.add_argument("--tiny", action="store_true",
+                   help="each recipe at its registered tiny configuration (models.tiny_kwargs): a smoke run")
     p.add_argument("--amp", default="bf16", choices=("bf16", "fp32"),
                    help="autocast of the saved-bytes pass and the timed steps (FLOPs do not depend on it)")
     p.add_argument("--compare_official", "--compare-official", default=None, metavar="PATH",
@@ -101,8 +103,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.recipes:
-            size = args.input_size or RECIPES.get(name, 224)
-            kwargs = recipe_kwargs(name, parse_model_kwargs(args.model_kwargs), folder, size)
+            size, kwargs = recipe_kwargs(name, args, folder)
             rows.append(measure(name, args.batch_size, size, kwargs, args.amp, builders[name], args.steps,
                                 args.warmup))
     argv = sys.argv[1:] if argv is None else argv

@@ -4,6 +4,7 @@ implementation in the same process.
     python benchmarks/pretrain_throughput.py --model mae_vit_base_patch16 --batch_size 256 [--compile]
     python benchmarks/pretrain_throughput.py --model ummae_swin_tiny_256 simmim_swin_tiny_256 --batch_size 256
     python benchmarks/pretrain_throughput.py --model mae_vit_base_patch16 --compare-official ../mae
+    python benchmarks/pretrain_throughput.py --model dmjd_convvit_base_patch16_hog --tiny --device cpu   # a smoke run
 
 Times full optimizer steps (forward, backward, fused AdamW) after warm-up, in the trainer's precision, on a
 batch already on the device (the model, not the data loader). Prints one Markdown table (a row per --model),
@@ -26,7 +27,8 @@ from base.errors import UsageError  # noqa: E402
 from benchmarks import official  # noqa: E402
 from benchmarks.device_peaks import peak_tflops  # noqa: E402
 from benchmarks.measure import Step, count_flops, our_step, saved_bytes, time_steps  # noqa: E402
-from models.clip_teacher import openai_visual_shapes  # noqa: E402
+from models import tiny_kwargs  # noqa: E402
+from models.clip_teacher import save_random_clip  # noqa: E402
 from util.flags import NON_NEGATIVE_INT, POSITIVE, POSITIVE_INT, ArgumentParser, device_name  # noqa: E402
 from util.runtime import (AMP_DTYPES, amp_choice, build_named_model, parse_model_kwargs, run_cli,  # noqa: E402
                           select_device)
@@ -40,18 +42,22 @@ GRAD_CKPT = ("none", "stage1", "all")
 def synthetic_clip_file(folder: str, input_size: int) -> str:
     """A random-weight CLIP ViT-B/16 image tower (the DeepMIM teacher's shape) saved as a state dict:
     the timing does not depend on the weights, and no download is needed."""
-    shapes = openai_visual_shapes(width=768, layers=12, patch_size=16, grid_size=input_size // 16, output_dim=512)
-    path = os.path.join(folder, "clip_vit_b16_random.pt")
-    torch.save({f"visual.{k}": 0.02 * torch.randn(shape) for k, shape in shapes.items()}, path)
-    return path
+    return str(save_random_clip(os.path.join(folder, "clip_vit_b16_random.pt"), width=768, layers=12, patch_size=16,
+                                grid_size=input_size // 16, output_dim=512, std=0.02))
 
 
-def recipe_kwargs(name: str, model_kwargs: dict, folder: str, input_size: int) -> dict:
-    """``model_kwargs`` plus, for a CLIP-target recipe given no ``clip_path``, a random CLIP ViT-B/16 teacher."""
-    kwargs = dict(model_kwargs)
-    if name.endswith("_clip") and "clip_path" not in kwargs:
-        kwargs["clip_path"] = synthetic_clip_file(folder, input_size)
-    return kwargs
+def recipe_kwargs(name: str, args: argparse.Namespace, folder: str) -> tuple[int, dict]:
+    """(input size, options) of recipe ``name``: at full size, or with ``--tiny`` its registered tiny configuration
+    (``models.tiny_kwargs``), then ``--model_kwargs``. A recipe whose teacher is a CLIP checkpoint (its tiny
+    configuration names a ``clip_path``) gets a random CLIP ViT-B/16 at full size unless one is given."""
+    tiny = tiny_kwargs(name, folder)
+    kwargs = dict(tiny) if args.tiny else {}
+    own_size = kwargs.pop("img_size", None)
+    size = args.input_size or own_size or RECIPES.get(name, 224)
+    kwargs |= parse_model_kwargs(args.model_kwargs)
+    if "clip_path" in tiny and "clip_path" not in kwargs:
+        kwargs["clip_path"] = synthetic_clip_file(folder, size)
+    return size, kwargs
 
 
 def check_grad_ckpt(model: torch.nn.Module, name: str, mode: str) -> None:
@@ -108,8 +114,7 @@ def device_peak(device: torch.device, amp: str, override: float | None) -> tuple
 def run_one(name: str, args: argparse.Namespace, device: torch.device, amp: str, folder: str,
             build_official: Callable[[], torch.nn.Module] | None = None) -> dict:
     """One row: our recipe ``name`` measured and, given ``build_official``, the official model too."""
-    input_size = args.input_size or RECIPES.get(name, 224)
-    kwargs = recipe_kwargs(name, parse_model_kwargs(args.model_kwargs), folder, input_size)
+    input_size, kwargs = recipe_kwargs(name, args, folder)
     torch.manual_seed(0)
     imgs = torch.randn(args.batch_size, 3, input_size, input_size, device=device)
     model = build_named_model(name, img_size=input_size, **kwargs).model.to(device)
@@ -167,9 +172,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--model", nargs="+", default=["mae_vit_base_patch16"], metavar="NAME",
                    help="one or more recipes: a table row each")
     p.add_argument("--model_kwargs", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides for every --model (e.g. a tiny configuration)")
+                   help="overrides for every --model")
+    p.add_argument("--tiny", action="store_true",
+                   help="each --model at its registered tiny configuration (models.tiny_kwargs): a smoke run")
     p.add_argument("--batch_size", type=POSITIVE_INT, default=256, help="unique images per step")
-    p.add_argument("--input_size", type=POSITIVE_INT, default=None, help="default: each recipe's own (224 or 256)")
+    p.add_argument("--input_size", type=POSITIVE_INT, default=None,
+                   help="default: each recipe's own (224 or 256; with --tiny its tiny one)")
     p.add_argument("--steps", type=POSITIVE_INT, default=20)
     p.add_argument("--warmup", type=NON_NEGATIVE_INT, default=5)
     p.add_argument("--amp", default=None, choices=sorted(AMP_DTYPES), help="default: bf16 on a GPU, fp32 on CPU")

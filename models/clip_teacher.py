@@ -11,6 +11,7 @@ import re
 import warnings
 import zipfile
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -58,6 +59,16 @@ def openai_visual_shapes(width: int, layers: int, patch_size: int, grid_size: in
                  "mlp.c_proj.weight": (width, 4 * width), "mlp.c_proj.bias": (width,)}
         shapes |= {f"transformer.resblocks.{i}.{k}": shape for k, shape in block.items()}
     return shapes | {"ln_post.weight": (width,), "ln_post.bias": (width,), "proj": (width, output_dim)}
+
+
+def save_random_clip(path: str | Path, width: int, layers: int, patch_size: int, grid_size: int, output_dim: int,
+                     std: float = 0.1, seed: int = 0) -> Path:
+    """Write a random-weight OpenAI CLIP image tower of this shape (normal(0, ``std``) weights) as a state dict:
+    a teacher for tests and timings, where the weights do not matter and nothing can be downloaded."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = openai_visual_shapes(width, layers, patch_size, grid_size, output_dim)
+    torch.save({f"visual.{k}": std * torch.randn(shape, generator=gen) for k, shape in shapes.items()}, path)
+    return Path(path)
 
 
 def _is_torchscript_archive(path: str) -> bool:

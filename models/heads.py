@@ -14,6 +14,10 @@ from .interfaces import EncoderOutput, Masks
 from .pos_embed import sincos_2d
 
 
+# the tiny decoder of the recipes' tiny configurations (``models.tiny_kwargs``), with an encoder module's TINY
+TINY_DECODER = dict(decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+
+
 class MAEDecoder(nn.Module):
     """MAE decoder (docs/methods.md §1.4): embed [prefix, visible], append mask tokens, unshuffle to raster
     order, add fixed sin-cos positions, transformer blocks, LN, linear prediction of every patch.

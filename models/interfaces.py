@@ -11,9 +11,12 @@ blocks from 1 (DeepMIM's "block 6"); ``forward_features`` indices count its feat
 and mmseg's ``out_indices``).
 """
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol, Sequence, runtime_checkable
 
 import torch
+
+from base.errors import UsageError
 
 
 @dataclass
@@ -119,15 +122,87 @@ class FeatureInfo:
     reduction: int
 
 
+class MaskedTokens(StrEnum):
+    """How an encoder treats the patches a mask hides: its ``masked_tokens`` constructor argument."""
+
+    DROP = "drop"  # encode only the K visible tokens, in ids_keep order (MAE; ConViT after masking its convolutions)
+    TOKEN = "token"  # a learned mask token in place of every masked patch, all L encoded (SimMIM, MaskFeat)
+    COMPACT = "compact"  # the visible patch of every 2x2 group packed into a half-side grid (UM-MAE, pyramids)
+    NONE = "none"  # no mask at all (a classifier): no mask parameters, ids_keep must be None
+
+
+# the constructor arguments every encoder takes besides its architecture's own (widths, depths, heads, ...)
+ENCODER_ARGS = ("img_size", "drop_path_rate", "final_norm", "learnable_pos_embed", "masked_tokens", "vis_mask_token")
+
+
+def _choices(values: Sequence) -> str:
+    shown = [repr(str(v)) if isinstance(v, str) else repr(v) for v in values]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
+
+
+@dataclass(frozen=True)
+class EncoderArgs:
+    """The values an encoder allows of the shared constructor arguments (``ENCODER_ARGS``); each encoder class
+    declares its own as ``encoder_args`` and checks them with :meth:`check` when built.
+
+    Every encoder constructor takes:
+
+    - ``img_size``: int or (h, w), the input its patch grid and position table are built for;
+    - ``drop_path_rate``: stochastic depth of the last block, rising linearly from 0 over the blocks;
+    - ``final_norm``: a LayerNorm on the final tokens (fine-tuning under global pooling goes without);
+    - ``learnable_pos_embed``: the absolute position table trains (fine-tuning) or stays frozen (pretraining);
+    - ``masked_tokens``: a :class:`MaskedTokens`, how the masked patches are handled;
+    - ``vis_mask_token``: a learned token that UM-MAE's secondary masking puts in place of the visible patches
+      it hides (``Masks.secondary``).
+
+    The first three take any value. ``masked_tokens`` takes the modes listed here (the first is the default),
+    ``vis_mask_token=True`` only under the ``secondary`` modes, ``learnable_pos_embed`` the listed values
+    (``(False,)`` for an encoder without an absolute position table).
+    """
+
+    masked_tokens: tuple[MaskedTokens, ...]
+    secondary: tuple[MaskedTokens, ...] = ()
+    learnable_pos_embed: tuple[bool, ...] = (False, True)
+
+    def check(self, encoder: str, masked_tokens: str, vis_mask_token: bool,
+              learnable_pos_embed: bool) -> MaskedTokens:
+        """Refuse (``UsageError``, naming the allowed values) what ``encoder`` does not implement; return the
+        mode as a :class:`MaskedTokens`."""
+        if masked_tokens not in self.masked_tokens:
+            raise UsageError(f"{encoder} takes masked_tokens={_choices(self.masked_tokens)}, got {masked_tokens!r}")
+        mode = MaskedTokens(masked_tokens)
+        if vis_mask_token and mode not in self.secondary:
+            where = f"masked_tokens={_choices(self.secondary)}" if self.secondary else "no masked_tokens mode"
+            raise UsageError(f"{encoder} has secondary masking (vis_mask_token=True) under {where}, not under "
+                             f"masked_tokens={str(mode)!r}: pass vis_mask_token=False")
+        if learnable_pos_embed not in self.learnable_pos_embed:
+            raise UsageError(f"{encoder} takes learnable_pos_embed={_choices(self.learnable_pos_embed)}, got "
+                             f"{learnable_pos_embed!r}")
+        return mode
+
+
+class EncoderBuilder(Protocol):
+    """What a recipe calls to build its encoder (an encoder class, or a function such as ``vit.vit_base``): the
+    shared arguments of :class:`EncoderArgs` by keyword, plus overrides of its architecture's own."""
+
+    def __call__(self, *, img_size: int | tuple[int, int], drop_path_rate: float = 0.0, final_norm: bool = True,
+                 learnable_pos_embed: bool = False, masked_tokens: MaskedTokens | str = ...,
+                 vis_mask_token: bool = False, **architecture) -> "Encoder":
+        ...
+
+
 @runtime_checkable
 class Encoder(Protocol):
     """A backbone that consumes a mask its own way (drop tokens, mask convolutions, compact grid, mask token).
 
     ``grid_size``/``num_patches`` describe the patch grid the masks live on (``patch_size`` pixels a patch);
     ``embed_dim`` is the width of the final tokens, ``depth`` the number of blocks ``return_layers`` counts,
-    ``num_prefix_tokens`` the P of :class:`EncoderOutput` (a decoder's position table needs it when built).
+    ``num_prefix_tokens`` the P of :class:`EncoderOutput` (a decoder's position table needs it when built),
+    ``encoder_args`` the values it allows of the shared constructor arguments, ``masked_tokens`` its mode.
     """
 
+    encoder_args: EncoderArgs
+    masked_tokens: MaskedTokens
     num_prefix_tokens: int
     patch_size: int
     grid_size: tuple[int, int]
@@ -160,13 +235,31 @@ class Encoder(Protocol):
 
 @runtime_checkable
 class Masking(Protocol):
-    """Draws the masks of a batch on its device, batched, from ``generator`` or the global RNG."""
+    """Draws the masks of a batch on its device, batched, from ``generator`` or the global RNG, for the encoder's
+    patch grid ``grid_size`` = (rows, cols) (L = rows * cols, not necessarily square).
+
+    A masking may also define ``check(grid_size)``, which the model calls once when it is built: refuse
+    (``UsageError``) a grid it cannot mask, e.g. one it would leave no patch of visible."""
 
     mask_ratio: float
 
-    def __call__(self, batch_size: int, num_patches: int, device: torch.device,
+    def __call__(self, batch_size: int, grid_size: tuple[int, int], device: torch.device,
                  generator: torch.Generator | None = None) -> Masks:
         ...
+
+
+@runtime_checkable
+class UnitMasking(Masking, Protocol):
+    """A masking that hides whole units (a patch, a 2x2 block) and can give its draw as an order of units, which
+    DMJD's disjoint views (``masking.DisjointMasking``) permute to derive each view from the one before."""
+
+    def num_units(self, grid_size: tuple[int, int]) -> int:
+        """S, the number of units of the grid."""
+
+    def units_to_patches(self, order: torch.Tensor, len_keep: int,
+                         grid_size: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """order [B, S] of units, the first ``len_keep`` visible -> (the order of patches [B, L'], the number of
+        them kept), as ``Masks.from_shuffle`` takes them."""
 
 
 @runtime_checkable

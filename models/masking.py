@@ -8,7 +8,7 @@ import torch
 
 from base.errors import UsageError
 
-from .interfaces import Masks
+from .interfaces import Masks, UnitMasking
 
 __all__ = ["Masks", "RandomMasking", "BlockMasking", "DisjointMasking", "UniformMasking", "compact_order"]
 
@@ -36,6 +36,10 @@ def check_even_grid(masking: str, grid: tuple[int, int]) -> None:
                          "even number of patches")
 
 
+def _patches(grid_size: tuple[int, int]) -> int:
+    return grid_size[0] * grid_size[1]
+
+
 class RandomMasking:
     """MAE random masking (docs/methods.md §1.2): keep ``int(L * (1 - ratio))`` patches of lowest noise."""
 
@@ -47,35 +51,30 @@ class RandomMasking:
     def num_visible(self, num_patches: int) -> int:
         return int(num_patches * (1 - self.mask_ratio))
 
-    def num_units(self, num_patches: int) -> int:
+    def num_units(self, grid_size: tuple[int, int]) -> int:
         """The masking unit is one patch."""
-        return num_patches
+        return _patches(grid_size)
 
     def check(self, grid_size: tuple[int, int]) -> None:
         """Refuse (``UsageError``) a ratio that keeps no patch of the model's grid (checked when it is built)."""
-        patches = grid_size[0] * grid_size[1]
+        patches = _patches(grid_size)
         check_keeps_some("random masking", "mask_ratio", self.mask_ratio, self.num_visible(patches), patches,
                          "patch", grid_size)
 
-    def units_to_patches(self, order: torch.Tensor, len_keep: int, num_patches: int) -> tuple[torch.Tensor, int]:
+    def units_to_patches(self, order: torch.Tensor, len_keep: int,
+                         grid_size: tuple[int, int]) -> tuple[torch.Tensor, int]:
         """An order of units [N, S] (first ``len_keep`` visible) -> the order of patches and their count kept."""
         return order, len_keep
 
-    def __call__(self, batch_size: int, num_patches: int, device: torch.device,
+    def __call__(self, batch_size: int, grid_size: tuple[int, int], device: torch.device,
                  generator: torch.Generator | None = None) -> Masks:
+        num_patches = _patches(grid_size)
         noise = torch.rand(batch_size, num_patches, device=device, generator=generator)
         ids_shuffle = torch.argsort(noise, dim=1)
         return Masks.from_shuffle(ids_shuffle, self.num_visible(num_patches))
 
     def __repr__(self) -> str:
         return f"RandomMasking(mask_ratio={self.mask_ratio})"
-
-
-def _square_grid(num_patches: int) -> tuple[int, int]:
-    side = int(round(num_patches ** 0.5))
-    if side * side != num_patches:
-        raise ValueError(f"{num_patches} patches are not a square grid")
-    return side, side
 
 
 def _block_to_patch_order(block_order: torch.Tensor, len_keep: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -97,41 +96,38 @@ class BlockMasking:
     ``int(S * (1 - ratio))`` of the S = L/4 blocks stay visible, so the realised ratio can be a little
     above ``mask_ratio`` (61.2% at 0.6 on 14x14 patches)."""
 
-    def __init__(self, mask_ratio: float = 0.6, grid_size: tuple[int, int] | None = None):
+    def __init__(self, mask_ratio: float = 0.6):
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        self.mask_ratio, self.grid_size = mask_ratio, grid_size
-
-    def grid(self, num_patches: int) -> tuple[int, int]:
-        grid = self.grid_size or _square_grid(num_patches)
-        if grid[0] % 2 or grid[1] % 2:
-            raise ValueError(f"block masking needs an even patch grid, got {grid}")
-        return grid
+        self.mask_ratio = mask_ratio
 
     def num_visible(self, num_patches: int) -> int:
         return 4 * int(num_patches // 4 * (1 - self.mask_ratio))
 
-    def num_units(self, num_patches: int) -> int:
+    def num_units(self, grid_size: tuple[int, int]) -> int:
         """The masking unit is a 2x2 block of patches."""
-        return num_patches // 4
+        return _patches(grid_size) // 4
 
     def check(self, grid_size: tuple[int, int]) -> None:
         """Refuse an odd grid, and a ratio that keeps no 2x2 block of it."""
         check_even_grid("block masking", grid_size)
-        patches = grid_size[0] * grid_size[1]
+        patches = _patches(grid_size)
         check_keeps_some("block masking", "mask_ratio", self.mask_ratio, self.num_visible(patches) // 4,
                          patches // 4, "2x2 block", grid_size)
 
-    def units_to_patches(self, order: torch.Tensor, len_keep: int, num_patches: int) -> tuple[torch.Tensor, int]:
+    def units_to_patches(self, order: torch.Tensor, len_keep: int,
+                         grid_size: tuple[int, int]) -> tuple[torch.Tensor, int]:
         """An order of blocks [N, S] (first ``len_keep`` visible) -> the official order of patches [N, 4S]
         and the number of patches kept."""
-        return _block_to_patch_order(order, len_keep, self.grid(num_patches)), 4 * len_keep
+        if grid_size[0] % 2 or grid_size[1] % 2:
+            raise ValueError(f"block masking needs an even patch grid, got {grid_size}")
+        return _block_to_patch_order(order, len_keep, grid_size), 4 * len_keep
 
-    def __call__(self, batch_size: int, num_patches: int, device: torch.device,
+    def __call__(self, batch_size: int, grid_size: tuple[int, int], device: torch.device,
                  generator: torch.Generator | None = None) -> Masks:
-        noise = torch.rand(batch_size, self.num_units(num_patches), device=device, generator=generator)
-        order, len_keep = self.units_to_patches(torch.argsort(noise, dim=1), self.num_visible(num_patches) // 4,
-                                                num_patches)
+        noise = torch.rand(batch_size, self.num_units(grid_size), device=device, generator=generator)
+        order, len_keep = self.units_to_patches(torch.argsort(noise, dim=1),
+                                                self.num_visible(_patches(grid_size)) // 4, grid_size)
         return Masks.from_shuffle(order, len_keep)
 
     def __repr__(self) -> str:
@@ -139,8 +135,8 @@ class BlockMasking:
 
 
 class DisjointMasking:
-    """DMJD's disjoint multi-view masking (docs/methods.md §2.3) over any masking of units (a patch for random,
-    a 2x2 block for block masking: ``num_units`` / ``units_to_patches``).
+    """DMJD's disjoint multi-view masking (docs/methods.md §2.3) over any masking of units
+    (:class:`~models.interfaces.UnitMasking`: a patch for random, a 2x2 block for block masking).
 
     View 1 is the base masking. Each later view keeps the same number of visible units (patches, or
     blocks) but swaps ``int(min(pred_ratio - mask_ratio, mask_ratio) * S)`` of them with the previous
@@ -151,7 +147,7 @@ class DisjointMasking:
     from the one before by the same rule.
     """
 
-    def __init__(self, base: RandomMasking | BlockMasking, pred_ratio: float = 1.0, num_views: int = 2):
+    def __init__(self, base: UnitMasking, pred_ratio: float = 1.0, num_views: int = 2):
         if num_views < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         if not base.mask_ratio <= pred_ratio <= 1.0:
@@ -166,7 +162,7 @@ class DisjointMasking:
         """The base masking's check, and views that differ when ``pred_ratio`` asks for more than one view's
         masked units: a grid too small to swap a unit would give V copies of one view."""
         self.base.check(grid_size)
-        units = self.base.num_units(grid_size[0] * grid_size[1])
+        units = self.base.num_units(grid_size)
         if self.num_views > 1 and self.pred_ratio > self.mask_ratio and self.num_swapped(units) == 0:
             unit = "2x2 block" if isinstance(self.base, BlockMasking) else "patch"
             share = min(self.pred_ratio - self.mask_ratio, self.mask_ratio)
@@ -174,9 +170,9 @@ class DisjointMasking:
                              f"{self.pred_ratio:g} swap int({units} x {share:g}) = 0 of the {_plural(units, unit)} "
                              "between views, so every view is the same: pass a larger pred_ratio or --input_size")
 
-    def __call__(self, batch_size: int, num_patches: int, device: torch.device,
+    def __call__(self, batch_size: int, grid_size: tuple[int, int], device: torch.device,
                  generator: torch.Generator | None = None) -> Masks:
-        units = self.base.num_units(num_patches)
+        units = self.base.num_units(grid_size)
         len_keep = int(units * (1 - self.mask_ratio))
         swapped = self.num_swapped(units)
         order = torch.argsort(torch.rand(batch_size, units, device=device, generator=generator), dim=1)
@@ -187,7 +183,7 @@ class DisjointMasking:
         # two views are disjoint when every visible unit of the first is swapped; a third view may take
         # back units the first one saw
         disjoint = self.num_views == 2 and swapped == len_keep
-        order, len_keep = self.base.units_to_patches(torch.cat(orders, dim=0), len_keep, num_patches)
+        order, len_keep = self.base.units_to_patches(torch.cat(orders, dim=0), len_keep, grid_size)
         return Masks.from_shuffle(order, len_keep, self.num_views, disjoint_views=disjoint)
 
     @staticmethod
@@ -233,10 +229,10 @@ class UniformMasking:
 
     mask_ratio = 0.75
 
-    def __init__(self, vis_mask_ratio: float = 0.0, grid_size: tuple[int, int] | None = None):
+    def __init__(self, vis_mask_ratio: float = 0.0):
         if not 0.0 <= vis_mask_ratio < 1.0:
             raise ValueError(f"vis_mask_ratio must be in [0, 1), got {vis_mask_ratio}")
-        self.vis_mask_ratio, self.grid_size = vis_mask_ratio, grid_size
+        self.vis_mask_ratio = vis_mask_ratio
 
     def check(self, grid_size: tuple[int, int]) -> None:
         """Refuse an odd grid, and a secondary ratio that hides every visible patch of it."""
@@ -245,11 +241,12 @@ class UniformMasking:
         check_keeps_some("secondary masking", "vis_mask_ratio", self.vis_mask_ratio,
                          int(groups * (1 - self.vis_mask_ratio)), groups, "visible patch", grid_size)
 
-    def __call__(self, batch_size: int, num_patches: int, device: torch.device,
+    def __call__(self, batch_size: int, grid_size: tuple[int, int], device: torch.device,
                  generator: torch.Generator | None = None) -> Masks:
-        h, w = self.grid_size or _square_grid(num_patches)
+        h, w = grid_size
         if h % 2 or w % 2:
             raise ValueError(f"uniform masking needs an even patch grid, got {(h, w)}")
+        num_patches = h * w
         groups = num_patches // 4
         # the pool [0, 1, 2, 3, 0, 1, ...] of >= L/2 entries, shuffled per sample; its first `groups`
         # entries give the groups their kept corners

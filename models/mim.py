@@ -85,7 +85,8 @@ class MaskedImageModel(FlatKeys, nn.Module):
         return state_dict
 
     def sample_masks(self, imgs: torch.Tensor, generator: torch.Generator | None = None) -> Masks:
-        return self.masking(imgs.shape[0], self.num_patches, imgs.device, generator)
+        """The sampler's masks for imgs [N, 3, H, W], on the encoder's patch grid."""
+        return self.masking(imgs.shape[0], tuple(self.encoder.grid_size), imgs.device, generator)
 
     def forward(self, imgs: torch.Tensor, mask: torch.Tensor | Masks | None = None) -> MIMOutput:
         """imgs: [N, 3, H, W] ImageNet-normalized.

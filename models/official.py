@@ -4,10 +4,12 @@
   as printed (DMJD ``dmjd_convit_*`` and ``convit_*``, UM-MAE ``mae_swin_*`` / ``mae_pvt_*``), and
   :func:`pretrain_model_name` maps DeepMIM's ``--model mae_vit_base_patch16 --clip_path ...``.
 - Keys: checkpoint adapters that a recipe attaches to its model (``MaskedImageModel(checkpoint_filters=)``).
-- Quirks: each method's documented bugs of the official code, by name, with the official behaviour each
-  reproduces. ``--official_quirks`` turns on the recipe's whole set (docs/methods.md and PRETRAIN.md list
-  them); the default is what the paper describes.
+- Quirks: each method's documented bugs of the official code, named and described once (``QUIRKS``; the docs'
+  table is :func:`quirks_table`'s output). ``--official_quirks`` turns on the recipe's whole set; the default is
+  what the paper describes.
 """
+from dataclasses import dataclass
+
 import torch
 
 from .registry import register_alias
@@ -57,23 +59,48 @@ def share_decoder_pos_embed(own_keys: set[str], state_dict: dict[str, torch.Tens
     return state_dict
 
 
-# name -> the official behaviour it reproduces
-DMJD_QUIRKS = {
-    "masking_ignores_pred_ratio": "the views are masked as if pred_ratio were 1; pred_ratio only scales the LR",
-    "raster_visible_targets": "the visible branch compares each prediction (ids_keep order) with the target of "
-                              "the visible patch at the same index in raster order (docs/methods.md §2.5)",
-    "theta_is_one": "--theta is parsed but never used: the visible loss has weight 1",
-}
-MASKFEAT_QUIRKS = {
-    "float_input_hog": "HOG on the normalized floats (SlowFast), where rounding decides the bin of gradients "
-                       "on the 0/180-degree boundary, instead of the exact 0-255 pixels",
-}
-UMMAE_QUIRKS = {
-    "raster_decoder_positions": "the pyramid decoder gives its visible tokens (group order) the positions of "
-                                "the visible patches in raster order, mostly another patch's (§4.5)",
+@dataclass(frozen=True)
+class Quirk:
+    """One documented bug of an official code base that ``--official_quirks`` reproduces: the method whose
+    code has it, what the framework does by default (the paper) and what it does under the flag."""
+
+    method: str
+    paper: str
+    official: str
+
+
+# every quirk, by name: the one place they are named and described (the docs' table is :func:`quirks_table`)
+QUIRKS = {
+    "masking_ignores_pred_ratio": Quirk(
+        "DMJD", "`--pred_ratio` reaches the masking (and the LR)",
+        "the masking always uses pred_ratio 1; `--pred_ratio` only scales the LR"),
+    "raster_visible_targets": Quirk(
+        "DMJD", "each visible prediction is compared with its own patch's target",
+        "targets taken in raster order while predictions follow the kept-token order, so most pairs are different "
+        "patches (docs/methods.md §2.5)"),
+    "theta_is_one": Quirk("DMJD", "`--theta` weights the visible loss", "`--theta` ignored (always 1)"),
+    "float_input_hog": Quirk(
+        "MaskFeat", "HOG of the exact 0-255 pixels (HOG is invariant to the per-channel normalization)",
+        "HOG of the normalized floats, where rounding picks bin 0 or 8 for gradients on the 0/180° boundary"),
+    "raster_decoder_positions": Quirk(
+        "UM-MAE (Swin, PVT)", "each visible decoder token gets its own patch's position",
+        "positions taken in raster order while the tokens are in 2x2-group order, so most visible tokens get "
+        "another patch's position (docs/methods.md §4.5)"),
 }
 
 
-def quirks(table: dict[str, str], official: bool) -> dict[str, str]:
-    """The quirks of ``table`` that are on: all of them under ``--official_quirks``, else none."""
-    return dict(table) if official else {}
+def quirk_set(method: str) -> dict[str, str]:
+    """The quirks of ``method``'s official code, name -> the official behaviour reproduced (a recipe's set)."""
+    return {name: quirk.official for name, quirk in QUIRKS.items() if quirk.method == method}
+
+
+DMJD_QUIRKS = quirk_set("DMJD")
+MASKFEAT_QUIRKS = quirk_set("MaskFeat")
+UMMAE_QUIRKS = quirk_set("UM-MAE (Swin, PVT)")
+
+
+def quirks_table() -> str:
+    """The Markdown table of every quirk, as the docs print it (tests/test_docs_commands.py checks they do)."""
+    rows = ["| method | quirk | default (paper) | `--official_quirks` (official code) |", "|---|---|---|---|"]
+    rows += [f"| {q.method} | `{name}` | {q.paper} | {q.official} |" for name, q in QUIRKS.items()]
+    return "\n".join(rows)

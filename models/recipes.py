@@ -1,6 +1,7 @@
 """Named recipes: pretraining models pick one value on every axis (encoder, masking, target, heads);
 classification models wrap an encoder for fine-tuning and linear probing."""
 from functools import partial
+from pathlib import Path
 from typing import Callable, Sequence
 
 from torch import nn
@@ -8,9 +9,10 @@ from torch import nn
 from base.errors import UsageError
 
 from .classifier import Classifier
-from .clip_teacher import load_clip_teacher
+from .clip_teacher import load_clip_teacher, save_random_clip
 from .encoders import convvit, pvt, swin, vit
-from .heads import LinearHead, MAEDecoder, VisibleDistillHead, deep_supervision_heads, default_ds_layers
+from .heads import (TINY_DECODER, LinearHead, MAEDecoder, VisibleDistillHead, deep_supervision_heads,
+                    default_ds_layers)
 from .hog import HogTarget, MaskFeatHogTarget
 from .interfaces import Masking
 from .losses import PatchLoss
@@ -39,7 +41,7 @@ def build_mae(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.7
     encoder = encoder_fn(img_size=img_size, vis_mask_token=vis_mask_ratio > 0, **encoder_kwargs)
     target = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss)
     decoder = MAEDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim,
-                         decoder_depth, decoder_num_heads)
+                         decoder_depth, decoder_num_heads, num_prefix_tokens=encoder.num_prefix_tokens)
     return MaskedImageModel(encoder, masking or _mae_masking(mask_ratio, mask_regular, vis_mask_ratio), target,
                             {"mim": Branch(decoder, PatchLoss("l2", on="masked"))})
 
@@ -55,27 +57,27 @@ def _mae_masking(mask_ratio: float, mask_regular: bool, vis_mask_ratio: float):
     return UniformMasking(vis_mask_ratio)
 
 
-@register_model
+@register_model(tiny=vit.TINY | TINY_DECODER)
 def mae_vit_tiny_patch16(**kwargs) -> MaskedImageModel:
     return build_mae(partial(vit.vit_tiny, patch_size=16), **kwargs)
 
 
-@register_model
+@register_model(tiny=vit.TINY | TINY_DECODER)
 def mae_vit_small_patch16(**kwargs) -> MaskedImageModel:
     return build_mae(partial(vit.vit_small, patch_size=16), **kwargs)
 
 
-@register_model
+@register_model(tiny=vit.TINY | TINY_DECODER)
 def mae_vit_base_patch16(**kwargs) -> MaskedImageModel:
     return build_mae(partial(vit.vit_base, patch_size=16), **kwargs)
 
 
-@register_model
+@register_model(tiny=vit.TINY | TINY_DECODER)
 def mae_vit_large_patch16(**kwargs) -> MaskedImageModel:
     return build_mae(partial(vit.vit_large, patch_size=16), **kwargs)
 
 
-@register_model
+@register_model(tiny=vit.TINY | TINY_DECODER)
 def mae_vit_huge_patch14(**kwargs) -> MaskedImageModel:
     return build_mae(partial(vit.vit_huge, patch_size=14), **kwargs)
 
@@ -132,31 +134,31 @@ def build_dmjd(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.
                                        lr_batch_ratio=pred_ratio / mask_ratio if num_views > 1 else 1.0))
 
 
-@register_model(quirks=DMJD_QUIRKS)
+@register_model(quirks=DMJD_QUIRKS, tiny=convvit.TINY | TINY_DECODER)
 def dmjd_convvit_base_patch16_hog(**kwargs) -> MaskedImageModel:
     """DMJD ConViT-B with the 8-block decoder (the PRETRAIN.md setting)."""
     return build_dmjd(convvit.convvit_base, **kwargs)
 
 
-@register_model(quirks=DMJD_QUIRKS)
+@register_model(quirks=DMJD_QUIRKS, tiny=convvit.TINY | TINY_DECODER)
 def dmjd_convvit_base_patch16_dec2_hog(**kwargs) -> MaskedImageModel:
     """DMJD ConViT-B with a 2-block decoder."""
     return build_dmjd(convvit.convvit_base, **{"decoder_depth": 2, **kwargs})
 
 
-@register_model(quirks=DMJD_QUIRKS)
+@register_model(quirks=DMJD_QUIRKS, tiny=convvit.TINY | TINY_DECODER)
 def dmjd_convvit_large_patch16_hog(**kwargs) -> MaskedImageModel:
     return build_dmjd(convvit.convvit_large, **kwargs)
 
 
-@register_model(quirks=DMJD_QUIRKS)
+@register_model(quirks=DMJD_QUIRKS, tiny=vit.TINY | TINY_DECODER)
 def dmjd_vit_base_patch16_hog(**kwargs) -> MaskedImageModel:
     """DMJD on a plain ViT-B (the paper's MaskFeat + DMJD row; the official repository has no code for
     it): the same views, heads and HOG target over the MAE encoder, decoder MLP ratio 4."""
     return build_dmjd(partial(vit.vit_base, patch_size=16), **{"decoder_mlp_ratio": 4.0, **kwargs})
 
 
-@register_model
+@register_model(tiny=convvit.TINY | TINY_DECODER)
 def convmae_convvit_base_patch16(**kwargs) -> Recipe:
     """ConvMAE baseline: ConViT-B (MLP ratios 4/4/4), one randomly masked view at 75%, pixel target,
     MAE decoder, no distillation."""
@@ -182,7 +184,7 @@ def build_maskfeat(encoder_fn: Callable, img_size: int = 224, mask_ratio: float 
     return Recipe(model, TrainDefaults(min_crop_scale=0.5))
 
 
-@register_model(quirks=MASKFEAT_QUIRKS)
+@register_model(quirks=MASKFEAT_QUIRKS, tiny=vit.TINY)
 def maskfeat_vit_base_patch16(**kwargs) -> Recipe:
     """MaskFeat ViT-B/16 baseline: HOG target, one 40%-masked view, linear head."""
     return build_maskfeat(partial(vit.vit_base, patch_size=16), **kwargs)
@@ -216,7 +218,14 @@ def build_deepmim(encoder_fn: Callable, img_size: int = 224, mask_ratio: float =
                             checkpoint_filters=[share_decoder_pos_embed])
 
 
-@register_model
+def _tiny_deepmim_clip(folder: Path) -> dict:
+    """Tiny DeepMIM-CLIP: patch 16 at 64 px, so that a random 2-layer CLIP teacher (written into ``folder``) has
+    the student's 4x4 grid."""
+    clip = save_random_clip(folder / "tiny_clip.pt", width=64, layers=2, patch_size=16, grid_size=4, output_dim=24)
+    return vit.TINY | TINY_DECODER | {"img_size": 64, "patch_size": 16, "clip_path": str(clip)}
+
+
+@register_model(tiny=_tiny_deepmim_clip)
 def deepmim_vit_base_patch16_clip(clip_path: str | None = None, **kwargs) -> MaskedImageModel:
     """DeepMIM-CLIP ViT-B/16: taps after blocks 6, 8, 10 and 12, CLIP ViT-B/16 teacher (``--clip_path``)."""
     if not clip_path:
@@ -224,7 +233,7 @@ def deepmim_vit_base_patch16_clip(clip_path: str | None = None, **kwargs) -> Mas
     return build_deepmim(partial(vit.vit_base, patch_size=16), clip_path=clip_path, **kwargs)
 
 
-@register_model
+@register_model(tiny=vit.TINY | TINY_DECODER)
 def deepmim_vit_base_patch16(**kwargs) -> MaskedImageModel:
     """DeepMIM-MAE ViT-B/16: the same deep supervision with the MAE pixel target (norm-pix by flag)."""
     return build_deepmim(partial(vit.vit_base, patch_size=16), **kwargs)
@@ -271,37 +280,37 @@ def build_simmim(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 
                             {"mim": Branch(head, PatchLoss("l1", on="masked"))})
 
 
-@register_model(quirks=UMMAE_QUIRKS)
+@register_model(quirks=UMMAE_QUIRKS, tiny=swin.TINY | TINY_DECODER)
 def ummae_swin_tiny_256(**kwargs) -> MaskedImageModel:
     """UM-MAE Swin-T at 256 px: window 8 on the compact grid, decoder 512 x 2."""
     return build_ummae(swin.swin_tiny, **kwargs)
 
 
-@register_model(quirks=UMMAE_QUIRKS)
+@register_model(quirks=UMMAE_QUIRKS, tiny=swin.TINY | TINY_DECODER)
 def ummae_swin_large_256(**kwargs) -> MaskedImageModel:
     """UM-MAE Swin-L at 256 px: window 8 on the compact grid, decoder 512 x 8."""
     return build_ummae(swin.swin_large, **{"decoder_depth": 8, **kwargs})
 
 
-@register_model(quirks=UMMAE_QUIRKS)
+@register_model(quirks=UMMAE_QUIRKS, tiny=pvt.TINY | TINY_DECODER)
 def ummae_pvt_small_256(**kwargs) -> MaskedImageModel:
     """UM-MAE PVT-S at 256 px: spatial reduction 4/2/1/1 on the compact grid, decoder 512 x 2."""
     return build_ummae(pvt.pvt_small, **kwargs)
 
 
-@register_model
+@register_model(tiny=swin.TINY)
 def simmim_swin_tiny_256(**kwargs) -> MaskedImageModel:
     """SimMIM Swin-T at 256 px (UM-MAE's baseline): the full 64x64 grid, window 16."""
     return build_simmim(partial(swin.swin_tiny, window_size=16, vis_mask_token=False), **kwargs)
 
 
-@register_model
+@register_model(tiny=pvt.TINY)
 def simmim_pvt_small_256(**kwargs) -> MaskedImageModel:
     """SimMIM PVT-S at 256 px (UM-MAE's baseline): the full grid, spatial reduction 8/4/2/1."""
     return build_simmim(pvt.pvt_small, **kwargs)
 
 
-@register_model
+@register_model(tiny=vit.TINY)
 def simmim_vit_base_patch16(**kwargs) -> MaskedImageModel:
     """SimMIM ViT-B/16 at 224 px: SimMIM's own 32-px blocks at 0.6, a linear head per patch (its 1x1 conv +
     PixelShuffle(16) on a stride-16 map)."""
@@ -318,56 +327,56 @@ def build_classifier(encoder_fn: Callable, img_size: int = 224, num_classes: int
     return Classifier(encoder, num_classes, global_pool)
 
 
-@register_model(task="classify")
+@register_model(task="classify", tiny=vit.TINY)
 def vit_tiny_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_tiny, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model(task="classify")
+@register_model(task="classify", tiny=vit.TINY)
 def vit_small_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_small, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model(task="classify")
+@register_model(task="classify", tiny=vit.TINY)
 def vit_base_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_base, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model(task="classify")
+@register_model(task="classify", tiny=vit.TINY)
 def vit_large_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_large, patch_size=16, learnable_pos_embed=True), **kwargs)
 
 
-@register_model(task="classify")
+@register_model(task="classify", tiny=vit.TINY)
 def vit_huge_patch14(**kwargs) -> Classifier:
     return build_classifier(partial(vit.vit_huge, patch_size=14, learnable_pos_embed=True), **kwargs)
 
 
-@register_model(task="classify")
+@register_model(task="classify", tiny=convvit.TINY)
 def convvit_base_patch16(**kwargs) -> Classifier:
     """ConViT-B for fine-tuning / linear probing: no multi-scale fusion, global pooling (docs/methods.md §2.7)."""
     return build_classifier(partial(convvit.convvit_base, fusion=False, learnable_pos_embed=True), **kwargs)
 
 
-@register_model(task="classify")
+@register_model(task="classify", tiny=convvit.TINY)
 def convvit_large_patch16(**kwargs) -> Classifier:
     return build_classifier(partial(convvit.convvit_large, fusion=False, learnable_pos_embed=True), **kwargs)
 
 
-@register_model(task="classify")
+@register_model(task="classify", tiny=swin.TINY)
 def swin_tiny_256(**kwargs) -> Classifier:
     """Swin-T for fine-tuning at 256 px (UM-MAE FINETUNE.md): the full grid, window 16."""
     return build_classifier(partial(swin.swin_tiny, masked_tokens="none", window_size=16, vis_mask_token=False),
                             **{"img_size": 256, **kwargs})
 
 
-@register_model(task="classify")
+@register_model(task="classify", tiny=swin.TINY)
 def swin_large_256(**kwargs) -> Classifier:
     return build_classifier(partial(swin.swin_large, masked_tokens="none", window_size=16, vis_mask_token=False),
                             **{"img_size": 256, **kwargs})
 
 
-@register_model(task="classify")
+@register_model(task="classify", tiny=pvt.TINY)
 def pvt_small_256(**kwargs) -> Classifier:
     """PVT-S for fine-tuning at 256 px: spatial reduction 8/4/2/1, learnable position table."""
     return build_classifier(partial(pvt.pvt_small, learnable_pos_embed=True), **{"img_size": 256, **kwargs})

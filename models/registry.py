@@ -6,6 +6,7 @@ that differ from MAE's (DMJD's crop scale and LR rule). ``create_model`` always 
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from torch import nn
@@ -35,23 +36,29 @@ class Recipe:
 
 
 Builder = Callable[..., nn.Module | Recipe]
+# a tiny configuration: keyword overrides, or a function of a scratch folder that writes the files it names there
+Tiny = dict | Callable[[Path], dict]
 TASKS = ("pretrain", "classify")  # what a registered model is for: main_pretrain.py, or fine-tuning / probing
 _MODELS: dict[str, Builder] = {}
 _QUIRKS: dict[str, dict[str, str]] = {}
 _TASKS: dict[str, str] = {}
+_TINY: dict[str, Tiny] = {}
 
 
 def register_model(fn: Builder | None = None, name: str | None = None, quirks: dict[str, str] | None = None,
-                   task: str = "pretrain"):
+                   task: str = "pretrain", tiny: Tiny | None = None):
     """Decorator: register ``fn`` under its own name (or ``name``, for aliases such as official names).
 
     ``quirks`` names the official bugs the builder reproduces when called with ``official_quirks=True``
     (``models/official.py``); a builder registered without them is never passed that flag. ``task``: one of
     ``TASKS``, a pretraining recipe or a classifier (``"classify"``), so that a CLI refuses the other kind.
-    Use as ``@register_model`` or ``@register_model(quirks=..., task=...)``.
+    ``tiny``: the overrides (``img_size`` included) that make the model tiny, usually its encoder module's
+    ``TINY`` and a tiny decoder (:func:`tiny_kwargs`; every test, benchmark smoke run and docs check takes
+    them from here, so a recipe registered with them is covered by ``make test`` without another edit).
+    Use as ``@register_model`` or ``@register_model(quirks=..., task=..., tiny=...)``.
     """
     if fn is None:
-        return lambda f: register_model(f, name, quirks, task)
+        return lambda f: register_model(f, name, quirks, task, tiny)
     name = name or fn.__name__
     if name in _MODELS:
         raise ValueError(f"model {name!r} is registered twice")
@@ -61,13 +68,31 @@ def register_model(fn: Builder | None = None, name: str | None = None, quirks: d
     _TASKS[name] = task
     if quirks:
         _QUIRKS[name] = dict(quirks)
+    if tiny is not None:
+        _TINY[name] = tiny
     return fn
 
 
 def register_alias(name: str, target: str, **fixed) -> None:
     """Register ``name`` as the recipe ``target`` with some keyword defaults ``fixed`` (official names)."""
     builder = _MODELS[target]
-    register_model(lambda **kwargs: builder(**{**fixed, **kwargs}), name, _QUIRKS.get(target), _TASKS[target])
+    register_model(lambda **kwargs: builder(**{**fixed, **kwargs}), name, _QUIRKS.get(target), _TASKS[target],
+                   _TINY.get(target))
+
+
+def tiny_kwargs(name: str, folder: str | Path | None = None) -> dict:
+    """The registered tiny configuration of ``name``: overrides, ``img_size`` included, that build it with a few
+    thousand parameters (``create_model(name, **tiny_kwargs(name))``). A recipe that reads a file (a teacher's
+    checkpoint) writes a tiny one into ``folder``, which it then needs."""
+    if name not in _TINY:
+        raise LookupError(f"{name} has no tiny configuration: register it with @register_model(tiny=...), "
+                          "e.g. its encoder module's TINY")
+    tiny = _TINY[name]
+    if callable(tiny):
+        if folder is None:
+            raise ValueError(f"the tiny configuration of {name} writes a file: pass a folder")
+        return tiny(Path(folder))
+    return dict(tiny)
 
 
 def list_models(pattern: str = "*", task: str | None = None) -> list[str]:

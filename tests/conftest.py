@@ -1,15 +1,27 @@
 """Shared fixtures: tiny models, generated image folders, training helpers (the golden cases: golden_rules.py)."""
 import os
 from pathlib import Path
+from typing import Iterable
 
 import pytest
 import torch
 from PIL import Image
 
+import models
 from models.masking import compact_order
 
-TINY_MAE = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2,
-                decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+TINY_MAE = models.tiny_kwargs("mae_vit_base_patch16")  # every registered model's tiny configuration: the registry's
+
+
+def tiny_cli_args(name: str, folder: Path | None = None, flags: Iterable[str] = ("--input_size",)) -> list[str]:
+    """The registered tiny configuration of ``name`` as a CLI's arguments: the image size as ``--input_size`` (or
+    ``--img_size``, whichever of the CLI's ``flags``), another key with a flag of its own as that flag, the rest
+    in ``--model_kwargs``."""
+    kwargs, flags = models.tiny_kwargs(name, folder), set(flags)
+    args = [next(f for f in ("--input_size", "--img_size") if f in flags), str(kwargs.pop("img_size"))]
+    args += [word for key, value in kwargs.items() if f"--{key}" in flags for word in (f"--{key}", str(value))]
+    rest = [f"{key}={value!r}" for key, value in kwargs.items() if f"--{key}" not in flags]
+    return args + (["--model_kwargs", *rest] if rest else [])
 
 
 def assert_close_across_kernels(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-6) -> None:

@@ -17,15 +17,10 @@ import models
 from base.errors import UsageError
 from benchmarks import cpu_proxies, official, pretrain_throughput
 from benchmarks.measure import Step, count_flops, saved_bytes
-from models.clip_teacher import load_clip_teacher, openai_visual_shapes
+from models.clip_teacher import load_clip_teacher
 from models.mim import MaskedImageModel
 
-TINY_VIT = ["patch_size=8", "embed_dim=32", "depth=4", "num_heads=2", "decoder_embed_dim=32", "decoder_depth=1",
-            "decoder_num_heads=2"]
-TINY_DMJD = ["embed_dims=(8,16,32)", "depths=(1,1,1)", "num_heads=2", "decoder_embed_dim=16", "decoder_depth=1",
-             "decoder_num_heads=2"]
-TINY_SWIN = ["embed_dim=8", "depths=(1,1,1,1)", "num_heads=(1,1,2,2)", "posmlp_dim=4"]
-ONE_STEP = ["--batch_size", "2", "--steps", "1", "--warmup", "0", "--device", "cpu"]
+ONE_STEP = ["--batch_size", "2", "--steps", "1", "--warmup", "0", "--device", "cpu"]  # models: --tiny
 
 
 def _refuse_constant(name: str):
@@ -49,8 +44,8 @@ def direct_flops(model: nn.Module, imgs: torch.Tensor) -> int:
 
 def test_rows_table_and_strict_json(capsys):
     """Two --model values: two table rows and two JSON rows; what a CPU cannot give is null with a reason."""
-    result, table = run_throughput(capsys, "--model", "mae_vit_base_patch16", "deepmim_vit_base_patch16",
-                                   "--input_size", "32", "--model_kwargs", *TINY_VIT, *ONE_STEP)
+    result, table = run_throughput(capsys, "--model", "mae_vit_base_patch16", "deepmim_vit_base_patch16", "--tiny",
+                                   *ONE_STEP)
     assert table[0].startswith("| recipe | batch | dtype | compile | grad ckpt | img/s") and len(table) == 4
     assert [row["recipe"] for row in result["rows"]] == ["mae_vit_base_patch16", "deepmim_vit_base_patch16"]
     assert {"device", "date", "torch", "command"} <= set(result) and result["device"] == "cpu"
@@ -66,12 +61,11 @@ def test_rows_table_and_strict_json(capsys):
 def test_reported_flops_are_the_flop_counters_and_mfu_uses_the_given_peak(capsys):
     """flops_per_step is FlopCounterMode's count of one forward + backward of the same model and batch;
     --peak_tflops gives the MFU a denominator on any device: achieved TFLOP/s over it."""
-    result, _ = run_throughput(capsys, "--model", "mae_vit_base_patch16", "--input_size", "32", "--model_kwargs",
-                               *TINY_VIT, *ONE_STEP, "--peak_tflops", "0.5")
-    model = models.create_model("mae_vit_base_patch16", img_size=32, patch_size=8, embed_dim=32, depth=4,
-                                num_heads=2, decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+    result, _ = run_throughput(capsys, "--model", "mae_vit_base_patch16", "--tiny", *ONE_STEP, "--peak_tflops", "0.5")
+    tiny = models.tiny_kwargs("mae_vit_base_patch16")
+    model = models.create_model("mae_vit_base_patch16", **tiny)
     (row,) = result["rows"]
-    assert row["flops_per_step"] == direct_flops(model, torch.randn(2, 3, 32, 32))
+    assert row["flops_per_step"] == direct_flops(model, torch.randn(2, 3, tiny["img_size"], tiny["img_size"]))
     assert row["tflops"] == pytest.approx(row["flops_per_step"] / (row["step_ms"] / 1e3) / 1e12, rel=1e-3)
     assert row["peak_tflops"] == 0.5 and "mfu" not in row["null_reasons"]
     assert row["mfu"] == pytest.approx(row["tflops"] / 0.5, rel=1e-3)
@@ -99,30 +93,27 @@ def test_saved_bytes_by_hand():
 
 def test_dmjd_counts_unique_images(capsys):
     """A DMJD step encodes two views of each image; img/s counts each image once."""
-    result, _ = run_throughput(capsys, "--model", "dmjd_convvit_base_patch16_hog", "--input_size", "64",
-                               "--model_kwargs", *TINY_DMJD, *ONE_STEP)
+    result, _ = run_throughput(capsys, "--model", "dmjd_convvit_base_patch16_hog", "--tiny", *ONE_STEP)
     (row,) = result["rows"]
     assert row["views"] == 2
     assert row["img_per_s"] * row["step_ms"] / 1e3 == pytest.approx(2, rel=2e-3)
 
 
-def test_clip_teacher_flops_reported_apart(capsys, tmp_path):
-    """The frozen teacher's forward is part of a DeepMIM-CLIP step and its FLOPs are reported apart: here a
-    2-layer, 64-wide CLIP tower on 32 px (2x2 patches + cls = 5 tokens), whose qkv, proj and 4x MLP matmuls
-    alone are 2 * 12 * 64^2 FLOPs per token and layer."""
-    shapes = openai_visual_shapes(width=64, layers=2, patch_size=16, grid_size=2, output_dim=32)
-    torch.save({f"visual.{k}": 0.02 * torch.randn(shape) for k, shape in shapes.items()}, tmp_path / "clip.pt")
-    result, _ = run_throughput(capsys, "--model", "deepmim_vit_base_patch16_clip", "--input_size", "32",
-                               "--model_kwargs", f"clip_path={tmp_path / 'clip.pt'}", *TINY_VIT[1:], *ONE_STEP)
+def test_clip_teacher_flops_reported_apart(capsys):
+    """The frozen teacher's forward is part of a DeepMIM-CLIP step and its FLOPs are reported apart: at the tiny
+    configuration a 2-layer, 64-wide CLIP tower on 64 px (4x4 patches + cls = 17 tokens), whose qkv, proj and 4x
+    MLP matmuls alone are 2 * 12 * 64^2 FLOPs per token and layer."""
+    result, _ = run_throughput(capsys, "--model", "deepmim_vit_base_patch16_clip", "--tiny", *ONE_STEP)
     (row,) = result["rows"]
-    assert row["target_gflop_per_img"] * 1e9 >= 2 * 12 * 64 ** 2 * 5 * 2
+    assert row["target_gflop_per_img"] * 1e9 >= 2 * 12 * 64 ** 2 * 17 * 2
     assert row["gflop_per_img"] > row["target_gflop_per_img"]
 
 
 def test_clip_recipe_without_a_checkpoint_gets_a_random_vit_b16(tmp_path):
     """A CLIP-target recipe given no clip_path is timed with a random CLIP ViT-B/16 (the DeepMIM teacher's shape,
     which is all the timing depends on)."""
-    kwargs = pretrain_throughput.recipe_kwargs("deepmim_vit_base_patch16_clip", {}, str(tmp_path), 32)
+    args = pretrain_throughput.build_parser().parse_args(["--input_size", "32"])
+    _, kwargs = pretrain_throughput.recipe_kwargs("deepmim_vit_base_patch16_clip", args, str(tmp_path))
     teacher = load_clip_teacher(kwargs["clip_path"])
     assert (teacher.width, teacher.layers, teacher.patch_size, teacher.output_dim) == (768, 12, 16, 512)
 
@@ -132,16 +123,14 @@ def test_grad_ckpt_is_switched_on_for_timing(capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(MaskedImageModel, "set_grad_checkpointing", lambda self, mode: calls.append(mode),
                         raising=False)
-    result, _ = run_throughput(capsys, "--model", "mae_vit_base_patch16", "--input_size", "32", "--model_kwargs",
-                               *TINY_VIT, *ONE_STEP, "--grad_ckpt", "stage1")
+    result, _ = run_throughput(capsys, "--model", "mae_vit_base_patch16", "--tiny", *ONE_STEP, "--grad_ckpt", "stage1")
     assert calls == ["stage1"] and result["rows"][0]["grad_ckpt"] == "stage1"
 
 
 def test_grad_ckpt_unavailable_is_a_usage_error(monkeypatch):
     monkeypatch.delattr(MaskedImageModel, "set_grad_checkpointing", raising=False)
     with pytest.raises(UsageError, match="gradient checkpointing is unavailable for mae_vit_base_patch16"):
-        pretrain_throughput.main(["--model", "mae_vit_base_patch16", "--input_size", "32", "--model_kwargs",
-                                  *TINY_VIT, *ONE_STEP, "--grad_ckpt", "all"])
+        pretrain_throughput.main(["--model", "mae_vit_base_patch16", "--tiny", *ONE_STEP, "--grad_ckpt", "all"])
 
 
 # A stand-in for a clone of facebookresearch/mae: a models_mae.py with the official builder name and forward
@@ -191,8 +180,7 @@ def test_compare_official_times_the_checkouts_model(capsys, fake_mae_checkout):
     """--compare-official imports models_mae from the checkout (its own util/ found, ours put back), builds
     mae_vit_base_patch16 and measures its step like ours: FLOPs as counted directly, a ratio ours/official."""
     import util
-    result, table = run_throughput(capsys, "--model", "mae_vit_base_patch16", "--input_size", "32",
-                                   "--model_kwargs", *TINY_VIT, *ONE_STEP, "--compare-official",
+    result, table = run_throughput(capsys, "--model", "mae_vit_base_patch16", "--tiny", *ONE_STEP, "--compare-official",
                                    str(fake_mae_checkout))
     (row,) = result["rows"]
     theirs = row["official"]
@@ -213,8 +201,8 @@ def test_compare_official_without_the_builder_is_one_line(tmp_path):
     (tmp_path / "models_mae.py").write_text("def some_other_model():\n    pass\n")
     with pytest.raises(UsageError, match=r"has no mae_vit_base_patch16\(\): expected the model builder of "
                                          r"facebookresearch/mae"):
-        pretrain_throughput.main(["--model", "mae_vit_base_patch16", "--input_size", "32", "--model_kwargs",
-                                  *TINY_VIT, *ONE_STEP, "--compare-official", str(tmp_path)])
+        pretrain_throughput.main(["--model", "mae_vit_base_patch16", "--tiny", *ONE_STEP, "--compare-official",
+                                  str(tmp_path)])
 
 
 def test_compare_official_import_failure_is_one_line(tmp_path):
@@ -232,8 +220,7 @@ def test_compare_official_needs_a_known_recipe(tmp_path):
 def test_cpu_proxies_json(capsys):
     """--json prints one strict JSON object: a row per recipe with its views, GFLOPs (the HOG target has no
     matmuls) and MiB saved for backward per image, in bf16 by default."""
-    cpu_proxies.main(["--recipes", "dmjd_convvit_base_patch16_hog", "--input_size", "64", "--model_kwargs",
-                      *TINY_DMJD, "--json"])
+    cpu_proxies.main(["--recipes", "dmjd_convvit_base_patch16_hog", "--tiny", "--json"])
     result = json.loads(capsys.readouterr().out, parse_constant=_refuse_constant)
     assert {"rows", "batch_size", "dtype", "torch", "date", "command"} <= set(result) and result["dtype"] == "bf16"
     (row,) = result["rows"]
@@ -244,7 +231,7 @@ def test_cpu_proxies_json(capsys):
 def test_cpu_proxies_compare_official(capsys, fake_mae_checkout):
     """--compare-official adds the official model's GFLOPs (as counted directly) and saved MiB per image and the
     CPU step-time ratio ours/official."""
-    cpu_proxies.main(["--recipes", "mae_vit_base_patch16", "--input_size", "32", "--model_kwargs", *TINY_VIT,
+    cpu_proxies.main(["--recipes", "mae_vit_base_patch16", "--tiny",
                       "--compare-official", str(fake_mae_checkout), "--steps", "1", "--warmup", "0", "--json"])
     (row,) = json.loads(capsys.readouterr().out, parse_constant=_refuse_constant)["rows"]
     counter = FlopCounterMode(display=False)
@@ -257,8 +244,8 @@ def test_cpu_proxies_compare_official(capsys, fake_mae_checkout):
 
 def test_cpu_proxies_table(capsys):
     """Without --json: a Markdown table, a header, a rule and one line per recipe."""
-    cpu_proxies.main(["--recipes", "ummae_swin_tiny_256", "simmim_swin_tiny_256", "--input_size", "64", "--amp", "fp32",
-                      "--batch_size", "1", "--model_kwargs", *TINY_SWIN])
+    cpu_proxies.main(["--recipes", "ummae_swin_tiny_256", "simmim_swin_tiny_256", "--tiny", "--amp", "fp32",
+                      "--batch_size", "1"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| recipe | views | GFLOP") and len(lines) == 4
     assert lines[2].startswith("| ummae_swin_tiny_256 | 1 |") and lines[3].startswith("| simmim_swin_tiny_256 | 1 |")

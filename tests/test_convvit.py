@@ -149,8 +149,9 @@ def test_golden_encoder_keys_and_shapes():
 
 # ---------------------------------------------------------------------------------- masked convolution
 MASKINGS = [
-    pytest.param(64, lambda n, L, g: random_ids_keep(n, L, L // 2, seed=3), id="random"),
-    pytest.param(128, lambda n, L, g: BlockMasking(0.5)(n, L, torch.device("cpu"), generator=g).ids_keep,
+    pytest.param(64, lambda n, grid, g: random_ids_keep(n, grid[0] * grid[1], grid[0] * grid[1] // 2, seed=3),
+                 id="random"),
+    pytest.param(128, lambda n, grid, g: BlockMasking(0.5)(n, grid, torch.device("cpu"), generator=g).ids_keep,
                  id="block2x2"),
 ]
 
@@ -161,7 +162,7 @@ def test_masked_patches_leak_nothing(size, draw, depth3):
     m = tiny(img_size=size, depths=(1, 1, depth3))
     grid = m.grid_size[0]
     L = m.num_patches
-    ids_keep = draw(2, L, torch.Generator().manual_seed(5))
+    ids_keep = draw(2, m.grid_size, torch.Generator().manual_seed(5))
     imgs = images(2, size)
     visible = torch.zeros(2, L, dtype=torch.bool).scatter_(1, ids_keep, True)
     perturbed = imgs.clone()

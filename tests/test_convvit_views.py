@@ -43,7 +43,7 @@ def disjoint_masks(n: int, views: int, kind: str, seed: int = 0) -> Masks:
 
 def drawn_masks(n: int, kind: str) -> Masks:
     base = RandomMasking(0.75) if kind == "rand" else BlockMasking(0.6)
-    return DisjointMasking(base, num_views=2)(n, 64, CPU, torch.Generator().manual_seed(1))
+    return DisjointMasking(base, num_views=2)(n, (8, 8), CPU, torch.Generator().manual_seed(1))
 
 
 def run(m: ConvViT, imgs: torch.Tensor, masks: Masks, shared: bool) -> tuple[torch.Tensor, dict, torch.Tensor]:
@@ -93,7 +93,7 @@ def test_the_composition_shares_only_disjoint_views(monkeypatch):
     masks = drawn_masks(2, "block")
     shared = model(imgs, mask=masks).loss
     alone = model(imgs, mask=dataclasses.replace(masks, disjoint_views=False)).loss
-    overlapping = DisjointMasking(RandomMasking(0.75), num_views=3)(2, 64, CPU, torch.Generator().manual_seed(0))
+    overlapping = DisjointMasking(RandomMasking(0.75), num_views=3)(2, (8, 8), CPU, torch.Generator().manual_seed(0))
     assert not overlapping.disjoint_views
     model(imgs, mask=overlapping)
     assert_close_across_kernels(shared, alone)
@@ -102,7 +102,7 @@ def test_the_composition_shares_only_disjoint_views(monkeypatch):
 
 def test_overlapping_views_are_refused():
     """Views that share a visible patch cannot share the stages: the encoder's device-side check fails."""
-    masks = DisjointMasking(RandomMasking(0.75), num_views=3)(2, 64, CPU, torch.Generator().manual_seed(0))
+    masks = DisjointMasking(RandomMasking(0.75), num_views=3)(2, (8, 8), CPU, torch.Generator().manual_seed(0))
     with pytest.raises(RuntimeError, match="disjoint"):
         encoder()(torch.randn(2, 3, 128, 128), masks.ids_keep, views=3)
     with pytest.raises(ValueError, match="ids_keep"):

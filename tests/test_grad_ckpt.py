@@ -6,17 +6,17 @@ import torch
 import main_pretrain
 from base.errors import UsageError
 from base.safe_load import load_file
-from models import create_model
+from models import create_model, tiny_kwargs
 from models.encoders import common
 from test_pretrain import pretrain_args
-from test_step_hygiene import CONVVIT, PVT, SWIN, VIT, HostSyncCounter, build
+from test_step_hygiene import HostSyncCounter, build
 
 # one pretraining recipe per encoder family (ConViT: test_dmjd_two_views_with_decoder_unchanged); Swin on the full
 # grid with shifted windows, PVT on UM-MAE's compact grid
 RECIPES = ["mae_vit_base_patch16", "simmim_swin_tiny_256", "ummae_pvt_small_256"]
 # classifiers with stochastic depth on: the recomputed forward must draw the same DropPath masks
-CLASSIFIERS = {"vit_base_patch16": {**VIT, "img_size": 32}, "convvit_base_patch16": CONVVIT,
-               "swin_tiny_256": SWIN, "pvt_small_256": PVT}
+CLASSIFIERS = {name: tiny_kwargs(name) for name in ("vit_base_patch16", "convvit_base_patch16", "swin_tiny_256",
+                                                    "pvt_small_256")}
 MODES = ("none", "stage1", "all")
 
 
@@ -127,7 +127,7 @@ def test_only_while_training_with_gradients(tmp_path, monkeypatch):
 
 
 def test_modes_and_their_blocks():
-    encoder = create_model("mae_vit_base_patch16", **VIT, img_size=32).encoder
+    encoder = create_model("mae_vit_base_patch16", **tiny_kwargs("mae_vit_base_patch16")).encoder
     assert encoder.checkpointed_blocks(encoder.stage1_depth, 12) == range(0)  # off by default
     encoder.set_grad_checkpointing("stage1")
     assert list(encoder.checkpointed_blocks(3, 12)) == [1, 2, 3]
@@ -137,7 +137,7 @@ def test_modes_and_their_blocks():
     assert encoder.grad_ckpt == "none"
     with pytest.raises(ValueError, match="stage1"):
         encoder.set_grad_checkpointing("some")
-    assert create_model("vit_base_patch16", **VIT, img_size=32).encoder.stage1_depth == 1  # ceil(2 / 4)
+    assert create_model("vit_base_patch16", **tiny_kwargs("vit_base_patch16")).encoder.stage1_depth == 1  # ceil(2 / 4)
     assert create_model("vit_base_patch16", img_size=32).encoder.stage1_depth == 3  # ViT-B: 3 of 12
 
 

@@ -13,10 +13,12 @@ from models.pos_embed import resize_pos_embed, sincos_2d
 from models.targets import PixelTarget
 
 
-@pytest.mark.parametrize("ratio,length", [(0.75, 196), (0.75, 16), (0.6, 49), (0.9, 64), (0.0, 10)])
-def test_random_masking_keeps_exactly_floor(ratio, length):
+@pytest.mark.parametrize("ratio,grid", [(0.75, (14, 14)), (0.75, (4, 4)), (0.6, (7, 7)), (0.9, (8, 8)),
+                                        (0.0, (2, 5))])
+def test_random_masking_keeps_exactly_floor(ratio, grid):
     """Each sample keeps exactly int(L * (1 - ratio)) patches; mask and ids_keep agree."""
-    masks = RandomMasking(ratio)(5, length, torch.device("cpu"), torch.Generator().manual_seed(0))
+    masks = RandomMasking(ratio)(5, grid, torch.device("cpu"), torch.Generator().manual_seed(0))
+    length = grid[0] * grid[1]
     keep = int(length * (1 - ratio))
     assert masks.mask.dtype == torch.bool and masks.mask.shape == (5, length)
     assert ((~masks.mask).sum(1) == keep).all()
@@ -27,12 +29,12 @@ def test_random_masking_keeps_exactly_floor(ratio, length):
 def test_restore_is_inverse_of_shuffle():
     """ids_restore undoes the shuffle; the kept ids are the noise-smallest, in shuffled order."""
     gen = torch.Generator().manual_seed(1)
-    masks = RandomMasking(0.75)(4, 64, torch.device("cpu"), gen)
+    masks = RandomMasking(0.75)(4, (8, 8), torch.device("cpu"), gen)
     shuffle = torch.argsort(masks.ids_restore, dim=1)
     assert torch.equal(torch.gather(shuffle, 1, masks.ids_restore), torch.arange(64).expand(4, -1))
     assert torch.equal(shuffle[:, :16], masks.ids_keep)
     # same seed, same draw: the masking is reproducible through the generator
-    again = RandomMasking(0.75)(4, 64, torch.device("cpu"), torch.Generator().manual_seed(1))
+    again = RandomMasking(0.75)(4, (8, 8), torch.device("cpu"), torch.Generator().manual_seed(1))
     assert torch.equal(again.mask, masks.mask)
 
 
@@ -178,7 +180,7 @@ def test_mask_token_encoder_replaces_masked_patches():
     from models.encoders.vit import VisionTransformer
     torch.manual_seed(0)
     enc = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, masked_tokens="token")
-    masks = RandomMasking(0.5)(2, 16, torch.device("cpu"), torch.Generator().manual_seed(0))
+    masks = RandomMasking(0.5)(2, (4, 4), torch.device("cpu"), torch.Generator().manual_seed(0))
     imgs = torch.randn(2, 3, 32, 32)
     hidden = masks.mask.reshape(2, 4, 4).repeat_interleave(8, 1).repeat_interleave(8, 2)[:, None]
     with torch.no_grad():
@@ -190,5 +192,5 @@ def test_mask_token_encoder_replaces_masked_patches():
     torch.testing.assert_close(same, out)
     assert not torch.allclose(moved, out)
     assert "mask_token" in enc.state_dict()
-    with pytest.raises(ValueError, match="masked_tokens"):
+    with pytest.raises(UsageError, match="masked_tokens='drop' or 'token', got 'zero'"):
         VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, masked_tokens="zero")

@@ -8,8 +8,8 @@ from models.masking import BlockMasking, DisjointMasking, Masks, RandomMasking
 CPU = torch.device("cpu")
 
 
-def draw(masking, n: int = 6, length: int = 196, seed: int = 0):
-    return masking(n, length, CPU, torch.Generator().manual_seed(seed))
+def draw(masking, n: int = 6, grid_size: tuple[int, int] = (14, 14), seed: int = 0):
+    return masking(n, grid_size, CPU, torch.Generator().manual_seed(seed))
 
 
 def assert_whole_blocks(mask: torch.Tensor, side: int = 14) -> None:

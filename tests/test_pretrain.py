@@ -115,8 +115,8 @@ def test_auto_resume_picks_newest(image_folder, tmp_path):
 class SharedMasking:
     """One fixed mask for every sample, so the masks do not depend on how the batch is split."""
 
-    def __call__(self, n, length, device, generator=None):
-        one = RandomMasking(0.75)(1, length, device, torch.Generator(device).manual_seed(0))
+    def __call__(self, n, grid_size, device, generator=None):
+        one = RandomMasking(0.75)(1, grid_size, device, torch.Generator(device).manual_seed(0))
         return Masks(one.mask.expand(n, -1), one.ids_keep.expand(n, -1), one.ids_restore.expand(n, -1))
 
 

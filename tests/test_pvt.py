@@ -22,8 +22,8 @@ TINY_PVT = dict(img_size=256, embed_dims=(16, 32, 48, 64), depths=(1, 1, 2, 1), 
                 mlp_ratios=(8, 8, 4, 4))
 
 
-def uniform_masks(n: int, seed: int = 0, vis_mask_ratio: float = 0.25, num_patches: int = 256) -> Masks:
-    return UniformMasking(vis_mask_ratio)(n, num_patches, torch.device("cpu"), torch.Generator().manual_seed(seed))
+def uniform_masks(n: int, seed: int = 0, vis_mask_ratio: float = 0.25, grid_size: tuple[int, int] = (16, 16)) -> Masks:
+    return UniformMasking(vis_mask_ratio)(n, grid_size, torch.device("cpu"), torch.Generator().manual_seed(seed))
 
 
 def tiny_um_model() -> MaskedImageModel:
@@ -128,7 +128,7 @@ def test_spatial_reduction_shapes(size):
         assert lengths == [64, 64, 64, 64, 16] and tokens.shape == (2, 16, 64)
     else:  # 14x14 patches: the compact grid would not halve three times evenly
         with pytest.raises(ValueError, match="divisible by 64"):
-            enc(torch.randn(1, 3, 224, 224), uniform_masks(1, vis_mask_ratio=0, num_patches=196).ids_keep)
+            enc(torch.randn(1, 3, 224, 224), uniform_masks(1, vis_mask_ratio=0, grid_size=(14, 14)).ids_keep)
     # explicit ratios apply to both grids
     enc = PyramidVisionTransformer(**{**TINY_PVT, "img_size": size}, sr_ratios=(1, 1, 1, 1)).eval()
     lengths, _ = _kv_lengths(enc, torch.randn(1, 3, size, size))

@@ -4,42 +4,14 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from models import create_model, list_models
+from models import create_model, list_models, tiny_kwargs
 from models.mim import MaskedImageModel
-from test_deepmim import save_tiny_clip
 
-VIT = dict(embed_dim=32, depth=2, num_heads=2)
-DECODER = dict(decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
-CONVVIT = dict(img_size=64, embed_dims=(8, 16, 32), depths=(1, 1, 2), num_heads=2)
-SWIN = dict(img_size=128, embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), posmlp_dim=4)
-PVT = dict(img_size=128, embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
-           mlp_ratios=(2, 2, 2, 2))
-CLASSIFIERS = ("vit_", "convvit_", "convit_", "swin_", "pvt_")
-
-
-def tiny_kwargs(name: str, tmp_path) -> dict:
-    """A tiny configuration of the pretraining recipe ``name`` (by its encoder family)."""
-    if "convvit" in name or "convit" in name:
-        return {**CONVVIT, **DECODER}
-    if "swin" in name:
-        return {**SWIN, **({} if name.startswith("simmim") else DECODER)}
-    if "pvt" in name:
-        return {**PVT, **({} if name.startswith("simmim") else DECODER)}
-    kwargs = {**VIT, "img_size": 28 if "patch14" in name else 64}
-    if not name.startswith(("simmim", "maskfeat")):
-        kwargs |= DECODER
-    if name.startswith("deepmim"):
-        kwargs["depth"] = 4
-    if name.endswith("_clip"):
-        save_tiny_clip(tmp_path / "clip.pt", resolution=64)
-        kwargs["clip_path"] = str(tmp_path / "clip.pt")
-    return kwargs
-
-
-PRETRAIN_RECIPES = [name for name in list_models() if not name.startswith(CLASSIFIERS)]
+PRETRAIN_RECIPES = list_models(task="pretrain")
 
 
 def build(name: str, tmp_path) -> tuple[MaskedImageModel, torch.Tensor]:
+    """The recipe at its registered tiny configuration, and a batch of two images of its size."""
     torch.manual_seed(0)
     kwargs = tiny_kwargs(name, tmp_path)
     model = create_model(name, **kwargs)

@@ -20,7 +20,7 @@ TINY_SWIN = dict(img_size=128, embed_dim=8, depths=(2, 2, 1, 1), num_heads=(1, 2
 
 
 def um_model(encoder_kw: dict) -> MaskedImageModel:
-    encoder = SwinMIM(**encoder_kw)
+    encoder = SwinMIM(**encoder_kw, vis_mask_token=True)
     target = PixelTarget(16, norm_pix=True)
     decoder = UMDecoder(encoder.grid_size, encoder.embed_dim, target.out_dim(), decoder_embed_dim=16,
                         decoder_depth=1, decoder_num_heads=2)
@@ -45,7 +45,7 @@ def test_raster_positions_only_change_positions(tmp_path):
 
 
 def test_group_visible_ids_is_group_order():
-    masks = UniformMasking()(3, 64, torch.device("cpu"), torch.Generator().manual_seed(0))
+    masks = UniformMasking()(3, (8, 8), torch.device("cpu"), torch.Generator().manual_seed(0))
     ids = group_visible_ids(~masks.mask, (8, 8))
     assert torch.equal(ids, masks.ids_keep)  # UniformMasking lists the groups in raster order
     rows, cols = ids // 8, ids % 8
@@ -58,9 +58,9 @@ def test_compact_grid_round_trip():
     """The compact map holds the visible patches' own cells (as embedded on the full grid) at their true
     coordinates, group by group; secondary patches hold the normed vis_mask_token."""
     torch.manual_seed(0)
-    encoder = SwinMIM(**TINY_SWIN).eval()
+    encoder = SwinMIM(**TINY_SWIN, vis_mask_token=True).eval()
     imgs = torch.randn(2, 3, 128, 128)
-    masks = UniformMasking(0.25)(2, 64, torch.device("cpu"), torch.Generator().manual_seed(1))
+    masks = UniformMasking(0.25)(2, (8, 8), torch.device("cpu"), torch.Generator().manual_seed(1))
     with torch.no_grad():
         x, pos = encoder._compact(imgs, masks.ids_keep, None)
         x_sec, pos_sec = encoder._compact(imgs, masks.ids_keep, masks.secondary)
@@ -84,9 +84,9 @@ def test_compact_grid_round_trip():
 
 def test_ids_keep_order_does_not_matter():
     torch.manual_seed(0)
-    encoder = SwinMIM(**TINY_SWIN).eval()
+    encoder = SwinMIM(**TINY_SWIN, vis_mask_token=True).eval()
     imgs = torch.randn(2, 3, 128, 128)
-    masks = UniformMasking(0.25)(2, 64, torch.device("cpu"), torch.Generator().manual_seed(2))
+    masks = UniformMasking(0.25)(2, (8, 8), torch.device("cpu"), torch.Generator().manual_seed(2))
     perm = torch.randperm(16)
     with torch.no_grad():
         a = encoder(imgs, masks.ids_keep, secondary=masks.secondary).patches
@@ -122,7 +122,7 @@ def test_window_and_shift(img_size, window, compact, expected):
     imgs = torch.randn(1, 3, img_size, img_size)
     ids_keep = None
     if compact:
-        ids_keep = UniformMasking()(1, encoder.num_patches, torch.device("cpu")).ids_keep
+        ids_keep = UniformMasking()(1, encoder.grid_size, torch.device("cpu")).ids_keep
     with torch.no_grad():
         out = encoder(imgs, ids_keep, return_layers=(1, 8))
     side = img_size // (64 if compact else 32)
@@ -161,7 +161,7 @@ def test_no_leakage_from_masked_patches():
     torch.manual_seed(0)
     model = um_model(TINY_SWIN).eval()
     imgs = torch.randn(2, 3, 128, 128)
-    masks = model.masking(2, 64, torch.device("cpu"), torch.Generator().manual_seed(3))
+    masks = model.masking(2, (8, 8), torch.device("cpu"), torch.Generator().manual_seed(3))
     hidden = (masks.mask | masks.secondary).reshape(2, 1, 8, 1, 8, 1).expand(-1, 3, -1, 16, -1, 16)
     changed = torch.where(hidden.reshape(2, 3, 128, 128), torch.randn_like(imgs), imgs)
     with torch.no_grad():
@@ -184,7 +184,7 @@ def test_simmim_head_and_mask_token():
     encoder = SwinMIM(**{**TINY_SWIN, "window_size": 8}, masked_tokens="token").eval()
     head = SimMIMHead(encoder.embed_dim, 768, 2)
     imgs = torch.randn(2, 3, 128, 128)
-    masks = RandomMasking(0.75)(2, 64, torch.device("cpu"), torch.Generator().manual_seed(0))
+    masks = RandomMasking(0.75)(2, (8, 8), torch.device("cpu"), torch.Generator().manual_seed(0))
     hidden = masks.mask.reshape(2, 1, 8, 1, 8, 1).expand(-1, 3, -1, 16, -1, 16).reshape(2, 3, 128, 128)
     with torch.no_grad():
         pred = head(encoder(imgs, masks.ids_keep), masks)
@@ -200,7 +200,7 @@ def test_pretraining_steps_reduce_loss():
     torch.manual_seed(0)
     model = um_model(TINY_SWIN)
     imgs = torch.randn(2, 3, 128, 128).cumsum(-1).cumsum(-2) / 50  # smooth images
-    masks = model.masking(2, 64, torch.device("cpu"), torch.Generator().manual_seed(0))
+    masks = model.masking(2, (8, 8), torch.device("cpu"), torch.Generator().manual_seed(0))
     losses = adamw_losses(model, imgs, steps=5, lr=2e-3, masks=masks, betas=(0.9, 0.95))
     assert losses[-1] < losses[0]
     # every trainable parameter got a gradient (vis_mask_token through the secondary-masked patches)
@@ -250,14 +250,14 @@ def test_position_bias_lookup_equals_the_per_pair_mlp(monkeypatch, mode, img_siz
     features of another image size."""
     torch.manual_seed(0)
     encoder = SwinMIM(img_size=img_size, embed_dim=8, depths=(2, 2, 1, 1), num_heads=(1, 2, 2, 2), posmlp_dim=4,
-                      window_size=window, masked_tokens=mode)
+                      window_size=window, masked_tokens=mode, vis_mask_token=mode == "compact")
     with torch.no_grad():
         for name, p in encoder.named_parameters():
             if "posmlp" in name:
                 p.normal_(0, 0.5)  # biases well apart from zero, so rounding is all that may differ
     imgs = torch.randn(2, 3, run_size, run_size)
-    masks = UniformMasking(0.25)(2, encoder.num_patches, torch.device("cpu"), torch.Generator().manual_seed(1)) \
-        if mode == "compact" else RandomMasking(0.6)(2, encoder.num_patches, torch.device("cpu"))
+    masks = UniformMasking(0.25)(2, encoder.grid_size, torch.device("cpu"), torch.Generator().manual_seed(1)) \
+        if mode == "compact" else RandomMasking(0.6)(2, encoder.grid_size, torch.device("cpu"))
 
     def run() -> tuple[torch.Tensor, dict]:
         encoder.zero_grad()
@@ -310,7 +310,7 @@ def test_full_grid_table_rows_are_precomputed(mode, img_size, window):
         pairs = block.window_positions(pos)
         index = getattr(block, f"attn_index_{pos.shape[1]}x{pos.shape[2]}")
         assert torch.equal(index, lattices[block.stage].index(pairs.unsqueeze(1) - pairs.unsqueeze(2)))
-    masks = RandomMasking(0.6)(2, encoder.num_patches, torch.device("cpu")) if mode == "token" else None
+    masks = RandomMasking(0.6)(2, encoder.grid_size, torch.device("cpu")) if mode == "token" else None
     imgs = torch.randn(2, 3, img_size, img_size)
 
     def step() -> tuple[torch.Tensor, list[torch.Tensor], int]:

@@ -16,7 +16,7 @@ TINY_VIT = dict(img_size=64, embed_dim=32, depth=2, num_heads=2, decoder_embed_d
 
 @pytest.mark.parametrize("grid", [4, 8, 14, 16])
 def test_one_visible_patch_per_group_for_every_sample(grid):
-    masks = UniformMasking()(64, grid * grid, torch.device("cpu"), torch.Generator().manual_seed(grid))
+    masks = UniformMasking()(64, (grid, grid), torch.device("cpu"), torch.Generator().manual_seed(grid))
     visible = (~masks.mask).reshape(64, grid // 2, 2, grid // 2, 2).sum((2, 4))
     assert torch.all(visible == 1)
     assert masks.mask.float().mean().item() == 0.75 and masks.secondary is None
@@ -29,7 +29,7 @@ def test_one_visible_patch_per_group_for_every_sample(grid):
 def test_corners_come_from_a_balanced_pool():
     """Across many samples each corner is kept equally often, and within one sample no corner exceeds its
     pool share (L/8 = 32 of 64 groups at 16x16)."""
-    masks = UniformMasking()(2000, 256, torch.device("cpu"), torch.Generator().manual_seed(0))
+    masks = UniformMasking()(2000, (16, 16), torch.device("cpu"), torch.Generator().manual_seed(0))
     corner = (masks.ids_keep // 16 % 2) * 2 + masks.ids_keep % 2
     counts = torch.stack([(corner == c).sum(1) for c in range(4)], dim=1)
     assert counts.max() <= 32
@@ -39,7 +39,7 @@ def test_corners_come_from_a_balanced_pool():
 
 @pytest.mark.parametrize("ratio,hidden", [(0.25, 16), (0.5, 32), (0.1, 7)])
 def test_secondary_masking_hides_exactly_the_ratio(ratio, hidden):
-    masks = UniformMasking(ratio)(8, 256, torch.device("cpu"), torch.Generator().manual_seed(0))
+    masks = UniformMasking(ratio)(8, (16, 16), torch.device("cpu"), torch.Generator().manual_seed(0))
     assert torch.all(masks.secondary.sum(1) == 64 - int(64 * (1 - ratio))) and 64 - int(64 * (1 - ratio)) == hidden
     assert not (masks.secondary & masks.mask).any()
     assert not torch.equal(masks.secondary[0], masks.secondary[1])

@@ -24,7 +24,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from ..init import init_conv_as_linear, init_linear_and_norm
-from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
+from ..interfaces import EncoderArgs, EncoderOutput, FeatureInfo, MaskedTokens, repeat_views
 from ..options import check_heads, check_positive_ints, check_positive_numbers, check_sincos_width
 from ..pos_embed import resize_pos_embed, sincos_2d
 from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks, tokens_to_map
@@ -118,12 +118,15 @@ class ConvViT(GradCheckpointing, nn.Module):
     """
 
     num_prefix_tokens = 0
+    encoder_args = EncoderArgs(masked_tokens=(MaskedTokens.DROP,))  # no secondary masking
 
     def __init__(self, img_size: int | tuple[int, int] = 224, patch_sizes: Sequence[int] = (4, 2, 2),
                  in_chans: int = 3, embed_dims: Sequence[int] = (256, 384, 768), depths: Sequence[int] = (2, 2, 11),
                  num_heads: int = 12, mlp_ratios: Sequence[float] = (8, 8, 4), drop_path_rate: float = 0.0,
-                 learnable_pos_embed: bool = False, final_norm: bool = True, fusion: bool = True):
+                 learnable_pos_embed: bool = False, final_norm: bool = True, fusion: bool = True,
+                 masked_tokens: str = "drop", vis_mask_token: bool = False):
         super().__init__()
+        self.masked_tokens = self.encoder_args.check("ConvViT", masked_tokens, vis_mask_token, learnable_pos_embed)
         if not (len(patch_sizes) == len(embed_dims) == len(depths) == len(mlp_ratios) == 3):
             raise ValueError("patch_sizes, embed_dims, depths and mlp_ratios need one entry per stage (3)")
         check_positive_ints(patch_sizes=patch_sizes, embed_dims=embed_dims, num_heads=num_heads)
@@ -269,6 +272,10 @@ class ConvViT(GradCheckpointing, nn.Module):
         _, layers = run_blocks(self.blocks3[:count], x, taps, read=lambda t: tokens_to_map(t, grid),
                                checkpointed=self.checkpointed_blocks(0, count))
         return [(stage1, stage2)[i] if i < 2 else layers[i - 1] for i in chosen]
+
+
+# the tiny configuration of this family (``models.tiny_kwargs``: tests, benchmarks' and the docs' checks)
+TINY = dict(img_size=64, embed_dims=(16, 24, 32), depths=(1, 1, 2), num_heads=2)
 
 
 def convvit_base(**kwargs) -> ConvViT:

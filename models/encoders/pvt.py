@@ -30,7 +30,7 @@ from timm.layers import DropPath, Mlp, to_2tuple
 from torch import nn
 
 from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm, init_token
-from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
+from ..interfaces import EncoderArgs, EncoderOutput, FeatureInfo, MaskedTokens, repeat_views
 from ..masking import compact_order
 from ..options import (check_per_stage, check_positive_ints, check_pyramid_size, check_sincos_width,
                        check_stages)
@@ -130,6 +130,9 @@ class PyramidVisionTransformer(GradCheckpointing, nn.Module):
     """
 
     num_prefix_tokens = 0
+    # a classifier runs "compact" without ids_keep: the full grid, no mask parameters
+    encoder_args = EncoderArgs(masked_tokens=(MaskedTokens.COMPACT, MaskedTokens.TOKEN),
+                               secondary=(MaskedTokens.COMPACT,))
 
     def __init__(self, img_size: int | tuple[int, int] = 256, patch_size: int = 16, cell_size: int = 4,
                  in_chans: int = 3, embed_dims: Sequence[int] = (64, 128, 320, 512),
@@ -139,8 +142,8 @@ class PyramidVisionTransformer(GradCheckpointing, nn.Module):
                  learnable_pos_embed: bool = False, final_norm: bool = True, masked_tokens: str = "compact",
                  vis_mask_token: bool = False, norm_eps: float = 1e-6):
         super().__init__()
-        if masked_tokens not in ("compact", "token"):
-            raise ValueError(f"masked_tokens must be 'compact' or 'token', got {masked_tokens!r}")
+        masked_tokens = self.encoder_args.check("PyramidVisionTransformer", masked_tokens, vis_mask_token,
+                                                learnable_pos_embed)
         stages = len(embed_dims)
         check_positive_ints(patch_size=patch_size, cell_size=cell_size, embed_dims=embed_dims)
         check_per_stage(embed_dims=embed_dims, depths=depths, num_heads=num_heads, mlp_ratios=mlp_ratios,
@@ -295,6 +298,11 @@ class PyramidVisionTransformer(GradCheckpointing, nn.Module):
         taps = [self.stage_ends[i] for i in feature_indices(indices, len(self.stage_ends))]
         _, layers = self._run(self.embed(imgs), taps[-1], taps, tokens_to_map)
         return [layers[t] for t in taps]
+
+
+# the tiny configuration of this family (``models.tiny_kwargs``: tests, benchmarks' and the docs' checks)
+TINY = dict(img_size=64, embed_dims=(8, 16, 24, 32), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2),
+            mlp_ratios=(2, 2, 2, 2))
 
 
 def pvt_small(**kwargs) -> PyramidVisionTransformer:

@@ -29,28 +29,13 @@ from timm.layers import DropPath, Mlp
 from torch import nn
 
 from ..init import init_conv_as_linear, init_conv_fan_out, init_linear_and_norm, init_token
-from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
+from ..interfaces import EncoderArgs, EncoderOutput, FeatureInfo, MaskedTokens, repeat_views
 from ..masking import compact_order
 from ..options import check_positive_ints, check_pyramid_size, check_stages
 from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks
-from .window_attention import OffsetLattice, WindowAttention
+from .window_attention import OffsetLattice, WindowAttention, unwindows, windows
 
-MASKED_TOKENS = ("compact", "token", "none")
 _MASK_VALUE = -100.0  # the official additive mask of the shifted windows (not -inf)
-
-
-def _windows(x: torch.Tensor, ws: int) -> torch.Tensor:
-    """[B, H, W, C] -> [B * nW, ws * ws, C], windows in raster order per sample."""
-    b, h, w, c = x.shape
-    x = x.reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, ws * ws, c)
-
-
-def _unwindows(x: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
-    """[B * nW, ws * ws, C] -> [B, H, W, C]."""
-    c = x.shape[-1]
-    x = x.reshape(-1, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, h, w, c)
 
 
 class PatchEmbed(nn.Module):
@@ -137,8 +122,8 @@ class SwinBlock(nn.Module):
         pad = torch.ones(hp, wp, device=device)
         pad[:h, :w] = 0
         pad = torch.roll(pad, shifts=(-shift, -shift), dims=(0, 1))
-        region = _windows(region[None, :, :, None], ws).squeeze(-1)  # [nW, M]
-        pad = _windows(pad[None, :, :, None], ws).squeeze(-1)
+        region = windows(region[None, :, :, None], ws).squeeze(-1)  # [nW, M]
+        pad = windows(pad[None, :, :, None], ws).squeeze(-1)
         blocked = (region.unsqueeze(1) != region.unsqueeze(2)) | (pad.unsqueeze(1) > 0)
         return torch.zeros(blocked.shape, device=device).masked_fill(blocked, _MASK_VALUE)
 
@@ -151,7 +136,7 @@ class SwinBlock(nn.Module):
             pos_hw = F.pad(pos_hw, (0, 0, 0, pad_w, 0, pad_h))
         if shift:
             pos_hw = torch.roll(pos_hw, shifts=(-shift, -shift), dims=(1, 2))
-        return _windows(pos_hw, ws)
+        return windows(pos_hw, ws)
 
     def precompute_index(self, pos_hw: torch.Tensor, lattice: OffsetLattice) -> None:
         """Keep the posMLP table rows of every window pair on the full grid of coordinates ``pos_hw`` [1, H, W, 2]
@@ -180,8 +165,8 @@ class SwinBlock(nn.Module):
         hp, wp = h + pad_h, w + pad_w
         mask = self.attention_mask(h, w, x.device)
         index = getattr(self, f"attn_index_{h}x{w}", None) if full_grid else None
-        x = self.attn(_windows(x, ws), self.window_positions(pos_hw), b, lattice, mask, index)
-        x = _unwindows(x, ws, hp, wp)
+        x = self.attn(windows(x, ws), self.window_positions(pos_hw), b, lattice, mask, index)
+        x = unwindows(x, ws, hp, wp)
         if shift:
             x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
         x = x[:, :h, :w]
@@ -208,15 +193,17 @@ class SwinMIM(GradCheckpointing, nn.Module):
     """
 
     num_prefix_tokens = 0
+    # no absolute position table: positions enter through the posMLP of the tokens' offsets
+    encoder_args = EncoderArgs(masked_tokens=(MaskedTokens.COMPACT, MaskedTokens.TOKEN, MaskedTokens.NONE),
+                               secondary=(MaskedTokens.COMPACT,), learnable_pos_embed=(False,))
 
     def __init__(self, img_size: int | tuple[int, int] = 256, patch_size: int = 4, stride: int = 16,
                  in_chans: int = 3, embed_dim: int = 96, depths: Sequence[int] = (2, 2, 6, 2),
                  num_heads: Sequence[int] = (3, 6, 12, 24), mlp_ratio: float = 4.0, window_size: int = 8,
                  posmlp_dim: int = 32, drop_path_rate: float = 0.0, masked_tokens: str = "compact",
-                 vis_mask_token: bool = True, final_norm: bool = True):
+                 vis_mask_token: bool = False, final_norm: bool = True, learnable_pos_embed: bool = False):
         super().__init__()
-        if masked_tokens not in MASKED_TOKENS:
-            raise ValueError(f"masked_tokens must be one of {MASKED_TOKENS}, got {masked_tokens!r}")
+        masked_tokens = self.encoder_args.check("SwinMIM", masked_tokens, vis_mask_token, learnable_pos_embed)
         check_positive_ints(patch_size=patch_size, stride=stride, embed_dim=embed_dim, window_size=window_size,
                             posmlp_dim=posmlp_dim)
         check_stages(depths, num_heads, {f"embed_dim={embed_dim} x {2 ** s}": embed_dim * 2 ** s
@@ -260,7 +247,7 @@ class SwinMIM(GradCheckpointing, nn.Module):
         self.stage_ends = [sum(depths[:i + 1]) for i in range(self.num_stages)]
         self.feature_info = [FeatureInfo(embed_dim * 2 ** i, patch_size * 2 ** i) for i in range(self.num_stages)]
         self.norm = norm_layer(self.embed_dim) if final_norm else nn.Identity()
-        if masked_tokens == "compact" and vis_mask_token:
+        if vis_mask_token:  # only under "compact" (encoder_args)
             self.vis_mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         if masked_tokens == "token":
             self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -386,6 +373,11 @@ class SwinMIM(GradCheckpointing, nn.Module):
         _, layers = self._run(imgs, self.embed(imgs), taps[-1], taps, lambda state: state[0].permute(0, 3, 1, 2),
                               full_grid=True)
         return [layers[t] for t in taps]
+
+
+# the tiny configuration of this family (``models.tiny_kwargs``: tests, benchmarks' and the docs' checks); at 128 px
+# the first stage is larger than the window in every mode, so its windows are shifted
+TINY = dict(img_size=128, embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2), posmlp_dim=4)
 
 
 def swin_tiny(**kwargs) -> SwinMIM:

@@ -17,7 +17,7 @@ from torch import nn
 from base.errors import UsageError
 
 from ..init import init_conv_as_linear, init_linear_and_norm, init_token
-from ..interfaces import EncoderOutput, FeatureInfo, repeat_views
+from ..interfaces import EncoderArgs, EncoderOutput, FeatureInfo, MaskedTokens, repeat_views
 from ..options import check_counts, check_heads, check_positive_ints, check_positive_numbers, check_sincos_width
 from ..pos_embed import resize_pos_embed, sincos_2d
 from .common import GradCheckpointing, feature_indices, patch_visibility, run_blocks, tokens_to_map
@@ -37,14 +37,16 @@ class VisionTransformer(GradCheckpointing, nn.Module):
     """
 
     num_prefix_tokens = 1
+    encoder_args = EncoderArgs(masked_tokens=(MaskedTokens.DROP, MaskedTokens.TOKEN),
+                               secondary=(MaskedTokens.DROP, MaskedTokens.TOKEN))
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
                  learnable_pos_embed: bool = False, final_norm: bool = True, masked_tokens: str = "drop",
                  vis_mask_token: bool = False, rel_pos_bias: bool = False, init_values: float | None = None):
         super().__init__()
-        if masked_tokens not in ("drop", "token"):
-            raise ValueError(f"masked_tokens must be 'drop' or 'token', got {masked_tokens!r}")
+        masked_tokens = self.encoder_args.check("VisionTransformer", masked_tokens, vis_mask_token,
+                                                learnable_pos_embed)
         check_positive_ints(patch_size=patch_size, embed_dim=embed_dim, num_heads=num_heads)
         check_counts(depth=depth)
         check_positive_numbers(mlp_ratio=mlp_ratio)
@@ -159,6 +161,10 @@ class VisionTransformer(GradCheckpointing, nn.Module):
                                read=lambda x: tokens_to_map(x[:, 1:], grid),
                                checkpointed=self.checkpointed_blocks(self.stage1_depth, chosen[-1] + 1))
         return [layers[i + 1] for i in chosen]
+
+
+# the tiny configuration of this family (``models.tiny_kwargs``: tests, benchmarks' and the docs' checks)
+TINY = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
 
 def vit_tiny(**kwargs) -> VisionTransformer:

@@ -1,10 +1,24 @@
-"""Swin's window attention with UM-MAE's posMLP bias (docs/methods.md §4.4), and the lattice of coordinate
-differences that lets the MLP run once per offset instead of once per pair of tokens."""
+"""Swin's window attention with UM-MAE's posMLP bias (docs/methods.md §4.4), the lattice of coordinate
+differences that lets the MLP run once per offset instead of once per pair of tokens, and the window partition."""
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def windows(x: torch.Tensor, ws: int) -> torch.Tensor:
+    """[B, H, W, C] -> [B * nW, ws * ws, C], windows in raster order per sample."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // ws, ws, w // ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, ws * ws, c)
+
+
+def unwindows(x: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor:
+    """[B * nW, ws * ws, C] -> [B, H, W, C]."""
+    c = x.shape[-1]
+    x = x.reshape(-1, h // ws, w // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, h, w, c)
 
 
 class OffsetLattice(NamedTuple):
