@@ -1,5 +1,7 @@
 """Shared fixtures: tiny models, generated image folders, training helpers (the golden cases: golden_rules.py)."""
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -31,6 +33,19 @@ def assert_close_across_kernels(actual: torch.Tensor, expected: torch.Tensor, re
     orders of magnitude below that, a wrong row or a swapped view does not."""
     scale = expected.detach().abs().max().item() if expected.numel() else 0.0
     torch.testing.assert_close(actual, expected, rtol=0, atol=rel * max(scale, 1e-12))
+
+
+@pytest.fixture(autouse=True)
+def _mmengine_logs_to_this_tests_output():
+    """mmengine's loggers are process-wide and keep the stream they were created with: one made in an earlier
+    test writes to that test's captured (since closed) stdout. Point their console handlers at this test's."""
+    logging_module = sys.modules.get("mmengine.logging")
+    if logging_module is not None:
+        loggers = [logging.getLogger("mmengine"), *logging_module.MMLogger._instance_dict.values()]
+        for handler in (h for logger in loggers for h in logger.handlers):
+            if type(handler) is logging.StreamHandler and getattr(handler.stream, "closed", False):
+                handler.stream = sys.stdout  # not setStream: it flushes the closed one first
+    yield
 
 
 @pytest.fixture(autouse=True)
