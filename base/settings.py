@@ -72,8 +72,9 @@ class Group:
 class Flag:
     """The command-line form of one setting. ``names``: its option strings (default ``--<field name>``);
     ``switch``: a flag without a value that turns the setting on (``store_true``), and ``negation`` the one
-    that turns it off (``--no_pin_mem``, ``--cls_token``, with ``negation_help``); ``type``: what parses a value (a :class:`Range`
-    for numbers; None: the text); ``nargs``: several values (kept as a tuple by the configs)."""
+    that turns it off (``--no_pin_mem``, ``--cls_token``; its help ``negation_help``); ``type``: what parses a
+    value (a :class:`Range` for numbers; None: the text); ``nargs``: several values (kept as a tuple by the
+    configs); ``group``: its section of ``--help``."""
 
     help: str | None = None
     type: Callable[[str], Any] | None = None

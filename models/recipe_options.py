@@ -61,12 +61,12 @@ class MethodOptions:
 
 
 class UnknownOptions(UsageError):
-    """Options a recipe does not take (``names``), and those it does (``accepted``); ``models.create_recipe``
-    names the recipe."""
+    """Options the recipe ``model`` does not take (``names``), and those it does (``accepted``); the builder
+    raises it, ``models.create_recipe`` names the recipe."""
 
-    def __init__(self, names: Sequence[str], accepted: Sequence[str]):
+    def __init__(self, names: Sequence[str], accepted: Sequence[str], model: str = "the recipe"):
         self.names, self.accepted = list(names), list(accepted)
-        super().__init__(f"does not take {', '.join(self.names)}: its options are {', '.join(self.accepted)}")
+        super().__init__(f"{model} does not take {', '.join(self.names)}: its options are {', '.join(self.accepted)}")
 
 
 _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)

@@ -101,7 +101,7 @@ def create_recipe(name: str, official_quirks: bool = False, **overrides) -> Reci
     try:
         built = _MODELS[name](**overrides, **({"official_quirks": True} if quirks else {}))
     except UnknownOptions as err:  # raised by the recipe's builder before building anything
-        raise UsageError(f"{name} {err}") from None
+        raise UnknownOptions(err.names, err.accepted, name) from None
     recipe = built if isinstance(built, Recipe) else Recipe(built)
     recipe.quirks = dict(quirks)
     return recipe

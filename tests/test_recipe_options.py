@@ -13,7 +13,7 @@ from base.errors import UsageError
 from base.settings import flag_of
 from models.masking import DisjointMasking, RandomMasking
 from models.pyramid_heads import UMDecoder
-from models.recipe_options import MethodOptions
+from models.recipe_options import MethodOptions, UnknownOptions
 from util.config import PretrainConfig
 from util.runtime import build_named_model
 
@@ -93,6 +93,17 @@ def test_every_registered_model_refuses_an_unknown_option(name):
     with pytest.raises(UsageError, match=rf"^{name} does not take (clip_path, )?no_such_option: its options are "
                                          r".*img_size"):
         models.create_model(name, clip_path="clip.pt", no_such_option=1)
+
+
+def test_every_method_option_is_taken_by_some_recipe():
+    """The declaration cannot drift from the recipes: each MethodOptions field is a parameter of a registered
+    pretraining recipe (read from the refusal of an unknown option, which lists what the recipe takes)."""
+    taken = set()
+    for name in models.list_models(task="pretrain"):
+        with pytest.raises(UnknownOptions) as info:
+            models.create_model(name, clip_path="clip.pt", no_such_option=1)
+        taken |= set(info.value.accepted)
+    assert {f.name for f in dataclasses.fields(MethodOptions)} <= taken
 
 
 @pytest.mark.parametrize("error", [TypeError("a bug"), ValueError("a bug"), KeyError("a bug")])

@@ -10,9 +10,13 @@ from typing import Any, Iterable, Mapping
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 
 from base.errors import UsageError
-from base.settings import (  # noqa: F401  (the ranges are the flags' types: CLIs and tools take them from here)
-    FRACTION_BELOW_ONE, NON_NEGATIVE, NON_NEGATIVE_INT, OPEN_FRACTION, POSITIVE, POSITIVE_FRACTION, POSITIVE_INT,
-    PROBABILITY, SEED, Flag, Group, Range, flag_of)
+from base.settings import (FRACTION_BELOW_ONE, NON_NEGATIVE, NON_NEGATIVE_INT, OPEN_FRACTION, POSITIVE,
+                           POSITIVE_FRACTION, POSITIVE_INT, PROBABILITY, SEED, Flag, Group, Range, flag_of)
+
+# the ranges are the flags' value types: the tools' and benchmarks' parsers take them from here too
+__all__ = ["ArgumentParser", "add_flags", "add_flag", "device_name", "aa_policy", "Range", "FRACTION_BELOW_ONE",
+           "NON_NEGATIVE", "NON_NEGATIVE_INT", "OPEN_FRACTION", "POSITIVE", "POSITIVE_FRACTION", "POSITIVE_INT",
+           "PROBABILITY", "SEED"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
