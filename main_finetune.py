@@ -14,49 +14,16 @@ from base.images import IMAGENET_MEAN, IMAGENET_STD
 from engine_finetune import ClassifyEngine
 from util import distributed as dist_util
 from util.classify import build_classifier, build_loaders, data_classes, evaluation_note
-from util.config import (FinetuneConfig, add_classify_args, add_official_compat_args, add_runtime_args,
-                         add_sharding_args, add_training_args)
+from util.config import FinetuneConfig
 from util.data import build_eval_transform
-from util.flags import (FRACTION_BELOW_ONE, NON_NEGATIVE, POSITIVE_FRACTION, POSITIVE_INT, PROBABILITY,
-                         ArgumentParser, aa_policy)
 from util.fsdp import check_usable, shard_model
 from util.runtime import run_cli
 from util.session import start_session
 from util.trainer import Trainer
 
 
-REMODES = ("pixel", "rand", "const")  # timm RandomErasing: per-pixel normal, per-box normal, zeros
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser("MIM fine-tuning", add_help=True)
-    add_training_args(p, model="vit_large_patch16", model_help="a classifier from models.list_models()",
-                      batch_size=64, epochs=50, blr=1e-3, min_lr=1e-6, warmup_epochs=5, weight_decay=0.05,
-                      save_freq=10)
-    p.add_argument("--drop_path", default=0.1, type=FRACTION_BELOW_ONE, help="stochastic depth rate")
-    p.add_argument("--layer_decay", default=0.75, type=POSITIVE_FRACTION, help="layer-wise LR decay")
-    p.add_argument("--color_jitter", default=None, type=NON_NEGATIVE)
-    p.add_argument("--aa", default="rand-m9-mstd0.5-inc1", type=aa_policy,
-                   help="timm auto-augment policy (RandAugment by default), or none")
-    p.add_argument("--smoothing", default=0.1, type=FRACTION_BELOW_ONE, help="label smoothing")
-    p.add_argument("--reprob", default=0.25, type=PROBABILITY, help="random erasing probability")
-    p.add_argument("--remode", default="pixel", choices=REMODES, help="what random erasing fills boxes with")
-    p.add_argument("--recount", default=1, type=POSITIVE_INT)
-    p.add_argument("--resplit", action="store_true", default=False)
-    p.add_argument("--mixup", default=0.0, type=NON_NEGATIVE, help="mixup alpha (on if > 0)")
-    p.add_argument("--cutmix", default=0.0, type=NON_NEGATIVE, help="cutmix alpha (on if > 0)")
-    p.add_argument("--cutmix_minmax", default=None, type=PROBABILITY, nargs=2, metavar=("MIN", "MAX"),
-                   help="CutMix box side range, as fractions of the image side (replaces --cutmix's Beta)")
-    p.add_argument("--mixup_prob", default=1.0, type=PROBABILITY)
-    p.add_argument("--mixup_switch_prob", default=0.5, type=PROBABILITY)
-    p.add_argument("--mixup_mode", default="batch", choices=["batch", "pair", "elem"])
-    p.add_argument("--model_ema", action="store_true", help="also keep and evaluate an EMA of the weights")
-    p.add_argument("--model_ema_decay", default=0.9999, type=PROBABILITY)
-    add_classify_args(p, global_pool_default=True)
-    add_runtime_args(p)
-    add_sharding_args(p)
-    add_official_compat_args(p, pretrain=False)
-    return p
+    return FinetuneConfig.parser("MIM fine-tuning")
 
 
 def build_mixup_and_criterion(cfg: FinetuneConfig, num_classes: int) -> tuple[Mixup | None, nn.Module]:

@@ -10,10 +10,8 @@ from engine_finetune import ClassifyEngine
 from models.classifier import to_linear_probe
 from util import distributed as dist_util
 from util.classify import build_classifier, build_linprobe_transform, build_loaders, data_classes, evaluation_note
-from util.config import (ClassifyConfig, add_classify_args, add_official_compat_args, add_runtime_args,
-                         add_training_args)
+from util.config import ClassifyConfig
 from util.data import build_eval_transform
-from util.flags import ArgumentParser
 from util.optim import LARS
 from util.runtime import run_cli
 from util.session import start_session
@@ -21,14 +19,7 @@ from util.trainer import Trainer
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = ArgumentParser("MIM linear probing", add_help=True)
-    add_training_args(p, model="vit_large_patch16", model_help="a classifier from models.list_models()",
-                      batch_size=512, epochs=90, blr=0.1, min_lr=0.0, warmup_epochs=10, weight_decay=0.0,
-                      save_freq=10)
-    add_classify_args(p, global_pool_default=False)
-    add_runtime_args(p)
-    add_official_compat_args(p, pretrain=False)
-    return p
+    return ClassifyConfig.parser("MIM linear probing")
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -9,6 +9,8 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from base.errors import UsageError
+
 from .init import init_linear_and_norm, init_token
 from .interfaces import EncoderOutput, Masks
 from .pos_embed import sincos_2d
@@ -135,6 +137,6 @@ def deep_supervision_heads(make_head: Callable[[], nn.Module], layers: Sequence[
     the final-normed tokens, as the official code. Weights are numbered 1.. in tap order."""
     layers = sorted(set(layers))
     if not layers or layers[0] < 1 or layers[-1] > depth:
-        raise ValueError(f"ds_layers must lie in 1..{depth} (the encoder's depth), got {list(layers)}")
+        raise UsageError(f"ds_layers must lie in 1..{depth} (the encoder's depth), got {list(layers)}")
     return {f"ds{k}": TappedHead(make_head(), None if k == depth else k, str(i))
             for i, k in enumerate(layers, start=1)}

@@ -7,6 +7,8 @@ distillation branch). A recipe pairs each head with its loss and weight (``model
 import torch
 import torch.nn.functional as F
 
+from base.errors import UsageError
+
 from .interfaces import Masks
 
 LOSS_KINDS = ("l2", "l1", "smooth_l1", "cosine")
@@ -25,7 +27,7 @@ def per_patch_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l2", b
     elif kind == "smooth_l1":
         err = F.smooth_l1_loss(pred, target, reduction="none", beta=beta)
     else:
-        raise ValueError(f"unknown loss type {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
+        raise UsageError(f"unknown loss type {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
     return err.mean(dim=-1)
 
 
@@ -44,7 +46,7 @@ class PatchLoss:
 
     def __init__(self, kind: str = "l2", beta: float = 1.0, on: str = "masked", visible_order: str = "keep"):
         if kind not in LOSS_KINDS:
-            raise ValueError(f"unknown loss type {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
+            raise UsageError(f"unknown loss type {kind!r}; choose one of {', '.join(LOSS_KINDS)}")
         if on not in ("masked", "visible") or visible_order not in ("keep", "raster"):
             raise ValueError(f"on must be 'masked' or 'visible' and visible_order 'keep' or 'raster', "
                              f"got {on!r}, {visible_order!r}")

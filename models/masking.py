@@ -45,7 +45,7 @@ class RandomMasking:
 
     def __init__(self, mask_ratio: float = 0.75):
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+            raise UsageError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
 
     def num_visible(self, num_patches: int) -> int:
@@ -98,7 +98,7 @@ class BlockMasking:
 
     def __init__(self, mask_ratio: float = 0.6):
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+            raise UsageError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
 
     def num_visible(self, num_patches: int) -> int:
@@ -149,9 +149,9 @@ class DisjointMasking:
 
     def __init__(self, base: UnitMasking, pred_ratio: float = 1.0, num_views: int = 2):
         if num_views < 1:
-            raise ValueError(f"num_views must be >= 1, got {num_views}")
+            raise UsageError(f"num_views must be >= 1, got {num_views}")
         if not base.mask_ratio <= pred_ratio <= 1.0:
-            raise ValueError(f"pred_ratio must be in [mask_ratio, 1] = [{base.mask_ratio}, 1], got {pred_ratio}")
+            raise UsageError(f"pred_ratio must be in [mask_ratio, 1] = [{base.mask_ratio}, 1], got {pred_ratio}")
         self.base, self.pred_ratio, self.num_views = base, pred_ratio, num_views
         self.mask_ratio = base.mask_ratio
 
@@ -231,7 +231,7 @@ class UniformMasking:
 
     def __init__(self, vis_mask_ratio: float = 0.0):
         if not 0.0 <= vis_mask_ratio < 1.0:
-            raise ValueError(f"vis_mask_ratio must be in [0, 1), got {vis_mask_ratio}")
+            raise UsageError(f"vis_mask_ratio must be in [0, 1), got {vis_mask_ratio}")
         self.vis_mask_ratio = vis_mask_ratio
 
     def check(self, grid_size: tuple[int, int]) -> None:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from base.errors import UsageError
+
 from .heads import MAEDecoder
 from .init import init_linear_and_norm
 from .interfaces import EncoderOutput, Masks
@@ -45,7 +47,8 @@ class UMDecoder(MAEDecoder):
                  decoder_depth: int = 2, decoder_num_heads: int = 16, mlp_ratio: float = 4.0,
                  raster_positions: bool = False):
         if grid_size[0] % 4 or grid_size[1] % 4:
-            raise ValueError(f"the UM decoder needs a patch grid divisible by 4, got {tuple(grid_size)}")
+            raise UsageError(f"the UM decoder needs a patch grid divisible by 4, got {tuple(grid_size)}: pass an "
+                             "--input_size of a multiple of 4 patches")
         super().__init__(grid_size, embed_dim, out_dim, decoder_embed_dim, decoder_depth, decoder_num_heads,
                          mlp_ratio, num_prefix_tokens=0)
         self.raster_positions = raster_positions

@@ -21,13 +21,12 @@ from .mim import Branch, MaskedImageModel
 from .official import DMJD_QUIRKS, MASKFEAT_QUIRKS, UMMAE_QUIRKS, share_decoder_pos_embed
 from .options import check_decoder, check_pyramid_size
 from .pyramid_heads import SimMIMHead, UMDecoder
+from .recipe_options import MASK_TYPES, PRED_TYPES, builder
 from .registry import Recipe, TrainDefaults, register_model
 from .targets import CLIPTarget, PixelTarget
 
-MASK_TYPES = ("rand", "block")
-PRED_TYPES = ("pixel", "hog")
 
-
+@builder("vis_mask_token")
 def build_mae(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.75, norm_pix_loss: bool = False,
               decoder_embed_dim: int = 512, decoder_depth: int = 8, decoder_num_heads: int = 16,
               mask_regular: bool = False, vis_mask_ratio: float = 0.0, masking: Masking | None = None,
@@ -50,10 +49,10 @@ def _mae_masking(mask_ratio: float, mask_regular: bool, vis_mask_ratio: float):
     """Random masking, or with ``mask_regular`` UM-MAE's uniform masking (which fixes the ratio at 0.75)."""
     if not mask_regular:
         if vis_mask_ratio:
-            raise ValueError("vis_mask_ratio (secondary masking) needs mask_regular (uniform masking)")
+            raise UsageError("vis_mask_ratio (secondary masking) needs mask_regular (uniform masking)")
         return RandomMasking(mask_ratio)
     if mask_ratio != 0.75:
-        raise ValueError(f"uniform masking keeps one patch in four: mask_ratio must be 0.75, got {mask_ratio}")
+        raise UsageError(f"uniform masking keeps one patch in four: mask_ratio must be 0.75, got {mask_ratio}")
     return UniformMasking(vis_mask_ratio)
 
 
@@ -85,7 +84,7 @@ def mae_vit_huge_patch14(**kwargs) -> MaskedImageModel:
 def build_masking(mask_type: str, mask_ratio: float, pred_ratio: float = 1.0, num_views: int = 1):
     """``rand`` (MAE) or ``block`` (2x2 groups) masking; with ``num_views`` > 1, DMJD's disjoint views."""
     if mask_type not in MASK_TYPES:
-        raise ValueError(f"unknown mask_type {mask_type!r}; choose one of {', '.join(MASK_TYPES)}")
+        raise UsageError(f"unknown mask_type {mask_type!r}; choose one of {', '.join(MASK_TYPES)}")
     base = BlockMasking(mask_ratio) if mask_type == "block" else RandomMasking(mask_ratio)
     return DisjointMasking(base, pred_ratio, num_views) if num_views > 1 else base
 
@@ -93,14 +92,15 @@ def build_masking(mask_type: str, mask_ratio: float, pred_ratio: float = 1.0, nu
 def build_target(pred_type: str, patch_size: int, norm_pix_loss: bool = False) -> nn.Module:
     """``pixel`` (optionally norm-pix) or DMJD's ``hog`` (108 values per 16x16 patch)."""
     if pred_type not in PRED_TYPES:
-        raise ValueError(f"unknown pred_type {pred_type!r}; choose one of {', '.join(PRED_TYPES)}")
+        raise UsageError(f"unknown pred_type {pred_type!r}; choose one of {', '.join(PRED_TYPES)}")
     if pred_type == "hog":
         if norm_pix_loss:
-            raise ValueError("norm_pix_loss applies to the pixel target, not to HOG")
+            raise UsageError("norm_pix_loss applies to the pixel target, not to HOG")
         return HogTarget(patch_size)
     return PixelTarget(patch_size, norm_pix=norm_pix_loss)
 
 
+@builder()
 def build_dmjd(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.6, mask_type: str = "block",
                pred_ratio: float = 1.0, num_views: int = 2, pred_type: str = "hog", norm_pix_loss: bool = False,
                mim_loss_type: str = "l2", vis_loss_type: str = "smooth_l1", distill: bool = True,
@@ -167,6 +167,7 @@ def convmae_convvit_base_patch16(**kwargs) -> Recipe:
     return Recipe(build_dmjd(convvit.convvit_base, **{**defaults, **kwargs}).model)
 
 
+@builder("masked_tokens")
 def build_maskfeat(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.4, mask_type: str = "block",
                    official_quirks: bool = False, **encoder_kwargs) -> Recipe:
     """MaskFeat on images: a ViT that encodes every patch, masked ones replaced by a learned mask token;
@@ -190,6 +191,7 @@ def maskfeat_vit_base_patch16(**kwargs) -> Recipe:
     return build_maskfeat(partial(vit.vit_base, patch_size=16), **kwargs)
 
 
+@builder()
 def build_deepmim(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.75, clip_path: str | None = None,
                   norm_pix_loss: bool = False, ds_layers: Sequence[int] | None = None,
                   decoder_embed_dim: int = 512, decoder_depth: int = 4, decoder_num_heads: int = 16,
@@ -239,6 +241,7 @@ def deepmim_vit_base_patch16(**kwargs) -> MaskedImageModel:
     return build_deepmim(partial(vit.vit_base, patch_size=16), **kwargs)
 
 
+@builder("masked_tokens", "vis_mask_token")
 def build_ummae(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0.75, mask_regular: bool = True,
                 vis_mask_ratio: float = 0.25, norm_pix_loss: bool = False, decoder_embed_dim: int = 512,
                 decoder_depth: int = 2, decoder_num_heads: int = 16, official_quirks: bool = False,
@@ -250,7 +253,7 @@ def build_ummae(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0
     (raster-order) positions, which mostly belong to other patches (§4.5); by default each token gets its
     own patch's position."""
     if not mask_regular:
-        raise ValueError("UM-MAE on a pyramid encoder needs uniform masking (--mask_regular); random masking "
+        raise UsageError("UM-MAE on a pyramid encoder needs uniform masking (--mask_regular); random masking "
                          "with every token encoded is SimMIM (simmim_* recipes)")
     masking = _mae_masking(mask_ratio, True, vis_mask_ratio)
     check_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads)
@@ -264,6 +267,7 @@ def build_ummae(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0
     return MaskedImageModel(encoder, masking, target, {"mim": Branch(decoder, PatchLoss("l2", on="masked"))})
 
 
+@builder("masked_tokens")
 def build_simmim(encoder_fn: Callable, img_size: int = 256, mask_ratio: float = 0.75, mask_type: str = "rand",
                  norm_pix_loss: bool = False, **encoder_kwargs) -> MaskedImageModel:
     """SimMIM as UM-MAE compares to it (docs/methods.md §4.8): a learned mask token for every masked patch inside
@@ -318,6 +322,7 @@ def simmim_vit_base_patch16(**kwargs) -> MaskedImageModel:
     return build_simmim(partial(vit.vit_base, patch_size=16), **{**defaults, **kwargs})
 
 
+@builder("final_norm")
 def build_classifier(encoder_fn: Callable, img_size: int = 224, num_classes: int = 1000, global_pool: bool = True,
                      drop_path_rate: float = 0.1, **encoder_kwargs) -> Classifier:
     """Fine-tune / linear-probe model: every encoder gets the image size, the drop-path rate and, under global

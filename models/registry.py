@@ -13,6 +13,8 @@ from torch import nn
 
 from base.errors import UsageError
 
+from .recipe_options import UnknownOptions
+
 
 @dataclass(frozen=True)
 class TrainDefaults:
@@ -113,14 +115,18 @@ def model_quirks(name: str) -> dict[str, str]:
 
 def create_recipe(name: str, official_quirks: bool = False, **overrides) -> Recipe:
     """Build the registered model ``name`` with its training defaults; ``overrides`` replace the
-    recipe's keyword defaults. ``official_quirks`` turns on the recipe's quirks (``Recipe.quirks`` lists
+    recipe's keyword defaults; one the recipe does not take is refused, naming those it does
+    (``models.recipe_options.builder``). ``official_quirks`` turns on the recipe's quirks (``Recipe.quirks`` lists
     them; it stays empty for a recipe that has none, and the flag then changes nothing)."""
     if name not in _MODELS:
         close = difflib.get_close_matches(name, _MODELS, n=5, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see models.list_models()"
         raise UsageError(f"unknown model {name!r}{hint}")
     quirks = _QUIRKS.get(name, {}) if official_quirks else {}
-    built = _MODELS[name](**overrides, **({"official_quirks": True} if quirks else {}))
+    try:
+        built = _MODELS[name](**overrides, **({"official_quirks": True} if quirks else {}))
+    except UnknownOptions as err:  # raised by the recipe's builder before building anything
+        raise UnknownOptions(err.names, err.accepted, name) from None
     recipe = built if isinstance(built, Recipe) else Recipe(built)
     recipe.quirks = dict(quirks)
     return recipe

@@ -10,15 +10,20 @@ import main_linprobe
 import main_pretrain
 from base.errors import UsageError
 from util.config import ClassifyConfig, FinetuneConfig, PretrainConfig
+from util.official_flags import official_flags
 
 CLIS = [(main_pretrain, PretrainConfig), (main_finetune, FinetuneConfig), (main_linprobe, ClassifyConfig)]
 
 
 @pytest.mark.parametrize("cli,config", CLIS, ids=["pretrain", "finetune", "linprobe"])
 def test_config_has_a_field_for_every_flag(cli, config):
-    """Every flag of the CLI is a typed field of its config and every field a flag: none is read untyped."""
+    """Every flag of the CLI is a typed field of its config, or an official flag of the one table that means
+    something else (--bf16) or nothing (DeepMIM's); every field is a flag, or set by an official flag."""
     flags = set(vars(cli.get_args_parser().parse_args([])))
-    assert flags == {f.name for f in dataclasses.fields(config)} - {"flags"}
+    official = {flag.dest for flag in official_flags(config.TASK)}
+    fields = {f.name for f in dataclasses.fields(config)} - {"flags", *config.NO_FLAG}
+    assert fields <= flags and flags - fields <= official
+    assert flags - fields == {flag.dest for flag in official_flags(config.TASK) if not flag.sets}
 
 
 @pytest.mark.parametrize("cli,config", CLIS, ids=["pretrain", "finetune", "linprobe"])
@@ -72,3 +77,16 @@ def test_scaled_lr_uses_lr_when_given():
     parse = main_linprobe.get_args_parser().parse_args
     assert ClassifyConfig.from_args(parse(["--blr", "0.1", "--batch_size", "512"])).scaled_lr(4) == (0.8, 2048)
     assert ClassifyConfig.from_args(parse(["--lr", "3.0", "--batch_size", "512"])).scaled_lr(4) == (3.0, 2048)
+
+
+def test_what_the_trainer_needs_is_declared_by_every_config():
+    """fsdp is one field of every config (linear probing takes no --fsdp and is never sharded), evaluates_only
+    says whether --eval writes nothing, TASK whether the CLI takes --finetune: no hasattr on the config's class."""
+    linprobe = main_linprobe.get_args_parser().parse_args
+    assert not ClassifyConfig.from_args(linprobe([])).fsdp
+    with pytest.raises(UsageError, match="unrecognized arguments: --fsdp"):
+        linprobe(["--fsdp"])
+    assert FinetuneConfig.from_args(main_finetune.get_args_parser().parse_args(["--fsdp"])).fsdp
+    assert ClassifyConfig.from_args(linprobe(["--eval"])).evaluates_only
+    assert not PretrainConfig.from_args(main_pretrain.get_args_parser().parse_args([])).evaluates_only
+    assert (PretrainConfig.TASK, ClassifyConfig.TASK, FinetuneConfig.TASK) == ("pretrain", "classify", "classify")

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from base.errors import UsageError
 from golden_rules import assert_fingerprint, load_case, rule_tensor
 from models.encoders.common import patch_visibility
 from models.encoders.convvit import ConvViT, convvit_base, convvit_large
@@ -82,7 +83,7 @@ def test_other_img_size():
     assert r.grid_size == (2, 4) and r.num_patches == 8
     with torch.no_grad():
         assert r(torch.randn(1, 3, 32, 64)).patches.shape == (1, 8, 32)
-    with pytest.raises(ValueError):
+    with pytest.raises(UsageError, match="multiple of 16"):
         tiny(img_size=72)
 
 

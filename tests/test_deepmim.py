@@ -40,7 +40,7 @@ def test_default_taps_scale_with_depth():
     assert default_ds_layers(12) == (6, 8, 10, 12)
     assert default_ds_layers(24) == (12, 16, 20, 24)
     assert default_ds_layers(2) == (1, 2)
-    with pytest.raises(ValueError, match="ds_layers"):
+    with pytest.raises(UsageError, match="ds_layers"):
         deep_supervision_heads(lambda: torch.nn.Identity(), [0, 3], 12)
 
 

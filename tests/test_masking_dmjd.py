@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from base.errors import UsageError
 from golden_rules import load_case
 from models.masking import BlockMasking, DisjointMasking, Masks, RandomMasking
 
@@ -61,7 +62,7 @@ def test_pred_ratio_controls_the_swap():
     partial = DisjointMasking(RandomMasking(0.75), pred_ratio=0.9)
     views = draw(partial).view_mask
     assert ((~views[0] & ~views[1]).sum(1) == 49 - int((0.9 - 0.75) * 196)).all()
-    with pytest.raises(ValueError, match="pred_ratio"):
+    with pytest.raises(UsageError, match="pred_ratio"):
         DisjointMasking(RandomMasking(0.75), pred_ratio=0.5)
 
 

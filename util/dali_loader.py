@@ -30,7 +30,6 @@ from util.config import RunConfig
 from util.data import ImageFiles, UNREADABLE
 from util.session import Session, train_loader
 
-BACKENDS = ("dali", "pil")
 _ORPHANS: list = []  # a forked child's copies of the parent's native DALI pipelines (_forget_pipelines_in_child)
 DALI_PACKAGE = "nvidia-dali-cuda130"
 

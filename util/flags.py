@@ -1,13 +1,22 @@
-"""The value types of the CLIs' flags: every numeric flag declares its valid range here, and argparse checks it
-while parsing, before any model or data exists. A bad value is one line naming the flag and what it takes."""
+"""The CLIs' parsers, generated from their configs (each setting declared once, ``base.settings``), and the value
+types of their flags: every numeric flag has a range (``base.settings.Range``), and argparse checks it while
+parsing, before any model or data exists. A bad value is one line naming the flag and what it takes."""
 import argparse
-import math
+import dataclasses
 import re
-from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
 
 from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
 
 from base.errors import UsageError
+from base.settings import (FRACTION_BELOW_ONE, NON_NEGATIVE, NON_NEGATIVE_INT, OPEN_FRACTION, POSITIVE,
+                           POSITIVE_FRACTION, POSITIVE_INT, PROBABILITY, SEED, Flag, Group, Range, flag_of)
+
+# the ranges are the flags' value types: the tools' and benchmarks' parsers take them from here too
+__all__ = ["ArgumentParser", "add_flags", "add_flag", "device_name", "aa_policy", "Range", "FRACTION_BELOW_ONE",
+           "NON_NEGATIVE", "NON_NEGATIVE_INT", "OPEN_FRACTION", "POSITIVE", "POSITIVE_FRACTION", "POSITIVE_INT",
+           "PROBABILITY", "SEED"]
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -18,52 +27,39 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-@dataclass(frozen=True)
-class Range:
-    """A flag type: ``kind`` (int or float) from ``low`` to ``high`` (None: unbounded), ends excluded where
-    ``*_open``. NaN and infinities are refused too: no flag means anything by them."""
-
-    kind: type
-    low: float
-    high: float | None = None
-    low_open: bool = False
-    high_open: bool = False
-
-    def describe(self) -> str:
-        """The values it takes, in words: "a positive integer", "a number in (0, 1)"."""
-        noun = "an integer" if self.kind is int else "a number"
-        show = (lambda v: str(int(v))) if self.kind is int else (lambda v: f"{v:g}")
-        if self.high is not None:
-            return (f"{noun} in {'(' if self.low_open else '['}{show(self.low)}, {show(self.high)}"
-                    f"{')' if self.high_open else ']'}")
-        if (self.low == 0 and self.low_open) or (self.kind is int and self.low == 1 and not self.low_open):
-            return f"a positive {noun.split()[-1]}"
-        return f"{noun} {'>' if self.low_open else '>='} {show(self.low)}"
-
-    def __call__(self, text: str) -> int | float:
-        try:
-            value = self.kind(text)
-        except ValueError:
-            value = None
-        if value is None or not math.isfinite(value) or not self._within(value):
-            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text!r}")
-        return value
-
-    def _within(self, value: float) -> bool:
-        above = value > self.low if self.low_open else value >= self.low
-        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
-        return above and below
+def add_flags(parser: argparse.ArgumentParser, config: type, defaults: Mapping[str, Any] = MappingProxyType({}),
+              skip: Iterable[str] = ()) -> None:
+    """One argument per field of the dataclass ``config`` that is a flag (``base.settings.setting``), in field
+    order, each in its ``--help`` section (``Flag.group``, made at its first flag); ``defaults`` replace the
+    fields' own (a CLI's defaults for the settings every CLI has); ``skip``: fields this CLI takes no flag for."""
+    sections: dict[Group, argparse._ArgumentGroup] = {}
+    for field in dataclasses.fields(config):
+        flag = flag_of(field)
+        if flag is None or field.name in skip:
+            continue
+        default = defaults.get(field.name, field.default)
+        if default is dataclasses.MISSING:
+            raise TypeError(f"{config.__name__}.{field.name} has no default: give it one in DEFAULTS")
+        section = parser
+        if flag.group is not None:
+            if flag.group not in sections:
+                sections[flag.group] = parser.add_argument_group(flag.group.title, flag.group.description)
+            section = sections[flag.group]
+        add_flag(section, field.name, flag, default)
 
 
-POSITIVE_INT = Range(int, 1)
-NON_NEGATIVE_INT = Range(int, 0)
-SEED = Range(int, 0, 2 ** 31 - 1)  # numpy takes seeds below 2**32, and each process adds its rank
-POSITIVE = Range(float, 0, low_open=True)
-NON_NEGATIVE = Range(float, 0)
-PROBABILITY = Range(float, 0, 1)
-OPEN_FRACTION = Range(float, 0, 1, low_open=True, high_open=True)  # a mask ratio: something masked, something kept
-FRACTION_BELOW_ONE = Range(float, 0, 1, high_open=True)  # drop rates, smoothing: 1 would remove everything
-POSITIVE_FRACTION = Range(float, 0, 1, low_open=True)  # crop scale, layer decay: 0 would remove everything
+def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, dest: str, flag: Flag, default: Any) -> None:
+    """The argument(s) of one setting: a switch (and its negation), or a flag taking values of ``flag.type``."""
+    names = flag.names or (f"--{dest}",)
+    if flag.switch:
+        parser.add_argument(*names, dest=dest, action="store_true", default=default, help=flag.help)
+        if flag.negation:
+            parser.add_argument(flag.negation, dest=dest, action="store_false", help=flag.negation_help)
+        return
+    if isinstance(default, tuple):  # argparse gives several values as a list
+        default = list(default)
+    parser.add_argument(*names, dest=dest, default=default, type=flag.type, choices=flag.choices, nargs=flag.nargs,
+                        metavar=flag.metavar, help=flag.help)
 
 
 def device_name(text: str) -> str:

@@ -97,16 +97,12 @@ def check_task(name: str, task: str) -> None:
 
 def build_named_model(name: str, task: str | None = None, **kwargs):
     """``models.create_recipe`` -> Recipe, with a one-line error when the model is not for ``task`` (one of
-    ``models.registry.TASKS``; None: any), a recipe does not take an option or ``img_size`` (``--input_size``)
-    is no whole number of the encoder's patches."""
+    ``models.registry.TASKS``; None: any) or ``img_size`` (``--input_size``) is no whole number of the encoder's
+    patches. A recipe refuses what it cannot build with a ``UsageError`` (an option it does not take included:
+    ``models.recipe_options.builder``); any other exception is a bug and keeps its traceback."""
     if task is not None:
         check_task(name, task)
-    try:
-        recipe = models.create_recipe(name, **kwargs)
-    except TypeError as err:
-        raise UsageError(f"--model {name} does not accept these options: {err}") from err
-    except ValueError as err:  # a recipe refusing a combination of options
-        raise UsageError(f"--model {name}: {err}") from err
+    recipe = models.create_recipe(name, **kwargs)
     check_input_size(name, kwargs.get("img_size"), getattr(getattr(recipe.model, "encoder", None), "patch_size", None))
     return recipe
 

@@ -73,7 +73,7 @@ def start_session(cfg: RunConfig) -> Iterator[Session]:
     seed_everything(cfg.seed + rank)
     with contextlib.ExitStack() as lock:
         refusal = None
-        if rank == 0 and not getattr(cfg, "eval", False):
+        if rank == 0 and not cfg.evaluates_only:
             try:
                 check_outside_data(cfg.data_set, cfg.data_path, cfg.output_dir, cfg.log_dir)
                 lock.enter_context(claim_output_dir(cfg.output_dir, cfg.log_dir))

@@ -20,38 +20,42 @@ import os
 import shlex
 import signal
 import sys
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import submitit
 
 from base.errors import UsageError
+from base.settings import POSITIVE_INT, Group, setting
 from util import distributed as dist_util
 from util.checkpoint import latest_checkpoint
-from util.flags import POSITIVE_INT, ArgumentParser
+from util.flags import add_flags
 
 # the official scripts' default job folder: /checkpoint/$USER/experiments/<job id>
 SHARED_ROOT = Path("/checkpoint")
 ROOT = Path(__file__).resolve().parents[1]  # the tasks import the CLIs from here, wherever the job starts
-LAUNCHER_FLAGS = ("job_dir", "nodes", "ngpus", "timeout", "partition", "use_volta32", "comment", "cluster")
+SECTION = Group("submitit", "the Slurm job (MAE's submitit_*.py flags)")
 SIGNAL_DELAY_S = 120  # USR2 this long before the time limit: the step under way and a checkpoint fit in it
 MEM_GB_PER_GPU, CPUS_PER_TASK = 40, 10  # the official scripts' request per GPU
 
 
-def add_launcher_args(p: ArgumentParser) -> None:
-    """The official submitit flags (MAE's defaults), and ``--cluster`` to run the job on this machine."""
-    g = p.add_argument_group("submitit", "the Slurm job (MAE's submitit_*.py flags)")
-    g.add_argument("--job_dir", default="",
-                   help="job folder, %%j = job id (default: /checkpoint/$USER/experiments/%%j)")
-    g.add_argument("--nodes", default=2, type=POSITIVE_INT, help="nodes to request")
-    g.add_argument("--ngpus", default=8, type=POSITIVE_INT, help="GPUs (and tasks) per node")
-    g.add_argument("--timeout", default=4320, type=POSITIVE_INT, help="time limit of the job in minutes")
-    g.add_argument("--partition", default="learnfair", help="Slurm partition")
-    g.add_argument("--use_volta32", action="store_true", help="request 32 GB V100s (--constraint volta32gb)")
-    g.add_argument("--comment", default="", help="comment passed to the scheduler")
-    g.add_argument("--cluster", default=None, choices=["slurm", "local", "debug"],
-                   help="where to run: slurm where srun exists, else local (this machine, one node)")
-    p.set_defaults(output_dir=None)  # None: the job folder
+@dataclass(frozen=True, kw_only=True)
+class SlurmJob:
+    """The job a ``submitit_*.py`` command asks for: the official submitit flags (MAE's defaults), and
+    ``--cluster`` to run it on this machine. ``job_dir`` "" means the official default (``default_job_dir``)."""
+
+    job_dir: str = setting("", group=SECTION,
+                           help="job folder, %%j = job id (default: /checkpoint/$USER/experiments/%%j)")
+    nodes: int = setting(2, type=POSITIVE_INT, group=SECTION, help="nodes to request")
+    ngpus: int = setting(8, type=POSITIVE_INT, group=SECTION, help="GPUs (and tasks) per node")
+    timeout: int = setting(4320, type=POSITIVE_INT, group=SECTION, help="time limit of the job in minutes")
+    partition: str = setting("learnfair", group=SECTION, help="Slurm partition")
+    use_volta32: bool = setting(False, switch=True, group=SECTION,
+                                help="request 32 GB V100s (--constraint volta32gb)")
+    comment: str = setting("", group=SECTION, help="comment passed to the scheduler")
+    cluster: str | None = setting(None, choices=["slurm", "local", "debug"], group=SECTION,
+                                  help="where to run: slurm where srun exists, else local (this machine, one node)")
 
 
 def default_job_dir() -> str:
@@ -61,8 +65,8 @@ def default_job_dir() -> str:
     return str(SHARED_ROOT / os.environ.get("USER", "user") / "experiments" / "%j")
 
 
-def build_executor(args: argparse.Namespace, job_dir: str, name: str) -> submitit.AutoExecutor:
-    """The executor of ``args``' launcher flags: one task per GPU on ``--nodes`` nodes, ``--timeout``
+def build_executor(args: SlurmJob, job_dir: str, name: str) -> submitit.AutoExecutor:
+    """The executor of the job ``args``: one task per GPU on ``--nodes`` nodes, ``--timeout``
     minutes, the partition, the 32 GB V100 constraint and the comment; USR2 ``SIGNAL_DELAY_S`` before the end."""
     executor = submitit.AutoExecutor(folder=job_dir, cluster=args.cluster, slurm_max_num_timeout=30)
     setup = [f"export PYTHONPATH={shlex.quote(str(ROOT))}${{PYTHONPATH:+:$PYTHONPATH}}"]
@@ -155,17 +159,25 @@ def timeout_signal_stops_training() -> Iterator[None]:
         submitit_handler(usr_sig, None)
 
 
-def parse_args(module: str, argv: list[str] | None = None,
-               description: str = "") -> tuple[argparse.Namespace, argparse.Namespace]:
-    """``argv`` split into (the launcher's flags, the CLI's flags), as ``<module>.py`` parses its own; the CLI's
-    ``--output_dir`` is the job folder unless given."""
+def cli_and_launcher_parser(module: str, description: str = "") -> argparse.ArgumentParser:
+    """``<module>.py``'s parser with the job's flags (``SlurmJob``); the CLI's ``--output_dir`` defaults to the job
+    folder (None)."""
     parser = importlib.import_module(module).get_args_parser()
     parser.description = description
-    add_launcher_args(parser)
-    args = parser.parse_args(argv)
-    launcher = argparse.Namespace(**{k: getattr(args, k) for k in LAUNCHER_FLAGS})
-    launcher.job_dir = launcher.job_dir or default_job_dir()
-    cli_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in LAUNCHER_FLAGS})
+    add_flags(parser, SlurmJob)
+    parser.set_defaults(output_dir=None)
+    return parser
+
+
+def parse_args(module: str, argv: list[str] | None = None,
+               description: str = "") -> tuple[SlurmJob, argparse.Namespace]:
+    """``argv`` split into (the job, the CLI's flags), as ``<module>.py`` parses its own; the CLI's
+    ``--output_dir`` is the job folder unless given."""
+    args = cli_and_launcher_parser(module, description).parse_args(argv)
+    job = {f.name for f in fields(SlurmJob)}
+    launcher = SlurmJob(**{k: v for k, v in vars(args).items() if k in job})
+    launcher = replace(launcher, job_dir=launcher.job_dir or default_job_dir())
+    cli_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in job})
     if cli_args.output_dir is None:
         cli_args.output_dir = launcher.job_dir
     return launcher, cli_args

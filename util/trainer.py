@@ -208,7 +208,7 @@ class Trainer(Generic[C]):
             path, ckpt = fsdp.resume_sharded(self.cfg.resume, older, self.model, optimizer)
         else:
             path, ckpt = read_checkpoint(self.cfg.resume, older)
-            check_resumable(path, ckpt, self.model, optimizer, can_finetune=hasattr(self.cfg, "finetune"))
+            check_resumable(path, ckpt, self.model, optimizer, can_finetune=self.cfg.TASK == "classify")
             restore(ckpt, self.model, optimizer, self.scaler)
         # released fine-tuned checkpoints hold only 'model'; one saved at a stop, its epoch part-way
         done = ckpt.get("batches_done", 0)
@@ -238,7 +238,7 @@ class Trainer(Generic[C]):
     @property
     def sharded(self) -> bool:
         """Whether the model is sharded (--fsdp): checkpoints are then ``.dcp`` folders written through DCP."""
-        return getattr(self.cfg, "fsdp", False)
+        return self.cfg.fsdp
 
     @property
     def suffix(self) -> str:

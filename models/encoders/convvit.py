@@ -23,6 +23,8 @@ from timm.layers import DropPath, to_2tuple
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from base.errors import UsageError
+
 from ..init import init_conv_as_linear, init_linear_and_norm
 from ..interfaces import EncoderArgs, EncoderOutput, FeatureInfo, MaskedTokens, repeat_views
 from ..options import check_heads, check_positive_ints, check_positive_numbers, check_sincos_width
@@ -138,7 +140,8 @@ class ConvViT(GradCheckpointing, nn.Module):
         self.patch_sizes = tuple(patch_sizes)
         self.patch_size = prod(self.patch_sizes)
         if img_size[0] % self.patch_size or img_size[1] % self.patch_size:
-            raise ValueError(f"img_size {img_size} is not divisible by the total patch size {self.patch_size}")
+            raise UsageError(f"img_size {img_size} is not divisible by the total patch size {self.patch_size}: pass "
+                             f"an --input_size that is a multiple of {self.patch_size}")
         self.img_size = img_size
         self.grid_size = (img_size[0] // self.patch_size, img_size[1] // self.patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
