@@ -7,6 +7,7 @@ import os
 from mmengine.config import Config
 
 from base.errors import UsageError
+from segmentation.commands import DenseTask
 from segmentation.runner import check_data_paths, load_config
 
 LOADERS = {"train_dataloader": None, "val_dataloader": "val_evaluator", "test_dataloader": "test_evaluator"}
@@ -26,3 +27,6 @@ def load_detection_config(args: argparse.Namespace, loaders: tuple[str, ...]) ->
             cfg[LOADERS[loader]].ann_file = ann_file
     check_data_paths(cfg, loaders)
     return cfg
+
+
+DETECTION = DenseTask("GFL detection", "detection/train.py", load_detection_config, digits=3, fp16_loss_scale=512.0)

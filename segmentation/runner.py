@@ -154,30 +154,33 @@ def _paths_to(node: object, key: str, path: str = "") -> Iterator[str]:
             yield from _paths_to(value, key, f"{path}.{i}")
 
 
-def _unknown_key(err: TypeError, cfg: Config, options: Mapping[str, object]) -> str | None:
-    """One sentence for a build failing on a config key no class takes, or None for any other TypeError."""
-    found = re.search(r"unexpected keyword argument '(\w+)'", str(err))
+def _unknown_key(err: Exception, cfg: Config, options: Mapping[str, object]) -> str | None:
+    """One sentence for a build failing on a config key no class takes (a ``TypeError: unexpected keyword
+    argument``, or our models' ``UsageError: ... does not take``), or None for any other error."""
+    found = re.search(r"unexpected keyword argument '(\w+)'|does not take (\w+)", str(err))
     if not found:
         return None
-    name, tree = found[1], cfg.to_dict()
+    name, tree = found[1] or found[2], cfg.to_dict()
     paths = [k for k in options if k.split(".")[-1] == name] or list(_paths_to(tree, name))
     owner = re.findall(r"(\w+)\.__init__\(\)", str(err)) or re.findall(r"class `(\w+)`", str(err)) or ["its class"]
+    what = str(err) if isinstance(err, UsageError) else f"{owner[-1]} takes no {name!r}"
     if not paths:
         return f"the config's {owner[-1]} takes no {name!r}: {err}"
     where = ("--cfg-options " if paths[0] in options else "config key ") + paths[0]
     siblings = _lookup(tree, paths[0].split(".")[:-1])
     close = difflib.get_close_matches(name, [k for k in siblings if k != name], n=1) \
         if isinstance(siblings, Mapping) else []
-    return f"{where}: {owner[-1]} takes no {name!r}" + (f"; did you mean {close[0]}?" if close else "")
+    return f"{where}: {what}" + (f"; did you mean {close[0]}?" if close else "")
 
 
 @contextlib.contextmanager
 def config_errors(cfg: Config, options: Mapping[str, object]) -> Iterator[None]:
     """Turn the errors mmengine raises while building from a bad config into one line: a key no class takes
-    (``TypeError: unexpected keyword argument``) and a ``type`` no registry holds."""
+    (``TypeError: unexpected keyword argument``; an encoder option a model does not take, named with the key)
+    and a ``type`` no registry holds."""
     try:
         yield
-    except TypeError as err:
+    except (TypeError, UsageError) as err:
         message = _unknown_key(err, cfg, options)
         if message is None:
             raise

@@ -3,38 +3,21 @@
     python segmentation/test.py segmentation/configs/upernet_vit_base_512_160k_ade20k.py work_dirs/vit_b/iter_160000.pth
 """
 import argparse
-import json
-import numbers
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable as a script, also under torchrun
 
-from base.errors import UsageError  # noqa: E402
-from segmentation.runner import add_common_args, build_runner, load_config, run  # noqa: E402
+from segmentation.commands import SEGMENTATION, evaluate, evaluation_parser  # noqa: E402
+from segmentation.runner import run  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("UperNet segmentation evaluation")
-    add_common_args(p)
-    p.add_argument("checkpoint", help="a checkpoint written by segmentation/train.py")
-    p.add_argument("--out-json", help="also write the metrics to this JSON file")
-    return p
+    return evaluation_parser(SEGMENTATION)
 
 
 def main(args: argparse.Namespace) -> dict:
-    if not os.path.isfile(args.checkpoint):
-        raise UsageError(f"checkpoint {args.checkpoint!r} does not exist")
-    cfg = load_config(args, ("test_dataloader",))
-    cfg.load_from = args.checkpoint
-    metrics = build_runner(cfg, ("test",), args.cfg_options).test()
-    scalars = {k: float(v) for k, v in metrics.items() if isinstance(v, numbers.Real)}  # numpy floats too
-    print(" ".join(f"{k} {v:.2f}" for k, v in scalars.items()))
-    if args.out_json:
-        with open(args.out_json, "w") as f:
-            json.dump(scalars, f, indent=1)
-    return scalars
+    return evaluate(SEGMENTATION, args)
 
 
 if __name__ == "__main__":

@@ -170,26 +170,16 @@ def test_cli_trains_tests_and_refuses_in_one_line(coco_tree, tmp_path):
 
 
 @pytest.mark.parametrize("amp, dtype, loss_scale", [("bf16", "bfloat16", None), ("fp16", "float16", 512.0)])
-def test_amp_flag_sets_the_optim_wrapper(amp, dtype, loss_scale, coco_tree, monkeypatch):
+def test_amp_flag_sets_the_optim_wrapper(amp, dtype, loss_scale, coco_tree):
     """--amp is bf16 through AmpOptimWrapper, --amp fp16 the official fp16 with initial loss scale 512 (the
     wrapper itself needs a GPU: only the config it gets is checked here)."""
     import detection.train as det_train
-    built = {}
+    from detection.runner import DETECTION
+    from segmentation.commands import training_config
 
-    def build_runner(cfg):
-        built["cfg"] = cfg
-        return _NoTrain()
-
-    monkeypatch.setattr(det_train, "build_runner", build_runner)
     argv = [str(CONFIGS / "gfl_swin_tiny_fpn_25ep_1024_coco.py"), "--data-root", str(coco_tree), "--amp", amp]
     if amp == "bf16":
         argv = argv[:-1]  # the flag alone means bf16
-    det_train.main(det_train.get_args_parser().parse_args(argv))
-    wrapper = built["cfg"].optim_wrapper
+    wrapper = training_config(DETECTION, det_train.get_args_parser().parse_args(argv)).optim_wrapper
     assert wrapper.type == "AmpOptimWrapper" and wrapper.dtype == dtype
     assert wrapper.get("loss_scale") == (dict(init_scale=loss_scale) if loss_scale else None)
-
-
-class _NoTrain:
-    def train(self) -> None:
-        pass

@@ -110,8 +110,8 @@ def test_missing_data_root_is_one_line(ade_tree, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("option, message", [
-    ("model.backbone.drop_path=0.2", "--cfg-options model.backbone.drop_path: VisionTransformer takes no "
-                                     "'drop_path'; did you mean drop_path_rate?"),
+    ("model.backbone.drop_path=0.2", "--cfg-options model.backbone.drop_path: vit_base_patch16 does not take "
+                                     "drop_path"),
     ("train_cfg.max_iter=2", "--cfg-options train_cfg.max_iter: IterBasedTrainLoop takes no 'max_iter'; "
                              "did you mean max_iters?"),
     ("train_cfg.max_iters=abc", "--cfg-options train_cfg.max_iters='abc': the config's value is a number (4), "
