@@ -21,6 +21,7 @@ from mmengine.runner import Runner
 
 from base.errors import UsageError
 from util import distributed as dist_util
+from util.runtime import usage_message
 
 # top-level config keys the Runner reads besides its arguments (mmengine 0.10); any other top-level name is a
 # variable of the config file, substituted when the file was read
@@ -245,12 +246,10 @@ def run(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentP
     os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         main(args)
-    except UsageError as err:
-        message = str(err)
-    except OSError as err:
-        if err.filename is None:
+    except (UsageError, OSError) as err:
+        message = usage_message(err)
+        if message is None:
             raise
-        message = f"{err.filename}: {err.strerror or err}"
     else:
         return 0
     finally:

@@ -1,5 +1,6 @@
 """What the training CLIs print: MAE's evaluation line, what --eval says (and does not), the progress line's
 whole-run ETA, and the one-line refusal of an --accum_iter longer than an epoch."""
+import argparse
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ from base.errors import UsageError
 from conftest import TINY_MAE, make_image_folder
 from models import create_model
 from util.logging import EtaMeter, MetricLogger
+from util.runtime import run_tool
 
 ACC_LINE = re.compile(r"^\* Acc@1 (\d+\.\d{3}) Acc@5 (\d+\.\d{3}) loss (\d+\.\d{3})$", re.M)
 
@@ -116,3 +118,19 @@ def test_accum_iter_longer_than_an_epoch_is_refused(data, tmp_path):
         "--device", "cpu", "--output_dir", str(tmp_path / "pre")])
     with pytest.raises(UsageError, match="--accum_iter 4"):
         main_pretrain.main(args)
+
+
+def test_an_os_error_on_a_path_is_one_line_and_a_bug_keeps_its_traceback(capsys):
+    """Every CLI and tool (run_tool, run_cli; segmentation's run uses the same rule): an OSError naming a path is
+    one line and exit 2; an OSError without a path, or any other exception, is a bug and propagates."""
+    def denied(_):
+        raise PermissionError(13, "Permission denied", "/data/train")
+
+    assert run_tool(denied, argparse.ArgumentParser, []) == 2
+    assert capsys.readouterr().err == "error: /data/train: Permission denied\n"
+
+    def broken(_):
+        raise OSError("no path")
+
+    with pytest.raises(OSError, match="no path"):
+        run_tool(broken, argparse.ArgumentParser, [])

@@ -117,14 +117,28 @@ def check_input_size(name: str, size: int | None, patch: int | None) -> None:
     raise UsageError(f"--input_size {size} is not a multiple of {name}'s patch size {patch}: pass {sizes}")
 
 
+def usage_message(err: BaseException) -> str | None:
+    """The one line an error a user can fix prints: a ``UsageError``'s sentence, or an ``OSError`` on a path it
+    names (a folder that cannot be made, a file that cannot be read or written); None for anything else, a bug
+    whose traceback stays."""
+    if isinstance(err, UsageError):
+        return str(err)
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return None
+
+
 def run_tool(run: Callable[[argparse.Namespace], object], parser: Callable[[], argparse.ArgumentParser],
              argv: Sequence[str] | None = None) -> int:
     """A ``tools/`` script's ``main``: parse ``argv`` (default: the command line) and ``run``; the exit status,
-    2 with one line on stderr for a ``UsageError``, so tests call it in-process."""
+    2 with one line on stderr for a user's error (``usage_message``), so tests call it in-process."""
     try:
         run(parser().parse_args(argv))
-    except UsageError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (UsageError, OSError) as err:
+        message = usage_message(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 
