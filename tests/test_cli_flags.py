@@ -45,3 +45,11 @@ def describe_all() -> dict[str, dict]:
 @pytest.mark.parametrize("name", [*CLIS, *(f"submitit {name}" for name in CLIS)])
 def test_every_flag_keeps_its_name_and_meaning(name):
     assert describe_all()[name] == json.loads(GOLDEN.read_text())[name]
+
+
+@pytest.mark.parametrize("name", sorted(CLIS))
+def test_every_flag_is_in_the_flags_page(name):
+    """docs/flags.md, the one page of every flag, names each flag its CLI's generated parser takes."""
+    page = (Path(__file__).parents[1] / "docs" / "flags.md").read_text()
+    options = [o for a in CLIS[name].get_args_parser()._actions for o in a.option_strings if o.startswith("--")]
+    assert [o for o in options if o != "--help" and f"`{o}" not in page] == []
