@@ -13,8 +13,9 @@ def main(argv: list[str]) -> None:
     rows = [(name, json.load(open(path))) for name, path in runs]
     width = max(len(name) for name, _ in rows)
     print(f"{'backbone':<{width}}  " + "  ".join(f"{c:>6}" for c in COLUMNS))
-    for name, m in rows:  # COCO's AP in percent, as papers print it
-        print(f"{name:<{width}}  " + "  ".join(f"{100 * m[k]:6.1f}" for k in COLUMNS.values()))
+    for name, m in rows:  # COCO's AP in percent, as papers print it; -1: no object of that size to measure
+        print(f"{name:<{width}}  " + "  ".join(f"{100 * m[k]:6.1f}" if m[k] >= 0 else f"{'-':>6}"
+                                                  for k in COLUMNS.values()))
 
 
 if __name__ == "__main__":
