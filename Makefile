@@ -51,7 +51,8 @@ $(DEMO_DIR)/pretrain/checkpoint-4.pth: | venv fashion-mnist
 	  --model_kwargs decoder_embed_dim=128 decoder_depth=2 decoder_num_heads=4 \
 	  --data_set fashion_mnist --data_path $(FMNIST_DIR) --data_limit 12000 --input_size 64 \
 	  --batch_size 64 --epochs 5 --warmup_epochs 1 --blr 1.5e-3 --norm_pix_loss \
-	  --num_workers 2 --print_freq 50 --save_freq 5 --vis_freq 1 --output_dir $(DEMO_DIR)/pretrain
+	  --num_workers 2 --print_freq 50 --save_freq 5 --vis_freq 1 --output_dir $(DEMO_DIR)/pretrain \
+	  --knn_freq 1 --knn_bank_size 2000 --knn_query_size 1000
 
 # UperNet on a Fashion-MNIST segmentation set (ADE20K layout) from the demo's MAE encoder and from random init
 SEG_CONFIG := segmentation/configs/demo_fmnist_upernet_vit_tiny.py

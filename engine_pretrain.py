@@ -1,5 +1,5 @@
-"""Pretraining, for every method: the loss of a batch is the model's own (its forward returns it), and after each
-epoch the reconstruction pictures. The loop is ``util.trainer.Trainer``'s."""
+"""Pretraining, for every method: the loss of a batch is the model's own (its forward returns it), after each
+epoch the reconstruction pictures and, every ``--knn_freq`` epochs, the kNN monitor (``util.knn``). The loop is ``util.trainer.Trainer``'s."""
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from models.masking import Masks
 from util import distributed as dist_util
+from util.knn import KnnMonitor
 from util.logging import RunLog
 from util.trainer import Engine, EpochEnd, Trainer
 from util.visualize import model_picture, no_picture_reason, save_png
@@ -50,11 +51,11 @@ class ReconstructionProbe:
 
 
 class PretrainEngine(Engine):
-    """The model's loss and, every ``--vis_freq`` epochs (and after the last), ``probe``'s reconstruction
-    pictures."""
+    """The model's loss; every ``--vis_freq`` epochs (and after the last), ``probe``'s reconstruction pictures;
+    every ``knn_freq`` epochs (and after the last; 0: never), ``knn``'s top-1/top-5."""
 
-    def __init__(self, probe: ReconstructionProbe):
-        self.probe = probe
+    def __init__(self, probe: ReconstructionProbe, knn: KnnMonitor | None = None, knn_freq: int = 0):
+        self.probe, self.knn, self.knn_freq = probe, knn, knn_freq
 
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(images, labels) -> the model's total loss, and its named terms when there are several."""
@@ -64,7 +65,13 @@ class PretrainEngine(Engine):
         return out.loss, logs
 
     def end_epoch(self, trainer: Trainer, epoch: int, stats: dict[str, float]) -> EpochEnd:
-        return EpochEnd({f"train_{k}": v for k, v in stats.items()}, f"loss {stats['loss']:.4f}")
+        record, summary = {f"train_{k}": v for k, v in stats.items()}, f"loss {stats['loss']:.4f}"
+        if self.knn is not None and self.knn_freq and trainer.due(epoch, self.knn_freq):
+            knn = self.knn.evaluate(trainer.model, trainer.session.device, trainer.session.amp_dtype)
+            record |= {"knn_top1": knn.top1, "knn_top5": knn.top5, "knn_seconds": knn.seconds}
+            summary += f"; knn top1 {knn.top1:.2f} top5 {knn.top5:.2f} ({knn.seconds:.1f}s)"
+            trainer.log.scalars({"top1": knn.top1, "top5": knn.top5}, (epoch + 1) * 1000, prefix="knn")
+        return EpochEnd(record, summary)
 
     def after_save(self, trainer: Trainer, epoch: int) -> None:
         # a sharded model's forward is a collective (--fsdp): every process runs it, the main one draws

@@ -15,6 +15,7 @@ from util.config import PretrainConfig
 from util.dali_loader import choose_backend, dali_train_loader
 from util.data import build_dataset, build_pretrain_transform
 from util.fsdp import check_usable, shard_model
+from util.knn import KnnMonitor, has_labels
 from util.optim import weight_decay_groups
 from util.runtime import build_named_model, recipe_options, run_cli
 from util.session import start_session, train_loader
@@ -58,6 +59,20 @@ def load_initial_weights(cfg: PretrainConfig, model: torch.nn.Module) -> None:
         print(f"--load_from {cfg.load_from}: {report}")
 
 
+def knn_monitor(cfg: PretrainConfig) -> tuple[KnnMonitor | None, int]:
+    """The kNN monitor and its period in epochs: ``--knn_freq``, or by default ``--save_freq`` when the data have
+    labels (none otherwise); (None, 0) when off."""
+    labelled = has_labels(cfg.data_set, cfg.data_path)
+    freq = cfg.knn_freq if cfg.knn_freq is not None else (cfg.save_freq if labelled else 0)
+    if freq and not labelled:
+        raise UsageError(f"--knn_freq {freq} needs labelled data ({cfg.data_path} has no train/<class>/ and "
+                         "val/<class>/ folders): pass --knn_freq 0")
+    if not freq:
+        return None, 0
+    return KnnMonitor(cfg.data_set, cfg.data_path, cfg.input_size, cfg.knn_bank_size, cfg.knn_query_size, cfg.seed,
+                      cfg.batch_size, cfg.num_workers), freq
+
+
 def main(args: argparse.Namespace) -> None:
     """Pretrain as ``args`` say: config -> session -> recipe, data, optimizer -> ``Trainer.fit``."""
     cfg = PretrainConfig.from_args(args)
@@ -73,6 +88,7 @@ def main(args: argparse.Namespace) -> None:
         dataset = build_dataset(cfg.data_set, cfg.data_path, build_pretrain_transform(cfg.input_size, min_scale),
                                 train=True, limit=cfg.data_limit)
         probe = ReconstructionProbe.sample(dataset, model, session.device, cfg.seed)
+        knn, knn_freq = knn_monitor(cfg)
         loader = dali_train_loader(cfg, session, dataset, min_scale) if backend == "dali" else \
             train_loader(cfg, session, dataset)
         model.to(session.device)
@@ -90,7 +106,7 @@ def main(args: argparse.Namespace) -> None:
                   f"{len(dataset)} images; eff. batch {eff_batch:g} = {cfg.batch_size} x {cfg.accum_iter} accum x "
                   f"{session.world_size} process(es) x {ratio:.4g} (pred/mask); lr {lr:.3e}; "
                   f"{session.amp_name} on {session.device}; {backend} input pipeline")
-        trainer.fit(PretrainEngine(probe), loader)
+        trainer.fit(PretrainEngine(probe, knn, knn_freq), loader)
 
 
 if __name__ == "__main__":

@@ -171,6 +171,14 @@ class PretrainConfig(MethodOptions, RunConfig):
                                        help="input pipeline: dali (decode and augment on the GPU, or its CPU "
                                             "operators) or pil (default: dali on a GPU with an image folder when "
                                             "DALI is installed, else pil)")
+    # as given: None means every --save_freq epochs when the data have labels, else never (main_pretrain)
+    knn_freq: int | None = setting(None, type=NON_NEGATIVE_INT,
+                                   help="kNN top-1/top-5 of the encoder's features every N epochs (0: never; "
+                                        "default: every --save_freq when the data have labels)")
+    knn_bank_size: int = setting(10000, type=POSITIVE_INT, help="labelled training images the kNN monitor "
+                                                                "compares against (a class-balanced subset)")
+    knn_query_size: int = setting(10000, type=POSITIVE_INT, help="validation images the kNN monitor classifies "
+                                                                 "(a class-balanced subset)")
     load_from: str | None = None  # UM-MAE's --load_from (util.official_flags)
 
     @classmethod

@@ -128,6 +128,16 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_cat(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's ``tensor`` [n, ...] (the same shape on each) concatenated in rank order, [world * n, ...]
+    (identity when not distributed)."""
+    if not is_distributed():
+        return tensor
+    out = tensor.new_empty((get_world_size() * tensor.shape[0], *tensor.shape[1:]))
+    dist.all_gather_into_tensor(out, tensor.contiguous())
+    return out
+
+
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
