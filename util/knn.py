@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from util import distributed as dist_util
@@ -91,6 +92,20 @@ def preserved_rng() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
+@contextlib.contextmanager
+def gathered(model: nn.Module) -> Iterator[None]:
+    """Under --fsdp, the root unit's own weights (the patch embedding, the norms) gathered while the block runs:
+    the encoder is called without the model's forward, which would gather them; the blocks gather their own."""
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
 @dataclass(frozen=True)
 class KnnResult:
     top1: float
@@ -144,7 +159,7 @@ class KnnMonitor:
         was_training = encoder.training
         encoder.eval()
         try:
-            with preserved_rng():
+            with preserved_rng(), gathered(model):
                 bank = self.embed(encoder, self.bank, device, amp_dtype)
                 query = self.embed(encoder, self.query, device, amp_dtype)
         finally:
