@@ -1,5 +1,6 @@
 """Pretraining, for every method: the loss of a batch is the model's own (its forward returns it), after each
-epoch the reconstruction pictures and, every ``--knn_freq`` epochs, the kNN monitor (``util.knn``). The loop is ``util.trainer.Trainer``'s."""
+epoch the reconstruction pictures and, every ``--knn_freq`` epochs, the kNN monitor (``util.knn``). The loop is
+``util.trainer.Trainer``'s."""
 import os
 from dataclasses import dataclass, field
 from typing import Any

@@ -19,7 +19,8 @@ def labelled_folder(root: Path) -> Path:
 
 
 def run(model: str, data: Path, out: Path, *extra: str) -> list[dict]:
-    """A tiny CPU run (1 epoch unless ``extra`` gives --epochs) of ``model`` (its registered tiny configuration); its log.txt records."""
+    """A tiny CPU run of ``model`` (its registered tiny configuration; 1 epoch unless ``extra`` gives --epochs):
+    its log.txt records."""
     argv = ["--model", model, *tiny_cli_args(model, out.parent, flags=("--input_size",)), "--data_path", str(data),
             "--batch_size", "6", "--epochs", "1", "--warmup_epochs", "0", "--lr", "1e-3", "--num_workers", "0",
             "--device", "cpu", "--output_dir", str(out), "--vis_freq", "100", *extra]
