@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -108,3 +109,16 @@ def group_visible_ids(visible: torch.Tensor, grid_size: tuple[int, int]) -> torc
     compact grid's order (``models.masking.compact_order``); for tests that start from a mask."""
     ids = torch.argsort((~visible).to(torch.uint8), dim=1, stable=True)[:, :visible.shape[1] // 4]
     return compact_order(ids, grid_size)
+
+
+class TinyFashionMNIST:
+    """Stands in for util.data.FashionMNIST in the demos' data tests: 28x28 uint8 blobs with labels."""
+
+    def __init__(self, n: int = 20):
+        rng = np.random.default_rng(0)
+        self.images = np.zeros((n, 28, 28), np.uint8)
+        self.images[:, 6:22, 8:20] = rng.integers(80, 255, (n, 16, 12))
+        self.targets = torch.arange(n) % 10
+
+    def __len__(self) -> int:
+        return len(self.targets)

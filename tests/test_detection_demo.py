@@ -12,26 +12,14 @@ from mmengine.config import Config  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 
 from detection.demo_data import CLASSES, make_canvas, write_split  # noqa: E402
+from conftest import TinyFashionMNIST  # noqa: E402
 from detection_helpers import CONFIGS, mmdet_scope  # noqa: E402,F401  (mmdet_scope: autouse)
-
-
-class _TinyFashionMNIST:
-    """Stands in for util.data.FashionMNIST: 28x28 uint8 blobs with labels."""
-
-    def __init__(self, n: int = 20):
-        rng = np.random.default_rng(0)
-        self.images = np.zeros((n, 28, 28), np.uint8)
-        self.images[:, 6:22, 8:20] = rng.integers(80, 255, (n, 16, 12))
-        self.targets = torch.arange(n) % 10
-
-    def __len__(self) -> int:
-        return len(self.targets)
 
 
 def test_canvas_boxes_cover_their_items_without_overlap():
     rng = np.random.default_rng(0)
     for _ in range(20):
-        image, objects = make_canvas(_TinyFashionMNIST(), rng, 64)
+        image, objects = make_canvas(TinyFashionMNIST(), rng, 64)
         assert image.shape == (64, 64, 3) and 1 <= len(objects) <= 4
         boxes = [o["bbox"] for o in objects]
         for x, y, w, h in boxes:
@@ -46,7 +34,7 @@ def test_demo_set_and_config_train(tmp_path):
     narrowed, trains 2 iterations, validates and tests with COCO box AP."""
     data = tmp_path / "data"
     for split, count in (("train2017", 4), ("val2017", 2)):
-        write_split(_TinyFashionMNIST(), data, split, count, 64, seed=0)
+        write_split(TinyFashionMNIST(), data, split, count, 64, seed=0)
     annotations = json.loads((data / "annotations" / "instances_val2017.json").read_text())
     assert [c["name"] for c in annotations["categories"]] == list(CLASSES) and annotations["annotations"]
     cfg = Config.fromfile(str(CONFIGS / "demo_fmnist_gfl_vit_tiny.py"))

@@ -22,6 +22,7 @@ from base.errors import UsageError  # noqa: E402
 from models import create_model  # noqa: E402
 from segmentation.backbones import MIMBackbone  # noqa: E402
 
+from conftest import TinyFashionMNIST  # noqa: E402
 from seg_tiny import CONFIGS, ROOT, TINY, make_ade_tree, tiny_config  # noqa: E402
 
 
@@ -189,27 +190,14 @@ def test_malicious_pretrained_is_refused(ade_tree, tmp_path):
 TINY_NAMES = sorted(TINY)
 
 
-class _TinyFashionMNIST:
-    """Stands in for util.data.FashionMNIST: 28x28 uint8 blobs with labels."""
-
-    def __init__(self, n: int = 20):
-        rng = np.random.default_rng(0)
-        self.images = np.zeros((n, 28, 28), np.uint8)
-        self.images[:, 6:22, 8:20] = rng.integers(80, 255, (n, 16, 12))
-        self.targets = torch.arange(n) % 10
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-
 def test_demo_set_and_config_train(tmp_path):
     """make seg-demo's pieces: canvases in ADE20K layout with labels 1 (background) and 2 + class, read by
     the demo's dataset; the demo config trains 2 iterations and evaluates 11 classes."""
     from segmentation.demo_data import CLASSES, make_canvas, write_split
-    image, label = make_canvas(_TinyFashionMNIST(), np.random.default_rng(0), 64)
+    image, label = make_canvas(TinyFashionMNIST(), np.random.default_rng(0), 64)
     assert image.shape == (64, 64, 3) and label.min() >= 1 and label.max() <= 11 and (label > 1).any()
     for split, count in (("training", 4), ("validation", 2)):
-        write_split(_TinyFashionMNIST(), tmp_path / "data", split, count, 64, seed=0)
+        write_split(TinyFashionMNIST(), tmp_path / "data", split, count, 64, seed=0)
     cfg = Config.fromfile(str(CONFIGS / "demo_fmnist_upernet_vit_tiny.py"))
     cfg.model.backbone.update(img_size=64, embed_dim=32, depth=4, num_heads=2, out_indices=(0, 1, 2, 3))
     cfg.model.data_preprocessor.size = (64, 64)
