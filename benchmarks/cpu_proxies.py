@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import official  # noqa: E402
 from benchmarks.measure import count_flops, our_step, saved_bytes, time_steps  # noqa: E402
-from benchmarks.pretrain_throughput import RECIPES, recipe_kwargs, significant  # noqa: E402
+from benchmarks.pretrain_throughput import INPUT_SIZES, RECIPES, recipe_kwargs, significant  # noqa: E402
 from util.flags import NON_NEGATIVE_INT, POSITIVE_INT, ArgumentParser  # noqa: E402
 from util.runtime import AMP_DTYPES, build_named_model, run_cli  # noqa: E402
 
@@ -37,14 +37,14 @@ OFFICIAL_COLUMNS = ("official_gflop", "official_saved_mib", "step_time_ratio")
 
 
 def measure(name: str, batch_size: int = 2, img_size: int | None = None, model_kwargs: dict | None = None,
-            amp: str = "bf16", build_official: Callable[[], nn.Module] | None = None, steps: int = 2,
+            amp: str = "bf16", build_official: Callable[[nn.Module], nn.Module] | None = None, steps: int = 2,
             warmup: int = 1) -> dict:
     """Recipe ``name`` on ``batch_size`` random images -> per image: ``gflop`` (one forward + backward), of which
     ``target_gflop`` the target's, and ``saved_mib`` (saved for backward by the forward, under ``amp``); ``views``
     the encoder rows per image. With ``build_official``: the official model's ``official_gflop`` and
     ``official_saved_mib``, and ``step_time_ratio``, our CPU step time over the official one (``steps`` timed
     optimizer steps each, after ``warmup``)."""
-    img_size = img_size or RECIPES.get(name, 224)
+    img_size = img_size or INPUT_SIZES.get(name, 224)
     torch.manual_seed(0)
     model = build_named_model(name, img_size=img_size, **(model_kwargs or {})).model
     imgs = torch.randn(batch_size, 3, img_size, img_size)
@@ -57,7 +57,7 @@ def measure(name: str, batch_size: int = 2, img_size: int | None = None, model_k
            "saved_mib": significant(saved_bytes(step, imgs, dtype) / batch_size / 2 ** 20, 3)}
     if build_official:
         ours_s = time_steps(step, imgs, dtype, steps, warmup)["step_s"]
-        theirs = official.official_step(name, build_official(), model)  # our target / masks feed it
+        theirs = official.official_step(name, build_official(model), model)  # our target / masks feed it
         their_flops, _ = count_flops(theirs, imgs, dtype)
         row.update(official_gflop=significant(their_flops / batch_size / 1e9),
                    official_saved_mib=significant(saved_bytes(theirs, imgs, dtype) / batch_size / 2 ** 20, 3),

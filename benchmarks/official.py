@@ -36,6 +36,8 @@ class OfficialModel:
 
     module, builder: ``<module>.py`` at the checkout's top level and the model function in it.
     kwargs: what the official ``main_pretrain.py`` passes to the builder for the matching run.
+    kwargs_from: the builder arguments the official command derives from its own flags, read off our recipe's
+        model instead (DMJD's ``decoder_pred_dim``, the width of the HOG target its ``--pred_type hog`` sets).
     loss: ``(official model, our recipe's model, imgs) -> scalar``; the recipe supplies the target, the teacher
         or the masks the official loop or loader would (see the module docstring).
     """
@@ -45,6 +47,7 @@ class OfficialModel:
     builder: str
     loss: Callable[[nn.Module, nn.Module, torch.Tensor], torch.Tensor]
     kwargs: dict = field(default_factory=dict)
+    kwargs_from: Callable[[nn.Module], dict] | None = None
 
 
 def _mae_loss(official: nn.Module, ours: nn.Module, imgs: torch.Tensor) -> torch.Tensor:
@@ -76,11 +79,18 @@ OFFICIAL = {
     "mae_vit_base_patch16": OfficialModel("facebookresearch/mae", "models_mae", "mae_vit_base_patch16", _mae_loss),
     "deepmim_vit_base_patch16_clip": OfficialModel("OliverRensu/DeepMIM", "models_mae", "mae_vit_base_patch16",
                                                    _deepmim_loss),
+    # the official main_pretrain.py builds the model with decoder_pred_dim=108 (2x2 cells x 9 bins x 3 channels)
+    # for --pred_type hog; its builder's default (768) does not fit the HOG target
     "dmjd_convvit_base_patch16_hog": OfficialModel("mx-mark/DMJD", "models_dmjd", "dmjd_convit_base_patch16_dec8_hog",
-                                                   _dmjd_loss),
+                                                   _dmjd_loss,
+                                                   kwargs_from=lambda ours: {"decoder_pred_dim": ours.target.out_dim()}),
     "ummae_swin_tiny_256": OfficialModel("implus/UM-MAE", "models_mae_swin", "mae_swin_tiny_256", _given_mask_loss,
                                          {"norm_pix_loss": False, "vis_mask_ratio": 0.25}),
     "simmim_swin_tiny_256": OfficialModel("implus/UM-MAE", "models_simmim_swin", "simmim_swin_tiny_256",
+                                          _given_mask_loss, {"norm_pix_loss": False}),
+    "ummae_pvt_small_256": OfficialModel("implus/UM-MAE", "models_mae_pvt", "mae_pvt_small_256", _given_mask_loss,
+                                         {"norm_pix_loss": False, "vis_mask_ratio": 0.25}),
+    "simmim_pvt_small_256": OfficialModel("implus/UM-MAE", "models_simmim_pvt", "simmim_pvt_small_256",
                                           _given_mask_loss, {"norm_pix_loss": False}),
 }
 
@@ -130,9 +140,11 @@ def _official_imports(path: str) -> Iterator[None]:
         sys.modules.update(ours)
 
 
-def official_builder(recipe: str, path: str) -> Callable[[], nn.Module]:
+def official_builder(recipe: str, path: str) -> Callable[[nn.Module], nn.Module]:
     """Import the official model file matching ``recipe`` from the checkout at ``path`` and return a function
-    building the model with the official builder, so a wrong path fails before anything is measured."""
+    ``build(ours) -> official model``, building it with the official builder and the arguments the official
+    pretraining command passes (some read off ``ours``, our recipe's model), so that a wrong path fails before
+    anything is measured."""
     spec = OFFICIAL.get(recipe)
     if spec is None:
         raise UsageError(f"--compare-official has no official counterpart for --model {recipe}: it knows "
@@ -152,10 +164,11 @@ def official_builder(recipe: str, path: str) -> Callable[[], nn.Module]:
     if not callable(builder):
         raise UsageError(f"{path}/{spec.module}.py has no {spec.builder}(): expected the model builder of {spec.repo}")
 
-    def build() -> nn.Module:
+    def build(ours: nn.Module) -> nn.Module:
+        kwargs = {**spec.kwargs, **(spec.kwargs_from(ours) if spec.kwargs_from else {})}
         with _official_imports(path):  # the forks' builders reach np.float (the sin-cos tables)
             try:
-                return builder(**spec.kwargs)
+                return builder(**kwargs)
             except (AttributeError, TypeError) as err:
                 raise UsageError(f"building {spec.builder} from {path} failed ({err}): the official code was written "
                                  f"for {OLD_LIBRARIES}") from err

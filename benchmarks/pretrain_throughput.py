@@ -36,6 +36,8 @@ from util.runtime import (AMP_DTYPES, amp_choice, build_named_model, parse_model
 # the five recipes the issues set goals for -> their input size at full scale
 RECIPES = {"mae_vit_base_patch16": 224, "dmjd_convvit_base_patch16_hog": 224, "deepmim_vit_base_patch16_clip": 224,
            "ummae_swin_tiny_256": 256, "simmim_swin_tiny_256": 256}
+# other recipes whose input size is not 224 (the UM-MAE PVT-S pair, which --compare-official also knows)
+INPUT_SIZES = {**RECIPES, "ummae_pvt_small_256": 256, "simmim_pvt_small_256": 256}
 GRAD_CKPT = ("none", "stage1", "all")
 
 
@@ -53,7 +55,7 @@ def recipe_kwargs(name: str, args: argparse.Namespace, folder: str) -> tuple[int
     tiny = tiny_kwargs(name, folder)
     kwargs = dict(tiny) if args.tiny else {}
     own_size = kwargs.pop("img_size", None)
-    size = args.input_size or own_size or RECIPES.get(name, 224)
+    size = args.input_size or own_size or INPUT_SIZES.get(name, 224)
     kwargs |= parse_model_kwargs(args.model_kwargs)
     if "clip_path" in tiny and "clip_path" not in kwargs:
         kwargs["clip_path"] = synthetic_clip_file(folder, size)
@@ -112,7 +114,7 @@ def device_peak(device: torch.device, amp: str, override: float | None) -> tuple
 
 
 def run_one(name: str, args: argparse.Namespace, device: torch.device, amp: str, folder: str,
-            build_official: Callable[[], torch.nn.Module] | None = None) -> dict:
+            build_official: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> dict:
     """One row: our recipe ``name`` measured and, given ``build_official``, the official model too."""
     input_size, kwargs = recipe_kwargs(name, args, folder)
     torch.manual_seed(0)
@@ -137,7 +139,7 @@ def run_one(name: str, args: argparse.Namespace, device: torch.device, amp: str,
     if build_official:
         helper = build_named_model(name, img_size=input_size, **kwargs).model
         helper.target.to(device)  # only the target / teacher the official loop computes goes to the device
-        theirs = build_official().to(device)
+        theirs = build_official(helper).to(device)
         measured = measure(official.official_step(name, theirs, helper), imgs, amp, args.steps, args.warmup)
         official_reasons: dict = {}
         row["official"] = {**describe(measured, args.batch_size, device, peak, official_reasons),

@@ -1,9 +1,9 @@
 """The benchmark scripts run end to end (on the CPU, tiny) and report what they claim: strict JSON, the FLOPs the
 flop counter counts, null figures with their reasons, the official comparison. They measure; the tests never
 time."""
+import importlib
 import json
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -17,8 +17,9 @@ import models
 from base.errors import UsageError
 from benchmarks import cpu_proxies, official, pretrain_throughput
 from benchmarks.measure import Step, count_flops, saved_bytes
-from models.clip_teacher import load_clip_teacher
+from models.clip_teacher import load_clip_teacher, save_random_clip
 from models.mim import MaskedImageModel
+from tests.official_standins import write_checkout
 
 ONE_STEP = ["--batch_size", "2", "--steps", "1", "--warmup", "0", "--device", "cpu"]  # models: --tiny
 
@@ -133,47 +134,9 @@ def test_grad_ckpt_unavailable_is_a_usage_error(monkeypatch):
         pretrain_throughput.main(["--model", "mae_vit_base_patch16", "--tiny", *ONE_STEP, "--grad_ckpt", "all"])
 
 
-# A stand-in for a clone of facebookresearch/mae: a models_mae.py with the official builder name and forward
-# signature, written like the forks (timm 0.3.2's Block(qk_scale=None), np.float, the checkout's own util/).
-FAKE_MODELS_MAE = '''
-import numpy as np
-import torch
-from torch import nn
-from timm.models.vision_transformer import Block
-from util.pos_embed import patches_per_side
-
-
-class TinyMAE(nn.Module):
-    def __init__(self, img_size=32, patch=8, dim=32):
-        super().__init__()
-        self.patch, self.side = patch, patches_per_side(img_size, patch)
-        self.embed = nn.Linear(3 * patch * patch, dim)
-        self.block = Block(dim, 2, 4.0, qkv_bias=True, qk_scale=None, norm_layer=nn.LayerNorm)
-        self.pred = nn.Linear(dim, 3 * patch * patch)
-        self.register_buffer("scale", torch.tensor(np.float(1.0)))
-
-    def forward(self, imgs, mask_ratio=0.75):
-        n, p, s = imgs.shape[0], self.patch, self.side
-        x = imgs.reshape(n, 3, s, p, s, p).permute(0, 2, 4, 3, 5, 1).reshape(n, s * s, p * p * 3)
-        keep = torch.rand(n, s * s).argsort(dim=1)[:, :int(s * s * (1 - mask_ratio))]
-        visible = torch.gather(x, 1, keep[..., None].expand(-1, -1, x.shape[-1]))
-        pred = self.pred(self.block(self.embed(visible)))
-        loss = ((pred - visible) ** 2).mean() * self.scale
-        return loss, pred, keep
-
-
-def mae_vit_base_patch16(**kwargs):
-    return TinyMAE(**kwargs)
-'''
-
-
 @pytest.fixture
 def fake_mae_checkout(tmp_path):
-    (tmp_path / "models_mae.py").write_text(textwrap.dedent(FAKE_MODELS_MAE))
-    (tmp_path / "util").mkdir()
-    (tmp_path / "util" / "pos_embed.py").write_text("def patches_per_side(img_size, patch):\n"
-                                                    "    return img_size // patch\n")
-    return tmp_path
+    return write_checkout("mae", tmp_path)
 
 
 def test_compare_official_times_the_checkouts_model(capsys, fake_mae_checkout):
@@ -186,8 +149,8 @@ def test_compare_official_times_the_checkouts_model(capsys, fake_mae_checkout):
     theirs = row["official"]
     assert theirs["img_per_s"] > 0 and row["step_time_ratio"] > 0 and theirs["null_reasons"]["mfu"]
     assert table[0].endswith("| official img/s | step time ours/official |")
-    # the fake's step (embed 192->32 on 2x4 visible tokens, a timm Block, pred 32->192), counted directly
-    fake = official.official_builder("mae_vit_base_patch16", str(fake_mae_checkout))()
+    # the stand-in's step (embed 192->32 on 2x4 visible tokens, timm Blocks, pred 32->192), counted directly
+    fake = official.official_builder("mae_vit_base_patch16", str(fake_mae_checkout))(nn.Identity())
     counter = FlopCounterMode(display=False)
     with counter, sdpa_kernel(SDPBackend.MATH):
         fake(torch.randn(2, 3, 32, 32))[0].backward()
@@ -236,8 +199,8 @@ def test_cpu_proxies_compare_official(capsys, fake_mae_checkout):
     (row,) = json.loads(capsys.readouterr().out, parse_constant=_refuse_constant)["rows"]
     counter = FlopCounterMode(display=False)
     with counter, sdpa_kernel(SDPBackend.MATH):
-        official.official_builder("mae_vit_base_patch16", str(fake_mae_checkout))()(torch.randn(2, 3, 32, 32))[0] \
-            .backward()
+        official.official_builder("mae_vit_base_patch16", str(fake_mae_checkout))(nn.Identity())(
+            torch.randn(2, 3, 32, 32))[0].backward()
     assert row["official_gflop"] == pretrain_throughput.significant(counter.get_total_flops() / 2 / 1e9)
     assert row["official_saved_mib"] > 0 and row["step_time_ratio"] > 0
 
@@ -249,3 +212,59 @@ def test_cpu_proxies_table(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| recipe | views | GFLOP") and len(lines) == 4
     assert lines[2].startswith("| ummae_swin_tiny_256 | 1 |") and lines[3].startswith("| simmim_swin_tiny_256 | 1 |")
+
+
+# recipe -> the stand-in clone holding its official counterpart
+STANDIN_CLONES = {"mae_vit_base_patch16": "mae", "deepmim_vit_base_patch16_clip": "DeepMIM",
+                  "dmjd_convvit_base_patch16_hog": "DMJD", "ummae_swin_tiny_256": "UM-MAE",
+                  "simmim_swin_tiny_256": "UM-MAE", "ummae_pvt_small_256": "UM-MAE", "simmim_pvt_small_256": "UM-MAE"}
+
+
+def test_every_official_counterpart_has_a_standin():
+    assert set(STANDIN_CLONES) == set(official.OFFICIAL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(STANDIN_CLONES))
+def test_compare_official_runs_every_recipe_against_its_standin(capsys, tmp_path, recipe):
+    """Each recipe's official counterpart is built as the official pretraining command builds it and fed our
+    target, teacher or masks: DMJD's heads get the HOG target's width, UM-MAE's encoder a uniform mask whose
+    visible quarter is a compact grid, DeepMIM's 512-wide heads a 512-wide CLIP teacher (here a tiny random one)."""
+    checkout = write_checkout(STANDIN_CLONES[recipe], tmp_path / "clone")
+    extra = []
+    if recipe == "deepmim_vit_base_patch16_clip":
+        clip = save_random_clip(tmp_path / "clip512.pt", width=64, layers=1, patch_size=16, grid_size=4,
+                                output_dim=512)
+        extra = ["--model_kwargs", f"clip_path={clip}"]
+    cpu_proxies.main(["--recipes", recipe, "--tiny", "--amp", "fp32", "--compare-official", str(checkout),
+                      "--steps", "1", "--warmup", "0", "--json", *extra])
+    (row,) = json.loads(capsys.readouterr().out, parse_constant=_refuse_constant)["rows"]
+    assert row["official_gflop"] > 0 and row["official_saved_mib"] > 0 and row["step_time_ratio"] > 0
+
+
+def test_dmjd_standin_fails_on_the_builders_default_width_as_the_official_one(tmp_path):
+    """The official DMJD builder's default decoder_pred_dim (768) does not fit the HOG target (108 wide): built
+    without it, its forward_loss fails as the real clone's does; built as the official command builds it, it runs."""
+    checkout = write_checkout("DMJD", tmp_path)
+    ours = models.create_model("dmjd_convvit_base_patch16_hog", **models.tiny_kwargs("dmjd_convvit_base_patch16_hog"))
+    imgs = torch.randn(2, 3, 64, 64)
+    target = ours.target(imgs)
+    assert target.shape[-1] == 108
+    with official._official_imports(str(checkout)):
+        default = importlib.import_module("models_dmjd").dmjd_convit_base_patch16_dec8_hog()
+    with pytest.raises(RuntimeError, match=r"size of tensor a \(768\) must match the size of tensor b \(108\)"):
+        default(imgs, target, mask_ratio=0.6, mask_type="block")
+    built = official.official_builder("dmjd_convvit_base_patch16_hog", str(checkout))(ours)
+    assert built.decoder_pred.out_features == 108
+    assert torch.isfinite(built(imgs, target, mask_ratio=0.6, mask_type="block")[0])
+
+
+def test_simmim_standin_refuses_the_ummae_only_keyword(tmp_path, monkeypatch):
+    """The SimMIM constructors take no vis_mask_ratio (UM-MAE's): the stand-in refuses it as the official one does,
+    so a spec passing it would fail the test as it would fail the real clone."""
+    checkout = write_checkout("UM-MAE", tmp_path)
+    spec = official.OFFICIAL["simmim_swin_tiny_256"]
+    monkeypatch.setitem(official.OFFICIAL, "simmim_swin_tiny_256",
+                        official.OfficialModel(spec.repo, spec.module, spec.builder, spec.loss, {"vis_mask_ratio": 0.25}))
+    with pytest.raises(UsageError, match="building simmim_swin_tiny_256 .* failed .*vis_mask_ratio"):
+        official.official_builder("simmim_swin_tiny_256", str(checkout))(nn.Identity())
