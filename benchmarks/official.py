@@ -69,6 +69,13 @@ def _dmjd_loss(official: nn.Module, ours: nn.Module, imgs: torch.Tensor) -> torc
     return official(imgs, ours.target(imgs), mask_ratio=0.6, mask_type="block")[0]
 
 
+def _dmjd_kwargs(ours: nn.Module) -> dict:
+    """The official main_pretrain.py builds the model with ``decoder_pred_dim=108`` (2x2 cells x 9 bins x 3
+    channels) for ``--pred_type hog``: its heads regress the HOG target, whose width the builder's default (768)
+    does not fit. Ours is read off our recipe's target."""
+    return {"decoder_pred_dim": ours.target.out_dim()}
+
+
 def _given_mask_loss(official: nn.Module, ours: nn.Module, imgs: torch.Tensor) -> torch.Tensor:
     """UM-MAE / SimMIM ``forward(imgs, mask) -> (loss, pred, mask)``, mask [N, L] bool at 16-px tokens (uniform
     for UM-MAE, random for SimMIM: our recipe's sampler draws it as their loader would)."""
@@ -79,11 +86,8 @@ OFFICIAL = {
     "mae_vit_base_patch16": OfficialModel("facebookresearch/mae", "models_mae", "mae_vit_base_patch16", _mae_loss),
     "deepmim_vit_base_patch16_clip": OfficialModel("OliverRensu/DeepMIM", "models_mae", "mae_vit_base_patch16",
                                                    _deepmim_loss),
-    # the official main_pretrain.py builds the model with decoder_pred_dim=108 (2x2 cells x 9 bins x 3 channels)
-    # for --pred_type hog; its builder's default (768) does not fit the HOG target
     "dmjd_convvit_base_patch16_hog": OfficialModel("mx-mark/DMJD", "models_dmjd", "dmjd_convit_base_patch16_dec8_hog",
-                                                   _dmjd_loss,
-                                                   kwargs_from=lambda ours: {"decoder_pred_dim": ours.target.out_dim()}),
+                                                   _dmjd_loss, kwargs_from=_dmjd_kwargs),
     "ummae_swin_tiny_256": OfficialModel("implus/UM-MAE", "models_mae_swin", "mae_swin_tiny_256", _given_mask_loss,
                                          {"norm_pix_loss": False, "vis_mask_ratio": 0.25}),
     "simmim_swin_tiny_256": OfficialModel("implus/UM-MAE", "models_simmim_swin", "simmim_swin_tiny_256",

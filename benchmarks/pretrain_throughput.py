@@ -127,7 +127,7 @@ def run_one(name: str, args: argparse.Namespace, device: torch.device, amp: str,
     def prepare() -> Step:
         if args.grad_ckpt != "none":
             model.set_grad_checkpointing(args.grad_ckpt)
-        return our_step(torch.compile(model) if args.compile else model)
+        return our_step(torch.compile(model, backend=args.compile_backend) if args.compile else model)
 
     peak = device_peak(device, amp, args.peak_tflops)
     null_reasons: dict = {}
@@ -184,6 +184,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--warmup", type=NON_NEGATIVE_INT, default=5)
     p.add_argument("--amp", default=None, choices=sorted(AMP_DTYPES), help="default: bf16 on a GPU, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="time the torch.compile'd model")
+    p.add_argument("--compile_backend", default="inductor", choices=("inductor", "eager"),
+                   help="torch.compile's backend with --compile (eager: dynamo's tracing alone, a smoke run)")
     p.add_argument("--grad_ckpt", default="none", choices=GRAD_CKPT,
                    help="gradient checkpointing: none, the first stage, or all blocks")
     p.add_argument("--device", type=device_name, default=None)

@@ -120,7 +120,7 @@ class MaskedAutoencoderViT(nn.Module):
         losses = []
         for stage, embed, head in zip(self.stages, self.decoder_embed, self.decoder_pred):
             x = stage(x)
-            full = self.mask_token.expand(n, self.side ** 2, -1).scatter(1, keep[..., None].expand_as(x), x)
+            full = self.mask_token.to(x.dtype).expand(n, self.side ** 2, -1).scatter(1, keep[..., None].expand_as(x), x)
             pred = head(embed(torch.cat([full[:, :1], full], dim=1)))  # a cls row first, as the official decoder
             losses.append(self.forward_loss(pred[:, 1:], teacher_out[:, 1:], mask))
         return tuple(losses)
@@ -170,7 +170,8 @@ class DMJDConViT(nn.Module):
         n = views.shape[0]
         keep, mask = random_keep(n, self.side ** 2, mask_ratio)
         latent = self.blocks(self.embed(gather_tokens(patchify(views, self.patch), keep)))
-        full = self.mask_token.expand(n, self.side ** 2, -1).scatter(1, keep[..., None].expand_as(latent), latent)
+        full = self.mask_token.to(latent.dtype).expand(n, self.side ** 2, -1).scatter(
+            1, keep[..., None].expand_as(latent), latent)
         pred = self.decoder_pred(self.decoder_blocks(self.decoder_embed(full)))
         loss = self.forward_loss(imgs, (pred, self.proj_vis(latent)), target, mask)
         return loss, pred, mask

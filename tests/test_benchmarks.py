@@ -264,7 +264,7 @@ def test_simmim_standin_refuses_the_ummae_only_keyword(tmp_path, monkeypatch):
     so a spec passing it would fail the test as it would fail the real clone."""
     checkout = write_checkout("UM-MAE", tmp_path)
     spec = official.OFFICIAL["simmim_swin_tiny_256"]
-    monkeypatch.setitem(official.OFFICIAL, "simmim_swin_tiny_256",
-                        official.OfficialModel(spec.repo, spec.module, spec.builder, spec.loss, {"vis_mask_ratio": 0.25}))
+    wrong = official.OfficialModel(spec.repo, spec.module, spec.builder, spec.loss, {"vis_mask_ratio": 0.25})
+    monkeypatch.setitem(official.OFFICIAL, "simmim_swin_tiny_256", wrong)
     with pytest.raises(UsageError, match="building simmim_swin_tiny_256 .* failed .*vis_mask_ratio"):
         official.official_builder("simmim_swin_tiny_256", str(checkout))(nn.Identity())
