@@ -96,7 +96,7 @@ def test_a_process_past_its_time_box_is_a_timeout_and_a_spent_budget_skips(tmp_p
     monkeypatch.setattr(gpu_check, "MIN_SECONDS", 0.5)
     check = fake_check(tmp_path)
     with pytest.raises(TimeoutError, match="timed out after 1 s"):
-        check.run(["-c", "import time; time.sleep(30)"], box=1)
+        check.run(["-c", "import time; time.sleep(30)"], box=0.4)  # x3 under --smoke
     spent = fake_check(tmp_path, budget=0.1)
     row = gpu_check.measured("x", lambda: gpu_check.last_json(spent.run(["-c", "print('{}')"], box=60)))
     assert row == {"name": "x", "status": "skipped: out of time: the run's --budget_s is spent"}
