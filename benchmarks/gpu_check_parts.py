@@ -62,7 +62,7 @@ def fsdp_step(device: str, smoke: bool) -> dict:
     """Two optimizer steps of MAE ViT-B/16 (smoke: its tiny configuration) sharded by ``util.fsdp.shard_model``
     in a one-process group (NCCL on a GPU, gloo on the CPU), bf16 on a GPU: both losses finite, every parameter a
     DTensor, the weights changed; the step time and the peak memory."""
-    dev = torch.device(device)
+    dev = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device(device)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
                             device_id=dev if dev.type == "cuda" else None)
