@@ -40,17 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """{"top1", "top5", "seconds"} of the encoder of ``args.model`` on the data's labelled splits."""
+    start = time.time()
+    monitor = KnnMonitor(args.data_set, args.data_path, args.input_size, args.knn_bank_size, args.knn_query_size,
+                         args.seed, args.batch_size, args.num_workers)
     torch.manual_seed(args.seed)  # the random initialization is the seed's
-    kwargs = {"img_size": args.input_size, "num_classes": 10, "global_pool": True,
+    kwargs = {"img_size": args.input_size, "num_classes": monitor.num_classes, "global_pool": True,
               **parse_model_kwargs(args.model_kwargs)}
     model = build_named_model(args.model, "classify", **kwargs).model
     if args.finetune:
         load_encoder(model, args.finetune)
     device = torch.device(args.device)
     model.to(device)
-    start = time.time()
-    monitor = KnnMonitor(args.data_set, args.data_path, args.input_size, args.knn_bank_size, args.knn_query_size,
-                         args.seed, args.batch_size, args.num_workers)
     amp = torch.bfloat16 if device.type == "cuda" else None
     result = monitor.evaluate(model, device, amp)
     out = {"top1": result.top1, "top5": result.top5, "seconds": time.time() - start}

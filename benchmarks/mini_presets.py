@@ -67,7 +67,7 @@ class Row:
     model_kwargs: dict = field(default_factory=dict)
     teacher: str | None = None
     decoder: bool = True  # takes the preset's MAE-style decoder options (SimMIM's and MaskFeat's heads are linear)
-    cost: float = 1.0  # pretraining time relative to MAE's (measured at the cpu preset): longest rows start first
+    cost: float = 1.0  # pretraining step time relative to MAE's (one thread, cpu preset; the teacher row's a guess)
 
 
 ARCHS = {

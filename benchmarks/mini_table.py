@@ -123,7 +123,8 @@ class Runner:
         start = ["--finetune", str(checkpoint)] if checkpoint else []
         result: dict = {}
         knn_json = folder / "knn.json"
-        knn = [*self.launcher, "benchmarks/knn_eval.py", *model, *start, "--data_set", p.data_set,
+        # kNN is one process whatever the launcher: an encoder's forward over a few thousand images
+        knn = [sys.executable, "benchmarks/knn_eval.py", *model, *start, "--data_set", p.data_set,
                "--input_size", str(p.input_size), "--knn_bank_size", str(p.knn_bank),
                "--knn_query_size", str(p.knn_query), "--seed", str(self.args.seed), "--out", str(knn_json)]
         knn += ["--data_path", self.args.data_path] if self.args.data_path else []
@@ -171,9 +172,10 @@ class Runner:
             self.done[unit.name] = threading.Event()
             if unit.row is not None:
                 self.done[f"pretrain:{unit.row}"] = threading.Event()
-        # a teacher's row first and its students last, so that they do not hold a worker while they wait
+        # a teacher's row first and its students last, so that they do not hold a worker while they wait; then the
+        # baselines (every comparison needs them, so a cut-short run still compares), then the longest rows
         teachers = {ROWS[r].teacher for r in rows} - {None}
-        units.sort(key=lambda u: (0 if u.row in teachers else 3 if u.needs else 2 if u.row is None else 1,
+        units.sort(key=lambda u: (0 if u.row in teachers else 3 if u.needs else 1 if u.row is None else 2,
                                   -ROWS[u.row].cost if u.row else 0))
         with ThreadPoolExecutor(self.args.jobs) as pool:
             list(pool.map(self.run_unit, units))

@@ -35,6 +35,7 @@ def fake_fashion_mnist(root: Path, train: int, test: int) -> Path:
     return root
 
 
+@pytest.mark.slow  # 11 processes (about 65 CPU-seconds, most of it their start-up): ~35 s on 2 idle cores
 def test_tiny_table(tmp_path: Path):
     data = fake_fashion_mnist(tmp_path / "fmnist", train=200, test=100)
     out = tmp_path / "table"
