@@ -251,7 +251,7 @@ def format_table(report: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                        help="cpu: Fashion-MNIST at 64 px, mini widths (~45 min on 2 cores with --jobs 2); "
+                        help="cpu: Fashion-MNIST at 64 px, mini widths (about 45 CPU-minutes); "
                              "tiny: a smoke run; imagenet: full size on GPUs (needs --data_path)")
     parser.add_argument("--rows", nargs="+", default=None, choices=list(ROWS), help="default: every row")
     parser.add_argument("--jobs", type=int, default=1, help="rows run at once (a process each)")
