@@ -10,6 +10,7 @@ from base.errors import UsageError
 
 from .classifier import Classifier
 from .clip_teacher import load_clip_teacher, save_random_clip
+from .encoder_teacher import load_encoder_teacher
 from .encoders import convvit, pvt, swin, vit
 from .heads import (TINY_DECODER, LinearHead, MAEDecoder, VisibleDistillHead, deep_supervision_heads,
                     default_ds_layers)
@@ -193,19 +194,27 @@ def maskfeat_vit_base_patch16(**kwargs) -> Recipe:
 
 @builder()
 def build_deepmim(encoder_fn: Callable, img_size: int = 224, mask_ratio: float = 0.75, clip_path: str | None = None,
-                  norm_pix_loss: bool = False, ds_layers: Sequence[int] | None = None,
+                  teacher_path: str | None = None, norm_pix_loss: bool = False, ds_layers: Sequence[int] | None = None,
                   decoder_embed_dim: int = 512, decoder_depth: int = 4, decoder_num_heads: int = 16,
                   **encoder_kwargs) -> MaskedImageModel:
     """DeepMIM (docs/methods.md §3): MAE's encoder and masking, one independent MAE decoder per tap
     (``ds_layers``, default blocks 6/8/10 of 12 and the final output, scaled to the depth), each with its
     own loss of weight 1. With ``clip_path`` the target is a frozen CLIP teacher's final tokens and the
-    loss 2 - 2 cos; without it the MAE pixel target (``norm_pix_loss``) and the MAE loss. The official
+    loss 2 - 2 cos; with ``teacher_path`` (a pretraining checkpoint of an encoder of the student's architecture,
+    ``models.encoder_teacher``) that encoder's final tokens, the same loss; with neither the MAE pixel target
+    (``norm_pix_loss``) and the MAE loss. The official
     DeepMIM oddities (an unused ``--norm_pix_loss``, a hard-coded resume path) do not touch the arithmetic,
     so it has no quirks; its checkpoints' one shared ``decoder_pos_embed`` is read into every decoder."""
     check_decoder(decoder_embed_dim, decoder_depth, decoder_num_heads)
     encoder = encoder_fn(img_size=img_size, **encoder_kwargs)
+    if clip_path and teacher_path:
+        raise UsageError("DeepMIM takes one frozen teacher: pass --clip_path or --model_kwargs teacher_path=..., "
+                         "not both")
     if clip_path:
         target, loss = CLIPTarget(load_clip_teacher(clip_path)), PatchLoss("cosine", on="masked")
+    elif teacher_path:
+        teacher = load_encoder_teacher(teacher_path, encoder_fn(img_size=img_size, **encoder_kwargs))
+        target, loss = teacher, PatchLoss("cosine", on="masked")
     else:
         target, loss = PixelTarget(encoder.patch_size, norm_pix=norm_pix_loss), PatchLoss("l2", on="masked")
 
