@@ -4,16 +4,16 @@
 import argparse
 
 import torch
-from timm.data import Mixup, create_transform
+from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from base.images import IMAGENET_MEAN, IMAGENET_STD
 from engine_finetune import ClassifyEngine
 from util import distributed as dist_util
-from util.classify import build_classifier, build_loaders, data_classes, evaluation_note
+from util.classify import (build_classifier, build_finetune_transform, build_loaders, build_random_erasing,
+                           data_classes, evaluation_note)
 from util.config import FinetuneConfig
 from util.data import build_eval_transform
 from util.fsdp import check_usable, shard_model
@@ -45,14 +45,12 @@ def main(args: argparse.Namespace) -> dict:
     with start_session(cfg) as session:
         if cfg.fsdp:
             check_usable(session.world_size, session.amp_name, cfg.model_ema)
-        train_tf = create_transform(input_size=cfg.input_size, is_training=True, color_jitter=cfg.color_jitter,
-                                    auto_augment=cfg.aa, interpolation="bicubic", re_prob=cfg.reprob,
-                                    re_mode=cfg.remode, re_count=cfg.recount, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         classes = data_classes(cfg)
         drop_path = {"drop_path_rate": ("--drop_path", cfg.drop_path)}
         model = build_classifier(cfg, classes.count, drop_path).to(session.device)
         model.set_grad_checkpointing(cfg.grad_ckpt)
-        data = build_loaders(cfg, session, train_tf, build_eval_transform(cfg.input_size), classes)
+        data = build_loaders(cfg, session, build_finetune_transform(cfg), build_eval_transform(cfg.input_size),
+                             classes)
         mixup_fn, criterion = build_mixup_and_criterion(cfg, classes.count)
         if cfg.fsdp:  # after --finetune's weights are in, before the optimizer: FSDP2 replaces the parameters
             shard_model(model, session.device, session.amp_dtype)
@@ -70,7 +68,8 @@ def main(args: argparse.Namespace) -> dict:
             print(f"fine-tune {cfg.model}: {classes.count} classes; eff. batch {eff_batch:g}; lr {lr:.3e}; "
                   f"layer decay {cfg.layer_decay}; {session.amp_name}; {session.world_size} process(es) on "
                   f"{session.device}")
-        engine = ClassifyEngine(criterion, data.val, classes.names, mixup_fn, ema)
+        engine = ClassifyEngine(criterion, data.val, classes.names, mixup_fn, ema,
+                                build_random_erasing(cfg, session.device))
         return engine.evaluate_checkpoint(trainer) if cfg.eval else trainer.fit(engine, data.train)
 
 

@@ -17,9 +17,9 @@ import main_finetune
 import main_linprobe
 import main_pretrain
 from base.errors import UsageError
+from base.images import normalize
 from benchmarks import dataload
 from models import create_model
-from models.hog import denormalize_to_uint8
 from util import dali_loader
 from util.dali_loader import choose_backend, dali_import_error, dali_train_loader
 from util.data import ImageFiles, build_pretrain_transform
@@ -64,7 +64,7 @@ def write_solid(folder: Path, count: int) -> Path:
 
 def solid_ids(images: torch.Tensor) -> list[int]:
     """The indices of ``write_solid`` images in a batch, read back from their red channel."""
-    red = denormalize_to_uint8(images)[:, 0].mean(dim=(1, 2))
+    red = images[:, 0].float().mean(dim=(1, 2))
     return [int(v) for v in torch.round(red / 10)]
 
 
@@ -77,8 +77,8 @@ def smooth_folder(tmp_path_factory) -> Path:
     not torch.cuda.is_available(), reason="the mixed (GPU) decoder needs a GPU"))])
 def test_batches_match_the_pil_path(smooth_folder, device):
     """Per epoch, as many batches as the PIL path, the same labels in the same order and the same crop windows
-    and flips: the pixels differ only by the decoders' and resamplers' rounding. Float32 NCHW on the device,
-    normalized, and quantized to 0..255 levels, which DMJD's HOG recovers exactly."""
+    and flips: the pixels differ only by the decoders' and resamplers' rounding. uint8 NCHW on the device, as the
+    PIL path hands them over (the trainer normalizes them there)."""
     dali, pil, _ = loaders(smooth_folder, device=device)
     for epoch in (0, 1):
         with warnings.catch_warnings():
@@ -87,15 +87,10 @@ def test_batches_match_the_pil_path(smooth_folder, device):
         ref = epoch_batches(pil, epoch)
         assert len(got) == len(ref) == len(dali) == 4
         for (images, labels), (ref_images, ref_labels) in zip(got, ref):
-            assert images.shape == (4, 3, SIZE, SIZE) and images.dtype == torch.float32
+            assert images.shape == (4, 3, SIZE, SIZE) and images.dtype == ref_images.dtype == torch.uint8
             assert images.device.type == device and torch.equal(labels, ref_labels)
-            images = images.cpu()
-            diff = (images - ref_images).abs()
-            assert diff.mean() < 0.01 and diff.max() < 0.1, (diff.mean(), diff.max())  # 1/255/0.225 = 0.017
-            pixels = (images * torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-                      + torch.tensor([0.485, 0.456, 0.406])[:, None, None]) * 255
-            assert torch.allclose(pixels, denormalize_to_uint8(images), atol=1e-3)
-            assert pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
+            diff = (images.cpu().float() - ref_images.float()).abs()
+            assert diff.mean() < 0.6 and diff.max() < 6, (diff.mean(), diff.max())  # levels of 0..255
 
 
 def write_coordinates(folder: Path, count: int) -> Path:
@@ -111,7 +106,7 @@ def write_coordinates(folder: Path, count: int) -> Path:
 def measured_window(image: torch.Tensor) -> tuple[float, float, float, float, bool]:
     """(left, top, width, height, flipped) of a crop of a ``write_coordinates`` image resized to S x S: in the
     interior the bicubic resize of a ramp is the ramp, value(j) = origin + (j + 0.5) * extent / S - 0.5."""
-    pixels = denormalize_to_uint8(image[None])[0].double()
+    pixels = image.double()
     size = pixels.shape[-1]
     j = torch.arange(2, size - 2, dtype=torch.float64)
     red, green = pixels[0].mean(0)[2:-2], pixels[1].mean(1)[2:-2]
@@ -159,8 +154,8 @@ def test_seeds_fix_the_crops_and_epochs_change_them(tmp_path):
     other, _, _ = loaders(folder, seed=4)
     reference = torch.cat([x for x, _ in epoch_batches(first, 0)])
     assert torch.equal(reference, torch.cat([x for x, _ in epoch_batches(again, 0)]))
-    assert not torch.allclose(reference, torch.cat([x for x, _ in epoch_batches(first, 1)]), atol=0.1)
-    assert not torch.allclose(reference, torch.cat([x for x, _ in epoch_batches(other, 0)]), atol=0.1)
+    assert not torch.allclose(reference.float(), torch.cat([x for x, _ in epoch_batches(first, 1)]).float(), atol=6)
+    assert not torch.allclose(reference.float(), torch.cat([x for x, _ in epoch_batches(other, 0)]).float(), atol=6)
 
 
 def test_two_ranks_share_out_every_image_once(tmp_path):
@@ -224,7 +219,7 @@ def test_a_dali_batch_trains_a_tiny_dmjd_step(smooth_folder):
                          num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
     dali, _, _ = loaders(smooth_folder, size=64, min_scale=0.5)
     images, _ = epoch_batches(dali, 0)[0]
-    out = model(images)
+    out = model(normalize(images))
     out.loss.backward()
     assert torch.isfinite(out.loss) and len(out.losses) > 1
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)

@@ -1,11 +1,13 @@
 """What fine-tuning and linear probing build alike: the classes (and the check that a checkpoint was trained on
-them), the classifier with its pretrained encoder, the train / validation loaders, and the linear probe's
-augmentation."""
+them), the classifier with its pretrained encoder, the train / validation loaders, and the augmentations: the
+linear probe's, and fine-tuning's, whose random erasing runs on the device."""
 import math
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
+from timm.data import create_transform
+from timm.data.random_erasing import RandomErasing
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
 from torchvision import transforms
@@ -15,7 +17,7 @@ from base.errors import UsageError
 from base.images import IMAGENET_MEAN, IMAGENET_STD
 from util import distributed as dist_util
 from util.checkpoint import load_pretrained
-from util.config import ClassifyConfig
+from util.config import ClassifyConfig, FinetuneConfig
 from util.data import Transform, build_dataset, dataset_classes
 from util.runtime import build_named_model, recipe_options
 from util.session import Session, ignore_stop_signals, train_loader
@@ -168,10 +170,30 @@ class SingleDrawResizedCrop(transforms.RandomResizedCrop):
 
 
 def build_linprobe_transform(input_size: int) -> transforms.Compose:
-    """Linear-probe training augmentation: RGB PIL image -> normalized ``[3, input_size, input_size]`` tensor."""
+    """Linear-probe training augmentation: RGB PIL image -> uint8 ``[3, input_size, input_size]`` tensor."""
     return transforms.Compose([
         SingleDrawResizedCrop(input_size, interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.PILToTensor(),
     ])
+
+
+def build_finetune_transform(cfg: FinetuneConfig) -> transforms.Compose:
+    """Fine-tuning's augmentation in the workers, timm's as MAE builds it (RandomResizedCrop with scale 0.08-1,
+    flip, ``--aa`` RandAugment or ``--color_jitter``, bicubic): RGB PIL image -> uint8 ``[3, input_size,
+    input_size]``. Its normalization and random erasing run on the device, on the batch (``build_random_erasing``):
+    timm's transform would do both here, on each image, in float32."""
+    primary, secondary, _ = create_transform(input_size=cfg.input_size, is_training=True,
+                                             color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
+                                             interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                             separate=True)
+    return transforms.Compose([*primary.transforms, *secondary.transforms, transforms.PILToTensor()])
+
+
+def build_random_erasing(cfg: FinetuneConfig, device: torch.device) -> RandomErasing | None:
+    """timm's random erasing (``--reprob``, ``--remode``, ``--recount``) of a normalized batch ``[B, 3, S, S]``
+    on ``device``, in place, each image on its own as in timm's transform (its boxes from Python's RNG, 'pixel' and
+    'rand' fills from ``device``'s, both restored on resume); None when ``--reprob`` is 0."""
+    if cfg.reprob == 0:
+        return None
+    return RandomErasing(cfg.reprob, mode=cfg.remode, max_count=cfg.recount, device=device)

@@ -1,5 +1,5 @@
 """The pretraining input pipeline on NVIDIA DALI: JPEG decoding (the GPU's hardware decoder, or the CPU),
-crop, bicubic resize, flip and normalization in DALI, with the data order and the crops of the PIL path.
+crop, bicubic resize and flip in DALI, with the data order and the crops of the PIL path.
 
 Worker processes of an ordinary ``util.session.train_loader`` (the same ``ResumableSampler``, per-item
 seeding, ``begin_epoch`` and resume) read each file's bytes and draw its crop window and flip exactly as the
@@ -25,7 +25,7 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from base.errors import UsageError
-from base.images import IMAGENET_MEAN, IMAGENET_STD, is_deep, read_image
+from base.images import is_deep, read_image
 from util.config import RunConfig
 from util.data import ImageFiles, UNREADABLE
 from util.session import Session, train_loader
@@ -152,22 +152,22 @@ def collate_encoded(items: list) -> EncodedBatch:
 
 
 def pil_finish(image: Image.Image, window: torch.Tensor, flip: bool, size: int) -> torch.Tensor:
-    """The PIL path's transform with the window and flip given: RGB image -> normalized [3, size, size]."""
+    """The PIL path's transform with the window and flip given: RGB image -> uint8 [3, size, size]."""
     top, left, height, width = window.tolist()
     image = TF.resized_crop(image, top, left, height, width, [size, size], TF.InterpolationMode.BICUBIC)
     if flip:
         image = TF.hflip(image)
-    return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
+    return TF.pil_to_tensor(image)
 
 
 class DaliLoader:
-    """Iterated like the PIL path's DataLoader: ``len`` batches of (images ``[B, 3, S, S]`` float32 on
+    """Iterated like the PIL path's DataLoader: ``len`` batches of (images ``[B, 3, S, S]`` uint8 on
     ``device``, labels ``[B]`` int64) per epoch. ``sampler``, ``batch_size`` and ``dataset`` are those of
     ``host``, the DataLoader of ``EncodedBatch``es, so that ``util.session.begin_epoch`` and the trainer's
     skipped-file count treat both paths alike.
 
     ``host``: a ``train_loader`` over ``EncodedCrops``; ``device``: a GPU (hardware/hybrid "mixed" decoding,
-    resize and normalization on it) or the CPU; ``num_threads``: DALI's CPU threads."""
+    resize and flip on it) or the CPU; ``num_threads``: DALI's CPU threads."""
 
     def __init__(self, host: DataLoader, input_size: int, device: torch.device, num_threads: int):
         self.host, self.input_size, self.device, self.num_threads = host, input_size, device, num_threads
@@ -244,13 +244,10 @@ class DaliLoader:
             images = fn.decoders.image_slice(encoded, anchors, shapes, device="mixed" if gpu else "cpu",
                                              output_type=types.RGB, normalized_anchor=False,
                                              normalized_shape=False, adjust_orientation=False)
-            # uint8 out of the resize, as PIL's: the normalized input then determines the 0..255 crop exactly,
-            # which DMJD's HOG target recovers (models/hog.py)
+            # uint8, as PIL's: the trainer normalizes on the device (base.images.normalize)
             images = fn.resize(images, size=(self.input_size, self.input_size), interp_type=types.INTERP_CUBIC,
                                antialias=True)
-            images = fn.crop_mirror_normalize(images, mirror=flips, dtype=types.FLOAT, output_layout="CHW",
-                                              mean=[255 * m for m in IMAGENET_MEAN],
-                                              std=[255 * s for s in IMAGENET_STD])
+            images = fn.crop_mirror_normalize(images, mirror=flips, dtype=types.UINT8, output_layout="CHW")
             pipe.set_outputs(images)
         pipe.build()
         return pipe
