@@ -21,7 +21,7 @@ from base.images import normalize
 from benchmarks import dataload
 from models import create_model
 from util import dali_loader
-from util.dali_loader import choose_backend, dali_import_error, dali_train_loader
+from util.dali_loader import choose_backend, dali_import_error, dali_train_loader, pretrain_crops
 from util.data import ImageFiles, build_pretrain_transform
 from util.session import Session, begin_epoch, train_loader
 
@@ -36,7 +36,7 @@ def loaders(folder: Path, *, seed: int = 0, rank: int = 0, world_size: int = 1, 
     files = ImageFiles(str(folder), build_pretrain_transform(size, min_scale))
     cfg = SimpleNamespace(seed=seed, batch_size=batch_size, accum_iter=1, num_workers=0, pin_mem=True, input_size=size)
     session = Session(rank, world_size, torch.device(device), "fp32", None)
-    return dali_train_loader(cfg, session, files, min_scale), train_loader(cfg, session, files), files
+    return dali_train_loader(cfg, session, files, pretrain_crops(size, min_scale)), train_loader(cfg, session, files), files
 
 
 def epoch_batches(loader, epoch: int, skip: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -130,7 +130,7 @@ def test_crop_windows_measured_on_a_coordinate_image(tmp_path):
         for b, (images, _) in enumerate(dali):
             for k, image in enumerate(images):
                 left, top, width, height, flipped = measured_window(image)
-                _, (t, l, h, w), flip, *_ = dali.dataset[order[4 * b + k]]
+                _, (t, l, h, w, flip), *_ = dali.dataset[order[4 * b + k]]
                 assert flipped == flip
                 assert abs(left - l) < 1.5 and abs(top - t) < 1.5, ((left, top), (l, t))
                 assert abs(width - w) < 2 and abs(height - h) < 2, ((width, height), (w, h))
@@ -267,27 +267,36 @@ def test_pretrain_cli_runs_on_dali_and_resumes_exactly(smooth_folder, tmp_path):
 
 
 def test_dali_where_unsupported_is_a_usage_error(tmp_path):
-    """Fashion-MNIST's arrays take the PIL path; fine-tuning and linear probing have no --data_backend."""
+    """Fashion-MNIST's arrays take the PIL path, in every CLI."""
     args = main_pretrain.get_args_parser().parse_args(
         [*TINY, "--data_backend", "dali", "--data_set", "fashion_mnist", "--output_dir", str(tmp_path)])
     with pytest.raises(UsageError, match="--data_set fashion_mnist is decoded in memory: pass --data_backend pil"):
         main_pretrain.main(args)
     for cli in (main_finetune, main_linprobe):
-        with pytest.raises(UsageError, match="unrecognized arguments: --data_backend dali"):
-            cli.get_args_parser().parse_args(["--data_backend", "dali"])
+        args = cli.get_args_parser().parse_args(
+            ["--model", "vit_tiny_patch16", "--data_backend", "dali", "--data_set", "fashion_mnist", "--device",
+             "cpu", "--output_dir", str(tmp_path / cli.__name__)])
+        with pytest.raises(UsageError, match="is decoded in memory: pass --data_backend pil"):
+            cli.main(args)
 
 
 def test_dataload_benchmark_runs_on_a_tiny_folder(tmp_path, capsys):
-    """The synthetic folder is JPEGs of the given size; the sweep prints a table and one JSON object."""
+    """The synthetic folder is JPEGs of the given size; the sweep (every pipeline by default) prints a table and
+    one JSON object, with img/s, img/s per core and the bytes per image a worker hands over (PIL: the uint8
+    crop, 3 x 32 x 32 + its label; DALI: the JPEG and its plan)."""
     paths = dataload.make_folder(str(tmp_path / "fake"), images=8, classes=2, size=(50, 40))
     assert len(paths) == 8 and Image.open(paths[0]).size == (50, 40) and Image.open(paths[0]).format == "JPEG"
     result = dataload.main(["--data_path", str(tmp_path / "fake"), "--workers", "1", "--batch_size", "4",
                             "--batches", "2", "--warmup", "1", "--input_size", "32", "--device", "cpu"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == result
-    assert [(r["backend"], r["workers"]) for r in result["rows"]] == [("pil", 1), ("dali", 1)]
-    assert all(r["img_per_s"] > 0 for r in result["rows"])
-    assert {"device", "date", "torch", "command"} <= set(result) and lines[0].startswith("| backend")
+    assert [(r["pipeline"], r["backend"]) for r in result["rows"]] == \
+        [(p, b) for p in ("pretrain", "finetune", "probe", "eval") for b in ("pil", "dali-cpu")]
+    assert all(r["img_per_s"] > 0 and r["img_per_s_per_core"] > 0 for r in result["rows"])
+    assert {r["bytes_per_image"] for r in result["rows"] if r["backend"] == "pil"} == {3 * 32 * 32 + 8}
+    jpeg = np.mean([Path(p).stat().st_size for p in paths])
+    assert all(jpeg < r["bytes_per_image"] < jpeg + 200 for r in result["rows"] if r["backend"] == "dali-cpu")
+    assert {"device", "date", "torch", "command"} <= set(result) and lines[0].startswith("| pipeline")
 
 
 def _collect_garbage_and_exit() -> None:

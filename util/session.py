@@ -197,8 +197,8 @@ def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty
                  collate_fn: Callable[[list], Any] | None = None, start_method: str | None = None) -> DataLoader:
     """This process's shard of ``dataset`` in full batches, reshuffled each epoch, each item augmented from its
     own seed (``ResumableSampler``, ``SeededItems``: ``begin_epoch`` sets the epoch, and where a resumed one
-    starts). The workers persist across epochs (the epoch reaches them with each index) and keep
-    ``PREFETCH_BATCHES`` batches each in flight. Raises ``UsageError`` when the data make no full batch, unless
+    starts). Workers keep ``PREFETCH_BATCHES`` batches each in flight and, started the default way (fork),
+    persist across epochs (the epoch reaches them with each index). Raises ``UsageError`` when the data make no full batch, unless
     ``allow_empty`` (evaluation only).
     ``collate_fn``: batches of another kind (the DALI path's encoded files, ``util.dali_loader``), which are not
     pinned; ``start_method``: how the workers start (default: the platform's, fork on Linux)."""
@@ -207,11 +207,14 @@ def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty
     # the loader's own generator draws the workers' base seeds, so the global RNG, which the checkpoints restore,
     # sees only what the model draws
     workers = cfg.num_workers > 0
+    # the DALI path's forkserver workers only read bytes, cheap to restart; kept alive, they left the process
+    # hanging at its exit (seen in tests/test_dali_classify.py)
+    persistent = workers and start_method is None
     loader = DataLoader(SeededItems(dataset, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.num_workers, collate_fn=collate_fn,
                         multiprocessing_context=start_method if workers else None,
                         pin_memory=cfg.pin_mem and session.device.type == "cuda" and collate_fn is None,
-                        drop_last=True, persistent_workers=workers,
+                        drop_last=True, persistent_workers=persistent,
                         prefetch_factor=PREFETCH_BATCHES if workers else None,
                         worker_init_fn=ignore_stop_signals,
                         generator=torch.Generator().manual_seed(cfg.seed + session.rank))
