@@ -100,11 +100,11 @@ def measure(backend: str, data_path: str, workers: int, device: torch.device, ba
             if done == 0:
                 _sync(device)
                 start, cpu_start = time.perf_counter(), _tree_cpu_seconds()
-            if done == batches:
+            if done == batches:  # measured before the loop is left, which may end its workers (and their counts)
+                _sync(device)
+                seconds, cpu_seconds = time.perf_counter() - start, _tree_cpu_seconds() - cpu_start
                 break
         epoch += 1
-    _sync(device)
-    seconds, cpu_seconds = time.perf_counter() - start, _tree_cpu_seconds() - cpu_start
     return {"img_per_s": round(batches * batch_size / seconds, 1),
             "img_per_s_per_core": round(batches * batch_size / max(cpu_seconds, 1e-9), 1),
             "bytes_per_image": round(sample / batch_size)}
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> dict | None:
                               args.input_size, args.min_crop_scale, pipeline)
                 label = backend if backend == "pil" else f"dali-{'gpu' if device.type == 'cuda' else 'cpu'}"
                 rows.append({"pipeline": pipeline, "backend": label, "workers": workers, **row})
-    print("| pipeline | backend | workers / threads | img/s | img/s per core | bytes/image |\n|---|---|---|---|---|---|")
+    print("| pipeline | backend | workers / threads | img/s | img/s per core | bytes/image |\n"
+          "|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['pipeline']} | {row['backend']} | {row['workers']} | {row['img_per_s']:.1f} | "
               f"{row['img_per_s_per_core']:.1f} | {row['bytes_per_image']} |")

@@ -79,7 +79,8 @@ def test_eval_batches_match_the_pil_transform(tmp_path):
     assert [len(labels) for _, labels in batches] == [4, 4, 2]
     got = torch.cat([images for images, _ in batches])
     ref = torch.stack([files[i][0] for i in range(len(files))])
-    assert torch.equal(torch.cat([labels for _, labels in batches]), torch.tensor([label for _, label in files.samples]))
+    expected = torch.tensor([label for _, label in files.samples])
+    assert torch.equal(torch.cat([labels for _, labels in batches]), expected)
     diff = (got.float() - ref.float()).abs()
     assert got.shape == ref.shape and diff.mean() < 0.6 and diff.max() < 6, (diff.mean(), diff.max())
 
