@@ -8,6 +8,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader
 
+from base.images import normalize
 from util import distributed as dist_util
 from util.classify import check_classes
 from util.session import autocast
@@ -15,21 +16,25 @@ from util.trainer import Engine, EpochEnd, Trainer
 
 
 class ClassifyEngine(Engine):
-    """``criterion(model(images), labels)``, with Mixup/CutMix (``mixup_fn``: soft targets) applied on the device
+    """``criterion(model(images), labels)``: the loader's uint8 images normalized on the device, then random
+    erasing (``erase``, timm's ``RandomErasing`` on the batch) and Mixup/CutMix (``mixup_fn``: soft targets) there
     when given; ``ema`` (timm ModelEmaV3) updated after each optimizer step. After each epoch, the model (and
     ``ema``'s weights) evaluated on ``val_loader``; the best top-1 so far is kept (``best``: its metrics and epoch)
     and saved in checkpoints with the EMA weights. A resumed checkpoint must be of the data's classes
     (``classes``: their names, in label order; ``util.classify.check_classes``)."""
 
     def __init__(self, criterion: nn.Module, val_loader: DataLoader, classes: Sequence[str],
-                 mixup_fn: Callable | None = None, ema: ModelEmaV3 | None = None):
+                 mixup_fn: Callable | None = None, ema: ModelEmaV3 | None = None,
+                 erase: Callable[[torch.Tensor], torch.Tensor] | None = None):
         self.criterion, self.val_loader, self.classes = criterion, val_loader, classes
-        self.mixup_fn, self.ema = mixup_fn, ema
+        self.mixup_fn, self.ema, self.erase = mixup_fn, ema, erase
         self.best: dict[str, Any] = {"acc1": -1.0}
 
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        imgs = batch[0].to(device, non_blocking=True)
+        imgs = normalize(batch[0].to(device, non_blocking=True))
         targets = batch[1].to(device, non_blocking=True)
+        if self.erase is not None:
+            imgs = self.erase(imgs)
         if self.mixup_fn is not None:
             imgs, targets = self.mixup_fn(imgs, targets)
         return self.criterion(model(imgs), targets), {}
@@ -78,10 +83,10 @@ class ClassifyEngine(Engine):
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
              amp_dtype: torch.dtype | None = None, report: bool = True) -> dict[str, float]:
-    """Cross-entropy, top-1 and top-5 accuracy (%) over ``loader``, summed over processes when the
-    loader is sharded (``--dist_eval``: ``util.classify.EvalShard``, whose padding repeats are left out, so each
-    image counts once). Counts are summed, not per-process means, so shards of unequal size are weighted
-    correctly. With ``report`` the main process prints MAE's line,
+    """Cross-entropy, top-1 and top-5 accuracy (%) over ``loader`` (uint8 images, normalized here), summed over
+    processes when the loader is sharded (``--dist_eval``: ``util.classify.EvalShard``, whose padding repeats are
+    left out, so each image counts once). Counts are summed, not per-process means, so shards of unequal size are
+    weighted correctly. With ``report`` the main process prints MAE's line,
     ``* Acc@1 ... Acc@5 ... loss ...``, which scripts grep for."""
     model.eval()
     totals = torch.zeros(4, device=device, dtype=torch.float64)  # loss sum, top-1, top-5, count
@@ -89,7 +94,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device,
     real = getattr(getattr(loader, "sampler", None), "real", None)  # EvalShard: the items past it repeat others
     for imgs, targets in loader:
         keep = len(targets) if real is None else max(0, min(len(targets), real - count))
-        imgs, targets = imgs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        imgs, targets = normalize(imgs.to(device, non_blocking=True)), targets.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             logits = model(imgs)  # repeats too: a sharded model's forward needs every process
         logits, targets = logits[:keep], targets[:keep]

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from base.images import normalize
 from models.masking import Masks
 from util import distributed as dist_util
 from util.knn import KnnMonitor
@@ -31,7 +32,7 @@ class ReconstructionProbe:
                count: int = 8) -> "ReconstructionProbe":
         """The first ``count`` images (one augmentation draw) and masks drawn with ``seed``; sample it before
         any RNG state is restored, so that a resumed run draws the same pictures."""
-        imgs = torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))]).to(device)
+        imgs = normalize(torch.stack([dataset[i][0] for i in range(min(count, len(dataset)))]).to(device))
         return cls(imgs, model.sample_masks(imgs, torch.Generator(device).manual_seed(seed)))
 
     def draw(self, model: nn.Module, output_dir: str, run_log: RunLog, epoch: int,
@@ -59,8 +60,9 @@ class PretrainEngine(Engine):
         self.probe, self.knn, self.knn_freq = probe, knn, knn_freq
 
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(images, labels) -> the model's total loss, and its named terms when there are several."""
-        imgs = batch[0].to(device, non_blocking=True)
+        """(uint8 images, labels) -> the model's total loss on the normalized images, and its named terms when
+        there are several."""
+        imgs = normalize(batch[0].to(device, non_blocking=True))
         out = model(imgs)
         logs = {f"loss_{k}": v for k, v in out.losses.items()} if len(out.losses) > 1 else {}
         return out.loss, logs

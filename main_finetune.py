@@ -4,16 +4,19 @@
 import argparse
 
 import torch
-from timm.data import Mixup, create_transform
+from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 from torch import nn
 
-from base.images import IMAGENET_MEAN, IMAGENET_STD
 from engine_finetune import ClassifyEngine
 from util import distributed as dist_util
-from util.classify import build_classifier, build_loaders, data_classes, evaluation_note
+from base.errors import UsageError
+from util.classify import (build_classifier, build_finetune_transform, build_loaders, build_random_erasing,
+                           data_classes, evaluation_note, finetune_plan)
+from util.dali_loader import choose_backend
+from util.dali_plans import RandomCrops
 from util.config import FinetuneConfig
 from util.data import build_eval_transform
 from util.fsdp import check_usable, shard_model
@@ -39,20 +42,35 @@ def build_mixup_and_criterion(cfg: FinetuneConfig, num_classes: int) -> tuple[Mi
     return None, nn.CrossEntropyLoss()
 
 
+def input_pipeline(cfg: FinetuneConfig, device: torch.device) -> tuple[str, RandomCrops | None]:
+    """The backend (``util.dali_loader.choose_backend``) and, for DALI, the training plan. By default DALI only
+    where it maps the augmentation (``util.classify.finetune_plan``); asked for, it must."""
+    backend = choose_backend(cfg.data_backend, device, cfg.data_set)
+    if backend == "pil":
+        return backend, None
+    try:
+        return backend, finetune_plan(cfg)
+    except UsageError as err:
+        if cfg.data_backend == "dali":
+            raise
+        if dist_util.is_main_process():
+            print(f"input pipeline pil: {err}")
+        return "pil", None
+
+
 def main(args: argparse.Namespace) -> dict:
     """Fine-tune (or evaluate) as ``args`` say; returns the best validation metrics (``--eval``: the metrics)."""
     cfg = FinetuneConfig.from_args(args)
     with start_session(cfg) as session:
         if cfg.fsdp:
             check_usable(session.world_size, session.amp_name, cfg.model_ema)
-        train_tf = create_transform(input_size=cfg.input_size, is_training=True, color_jitter=cfg.color_jitter,
-                                    auto_augment=cfg.aa, interpolation="bicubic", re_prob=cfg.reprob,
-                                    re_mode=cfg.remode, re_count=cfg.recount, mean=IMAGENET_MEAN, std=IMAGENET_STD)
         classes = data_classes(cfg)
         drop_path = {"drop_path_rate": ("--drop_path", cfg.drop_path)}
         model = build_classifier(cfg, classes.count, drop_path).to(session.device)
         model.set_grad_checkpointing(cfg.grad_ckpt)
-        data = build_loaders(cfg, session, train_tf, build_eval_transform(cfg.input_size), classes)
+        backend, plan = input_pipeline(cfg, session.device)
+        data = build_loaders(cfg, session, build_finetune_transform(cfg), build_eval_transform(cfg.input_size),
+                             classes, plan)
         mixup_fn, criterion = build_mixup_and_criterion(cfg, classes.count)
         if cfg.fsdp:  # after --finetune's weights are in, before the optimizer: FSDP2 replaces the parameters
             shard_model(model, session.device, session.amp_dtype)
@@ -63,14 +81,15 @@ def main(args: argparse.Namespace) -> dict:
         ema = ModelEmaV3(model, decay=cfg.model_ema_decay) if cfg.model_ema else None
         trainer = Trainer(cfg, session, model, optimizer, lr,
                           derived={"eff_batch": eff_batch, "nb_classes": classes.count,
-                                   "classes": classes.names})
+                                   "classes": classes.names, "data_backend": backend})
         if dist_util.is_main_process() and cfg.eval:
             print(evaluation_note(cfg, data))
         elif dist_util.is_main_process():
             print(f"fine-tune {cfg.model}: {classes.count} classes; eff. batch {eff_batch:g}; lr {lr:.3e}; "
                   f"layer decay {cfg.layer_decay}; {session.amp_name}; {session.world_size} process(es) on "
-                  f"{session.device}")
-        engine = ClassifyEngine(criterion, data.val, classes.names, mixup_fn, ema)
+                  f"{session.device}; {backend} input pipeline")
+        engine = ClassifyEngine(criterion, data.val, classes.names, mixup_fn, ema,
+                                build_random_erasing(cfg, session.device))
         return engine.evaluate_checkpoint(trainer) if cfg.eval else trainer.fit(engine, data.train)
 
 

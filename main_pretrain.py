@@ -12,7 +12,7 @@ from models import Recipe
 from util import distributed as dist_util
 from util.checkpoint import load_pretrained
 from util.config import PretrainConfig
-from util.dali_loader import choose_backend, dali_train_loader
+from util.dali_loader import choose_backend, dali_train_loader, pretrain_crops
 from util.data import build_dataset, build_pretrain_transform
 from util.fsdp import check_usable, shard_model
 from util.knn import KnnMonitor, has_labels
@@ -89,7 +89,7 @@ def main(args: argparse.Namespace) -> None:
                                 train=True, limit=cfg.data_limit)
         probe = ReconstructionProbe.sample(dataset, model, session.device, cfg.seed)
         knn, knn_freq = knn_monitor(cfg)
-        loader = dali_train_loader(cfg, session, dataset, min_scale) if backend == "dali" else \
+        loader = dali_train_loader(cfg, session, dataset, pretrain_crops(cfg.input_size, min_scale)) if backend == "dali" else \
             train_loader(cfg, session, dataset)
         model.to(session.device)
         if cfg.fsdp:  # before the optimizer: FSDP2 replaces the parameters

@@ -5,10 +5,23 @@ import struct
 import warnings
 
 import numpy as np
+import torch
 from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """What the model is fed: uint8 images ``[..., 3, H, W]`` (0..255, as every input pipeline delivers them, on
+    the device) -> float32 ``(x / 255 - mean) / std`` with ImageNet's mean and std, by the very float32 operations
+    of torchvision's ``ToTensor`` + ``Normalize``, so that the values are theirs. Anything but uint8 is refused:
+    a float batch could be normalized already, and normalizing it twice would train on wrong inputs silently."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalize takes uint8 images (0..255), got {images.dtype}")
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, device=images.device)[:, None, None]
+    return images.float().div(255).sub_(mean).div_(std)
 
 # what PIL raises on a file that is not a readable image (missing, truncated, garbage, not an image, too large;
 # SyntaxError .. struct.error are what its format plugins raise on a malformed header)

@@ -1,9 +1,15 @@
-"""Pretraining input pipeline throughput: images per second each backend delivers as model-ready batches
-(``[B, 3, S, S]`` normalized float on the device), PIL with N DataLoader workers and DALI with N threads,
-on a folder of JPEGs. Nothing trains: it measures the data path alone.
+"""Input pipeline throughput: images per second each pipeline (pretrain, finetune, probe, eval) and backend
+(pil; dali on the CPU's operators or the GPU's decoder, after --device) delivers as model-ready batches (uint8
+``[B, 3, S, S]`` on the device, normalized there, fine-tuning's random erasing applied), PIL with N DataLoader
+workers and DALI with N threads, on a folder of JPEGs. Nothing trains: it measures the data path alone.
+
+Per setting: img/s (wall clock), img/s per core (images per CPU-second that this process and its workers
+used: the figure that holds on a loaded machine and says how many cores a GPU's appetite needs), and the bytes
+per image a worker hands over (PIL: the uint8 crop; DALI: the encoded file and its plan).
 
     python benchmarks/dataload.py --make_folder /tmp/fake_imagenet --images 2000 --classes 10
     python benchmarks/dataload.py --data_path /tmp/fake_imagenet --workers 1 2 --device cpu
+    python benchmarks/dataload.py --data_path /tmp/fake_imagenet --pipelines pretrain finetune --backends pil dali
 
 Prints a Markdown table, then one JSON object (device, date, torch version, command, one row per setting).
 """
@@ -18,13 +24,21 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import default_collate
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from util.dali_loader import dali_import_error, dali_train_loader  # noqa: E402
-from util.data import ImageFiles, build_pretrain_transform  # noqa: E402
+from base.images import normalize  # noqa: E402
+from util.classify import (build_finetune_transform, build_linprobe_transform, build_random_erasing,  # noqa: E402
+                           finetune_plan, linprobe_plan)
+from util.dali_loader import collate_encoded, dali_import_error, dali_train_loader, pretrain_crops  # noqa: E402
+from util.dali_plans import CenterCrops  # noqa: E402
+from util.data import ImageFiles, build_eval_transform, build_pretrain_transform  # noqa: E402
 from util.flags import POSITIVE_FRACTION, POSITIVE_INT, ArgumentParser, device_name  # noqa: E402
 from util.session import Session, begin_epoch, train_loader  # noqa: E402
+
+PIPELINES = ("pretrain", "finetune", "probe", "eval")
+FINETUNE_AUGMENT = dict(aa="rand-m9-mstd0.5-inc1", color_jitter=None, reprob=0.25, remode="pixel", recount=1)
 
 
 def make_folder(root: str, images: int, classes: int, seed: int = 0, size: tuple[int, int] = (500, 375),
@@ -52,32 +66,72 @@ def make_folder(root: str, images: int, classes: int, seed: int = 0, size: tuple
 
 
 def measure(backend: str, data_path: str, workers: int, device: torch.device, batch_size: int = 64,
-            batches: int = 20, warmup: int = 2, input_size: int = 224, min_scale: float = 0.2) -> float:
-    """img/s of ``backend`` (pil: ``workers`` DataLoader workers; dali: ``workers`` DALI threads and file-reading
-    workers) over ``batches`` batches after ``warmup`` untimed ones (worker start-up, DALI's build), the batches
-    on ``device``; the epoch is the folder, repeated when it is shorter than the run."""
-    files = ImageFiles(os.path.join(data_path, "train") if os.path.isdir(os.path.join(data_path, "train"))
-                       else data_path, build_pretrain_transform(input_size, min_scale))
-    cfg = SimpleNamespace(seed=0, batch_size=batch_size, accum_iter=1, num_workers=workers, pin_mem=True, input_size=input_size)
+            batches: int = 20, warmup: int = 2, input_size: int = 224, min_scale: float = 0.2,
+            pipeline: str = "pretrain") -> dict:
+    """{img_per_s, img_per_s_per_core, bytes_per_image} of ``pipeline`` on ``backend`` (pil: ``workers``
+    DataLoader workers; dali: ``workers`` DALI threads and file-reading workers) over ``batches`` batches after
+    ``warmup`` untimed ones (worker start-up, DALI's build), the batches on ``device``, normalized there (and
+    for fine-tuning randomly erased); the epoch is the folder, repeated when it is shorter than the run."""
+    root = os.path.join(data_path, "train") if os.path.isdir(os.path.join(data_path, "train")) else data_path
+    cfg = SimpleNamespace(seed=0, batch_size=batch_size, accum_iter=1, num_workers=workers, pin_mem=True,
+                          input_size=input_size, **FINETUNE_AUGMENT)
     session = Session(0, 1, device, "fp32", None)
     if backend == "dali":
-        loader = dali_train_loader(cfg, session, files, min_scale, num_threads=max(1, workers))
+        plan = {"pretrain": lambda: pretrain_crops(input_size, min_scale), "finetune": lambda: finetune_plan(cfg),
+                "probe": lambda: linprobe_plan(input_size), "eval": lambda: CenterCrops(input_size)}[pipeline]()
+        loader = dali_train_loader(cfg, session, ImageFiles(root), plan, num_threads=max(1, workers))
+        sample = collate_encoded([loader.dataset[i] for i in range(batch_size)]).nbytes
     else:
-        loader = train_loader(cfg, session, files)
-    done, start, epoch = -warmup, 0.0, 0
+        transform = {"pretrain": lambda: build_pretrain_transform(input_size, min_scale),
+                     "finetune": lambda: build_finetune_transform(cfg),
+                     "probe": lambda: build_linprobe_transform(input_size),
+                     "eval": lambda: build_eval_transform(input_size)}[pipeline]()
+        loader = train_loader(cfg, session, ImageFiles(root, transform))
+        sample = sum(t.nbytes for t in default_collate([loader.dataset[i] for i in range(batch_size)]))
+    erase = build_random_erasing(cfg, device) if pipeline == "finetune" else None
+    done, start, cpu_start, epoch = -warmup, 0.0, 0.0, 0
     while done < batches:
         begin_epoch(loader, epoch)
         for images, _ in loader:
-            images = images.to(device, non_blocking=True)
+            images = normalize(images.to(device, non_blocking=True))
+            if erase is not None:
+                erase(images)
             done += 1
             if done == 0:
                 _sync(device)
-                start = time.perf_counter()
-            if done == batches:
+                start, cpu_start = time.perf_counter(), _tree_cpu_seconds()
+            if done == batches:  # measured before the loop is left, which may end its workers (and their counts)
+                _sync(device)
+                seconds, cpu_seconds = time.perf_counter() - start, _tree_cpu_seconds() - cpu_start
                 break
         epoch += 1
-    _sync(device)
-    return batches * batch_size / (time.perf_counter() - start)
+    return {"img_per_s": round(batches * batch_size / seconds, 1),
+            "img_per_s_per_core": round(batches * batch_size / max(cpu_seconds, 1e-9), 1),
+            "bytes_per_image": round(sample / batch_size)}
+
+
+def _tree_cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process and every live process below it (DataLoader
+    workers, the forkserver's), from /proc; this process's own on systems without it."""
+    if not os.path.isdir("/proc"):
+        return time.process_time()
+    parents, ticks = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        parents[int(entry)] = int(fields[1])
+        ticks[int(entry)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {os.getpid()}, [os.getpid()]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier and pid not in tree]
+        tree.update(children)
+        frontier = children
+    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
 def _sync(device: torch.device) -> None:
@@ -92,7 +146,12 @@ def get_args_parser() -> ArgumentParser:
                    help="write a synthetic ImageNet-like folder of JPEGs at ROOT and exit")
     p.add_argument("--images", default=2000, type=POSITIVE_INT, help="--make_folder: number of JPEGs")
     p.add_argument("--classes", default=10, type=POSITIVE_INT, help="--make_folder: number of class folders")
-    p.add_argument("--backends", nargs="+", default=["pil", "dali"], choices=["pil", "dali"])
+    p.add_argument("--backends", nargs="+", default=["pil", "dali"], choices=["pil", "dali"],
+                   help="dali runs on --device: its CPU operators (dali-cpu) or the GPU's decoder (dali-gpu)")
+    p.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=PIPELINES,
+                   help="pretrain: RandomResizedCrop + flip; finetune: timm's crop, flip, RandAugment "
+                        "rand-m9-mstd0.5-inc1, random erasing 0.25; probe: single-draw crop + flip; eval: resize + "
+                        "center crop")
     p.add_argument("--workers", nargs="+", default=[1, 2], type=POSITIVE_INT,
                    help="the sweep: PIL DataLoader workers / DALI threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_name,
@@ -118,14 +177,18 @@ def main(argv: list[str] | None = None) -> dict | None:
     device = torch.device(args.device)
     backends = [b for b in args.backends if b == "pil" or not dali_import_error()]
     rows = []
-    for backend in backends:
-        for workers in args.workers:
-            img_s = measure(backend, args.data_path, workers, device, args.batch_size, args.batches, args.warmup,
-                            args.input_size, args.min_crop_scale)
-            rows.append({"backend": backend, "workers": workers, "img_per_s": round(img_s, 1)})
-    print("| backend | workers / threads | img/s |\n|---|---|---|")
+    for pipeline in args.pipelines:
+        for backend in backends:
+            for workers in args.workers:
+                row = measure(backend, args.data_path, workers, device, args.batch_size, args.batches, args.warmup,
+                              args.input_size, args.min_crop_scale, pipeline)
+                label = backend if backend == "pil" else f"dali-{'gpu' if device.type == 'cuda' else 'cpu'}"
+                rows.append({"pipeline": pipeline, "backend": label, "workers": workers, **row})
+    print("| pipeline | backend | workers / threads | img/s | img/s per core | bytes/image |\n"
+          "|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['backend']} | {row['workers']} | {row['img_per_s']:.1f} |")
+        print(f"| {row['pipeline']} | {row['backend']} | {row['workers']} | {row['img_per_s']:.1f} | "
+              f"{row['img_per_s_per_core']:.1f} | {row['bytes_per_image']} |")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine()
     result = {"rows": rows, "device": f"{device.type} ({name}), {os.cpu_count()} CPU cores",
               "batch_size": args.batch_size, "input_size": args.input_size,

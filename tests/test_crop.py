@@ -101,5 +101,5 @@ def test_build_linprobe_transform_shape():
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 256, size=(28, 28, 3), dtype=np.uint8))
     out = build_linprobe_transform(32)(img)
-    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
     assert isinstance(build_linprobe_transform(32).transforms[0], SingleDrawResizedCrop)

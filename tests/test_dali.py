@@ -17,11 +17,11 @@ import main_finetune
 import main_linprobe
 import main_pretrain
 from base.errors import UsageError
+from base.images import normalize
 from benchmarks import dataload
 from models import create_model
-from models.hog import denormalize_to_uint8
 from util import dali_loader
-from util.dali_loader import choose_backend, dali_import_error, dali_train_loader
+from util.dali_loader import choose_backend, dali_import_error, dali_train_loader, pretrain_crops
 from util.data import ImageFiles, build_pretrain_transform
 from util.session import Session, begin_epoch, train_loader
 
@@ -36,7 +36,7 @@ def loaders(folder: Path, *, seed: int = 0, rank: int = 0, world_size: int = 1, 
     files = ImageFiles(str(folder), build_pretrain_transform(size, min_scale))
     cfg = SimpleNamespace(seed=seed, batch_size=batch_size, accum_iter=1, num_workers=0, pin_mem=True, input_size=size)
     session = Session(rank, world_size, torch.device(device), "fp32", None)
-    return dali_train_loader(cfg, session, files, min_scale), train_loader(cfg, session, files), files
+    return dali_train_loader(cfg, session, files, pretrain_crops(size, min_scale)), train_loader(cfg, session, files), files
 
 
 def epoch_batches(loader, epoch: int, skip: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -64,7 +64,7 @@ def write_solid(folder: Path, count: int) -> Path:
 
 def solid_ids(images: torch.Tensor) -> list[int]:
     """The indices of ``write_solid`` images in a batch, read back from their red channel."""
-    red = denormalize_to_uint8(images)[:, 0].mean(dim=(1, 2))
+    red = images[:, 0].float().mean(dim=(1, 2))
     return [int(v) for v in torch.round(red / 10)]
 
 
@@ -77,8 +77,8 @@ def smooth_folder(tmp_path_factory) -> Path:
     not torch.cuda.is_available(), reason="the mixed (GPU) decoder needs a GPU"))])
 def test_batches_match_the_pil_path(smooth_folder, device):
     """Per epoch, as many batches as the PIL path, the same labels in the same order and the same crop windows
-    and flips: the pixels differ only by the decoders' and resamplers' rounding. Float32 NCHW on the device,
-    normalized, and quantized to 0..255 levels, which DMJD's HOG recovers exactly."""
+    and flips: the pixels differ only by the decoders' and resamplers' rounding. uint8 NCHW on the device, as the
+    PIL path hands them over (the trainer normalizes them there)."""
     dali, pil, _ = loaders(smooth_folder, device=device)
     for epoch in (0, 1):
         with warnings.catch_warnings():
@@ -87,15 +87,10 @@ def test_batches_match_the_pil_path(smooth_folder, device):
         ref = epoch_batches(pil, epoch)
         assert len(got) == len(ref) == len(dali) == 4
         for (images, labels), (ref_images, ref_labels) in zip(got, ref):
-            assert images.shape == (4, 3, SIZE, SIZE) and images.dtype == torch.float32
+            assert images.shape == (4, 3, SIZE, SIZE) and images.dtype == ref_images.dtype == torch.uint8
             assert images.device.type == device and torch.equal(labels, ref_labels)
-            images = images.cpu()
-            diff = (images - ref_images).abs()
-            assert diff.mean() < 0.01 and diff.max() < 0.1, (diff.mean(), diff.max())  # 1/255/0.225 = 0.017
-            pixels = (images * torch.tensor([0.229, 0.224, 0.225])[:, None, None]
-                      + torch.tensor([0.485, 0.456, 0.406])[:, None, None]) * 255
-            assert torch.allclose(pixels, denormalize_to_uint8(images), atol=1e-3)
-            assert pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
+            diff = (images.cpu().float() - ref_images.float()).abs()
+            assert diff.mean() < 0.6 and diff.max() < 6, (diff.mean(), diff.max())  # levels of 0..255
 
 
 def write_coordinates(folder: Path, count: int) -> Path:
@@ -111,7 +106,7 @@ def write_coordinates(folder: Path, count: int) -> Path:
 def measured_window(image: torch.Tensor) -> tuple[float, float, float, float, bool]:
     """(left, top, width, height, flipped) of a crop of a ``write_coordinates`` image resized to S x S: in the
     interior the bicubic resize of a ramp is the ramp, value(j) = origin + (j + 0.5) * extent / S - 0.5."""
-    pixels = denormalize_to_uint8(image[None])[0].double()
+    pixels = image.double()
     size = pixels.shape[-1]
     j = torch.arange(2, size - 2, dtype=torch.float64)
     red, green = pixels[0].mean(0)[2:-2], pixels[1].mean(1)[2:-2]
@@ -135,7 +130,7 @@ def test_crop_windows_measured_on_a_coordinate_image(tmp_path):
         for b, (images, _) in enumerate(dali):
             for k, image in enumerate(images):
                 left, top, width, height, flipped = measured_window(image)
-                _, (t, l, h, w), flip, *_ = dali.dataset[order[4 * b + k]]
+                _, (t, l, h, w, flip), *_ = dali.dataset[order[4 * b + k]]
                 assert flipped == flip
                 assert abs(left - l) < 1.5 and abs(top - t) < 1.5, ((left, top), (l, t))
                 assert abs(width - w) < 2 and abs(height - h) < 2, ((width, height), (w, h))
@@ -159,8 +154,8 @@ def test_seeds_fix_the_crops_and_epochs_change_them(tmp_path):
     other, _, _ = loaders(folder, seed=4)
     reference = torch.cat([x for x, _ in epoch_batches(first, 0)])
     assert torch.equal(reference, torch.cat([x for x, _ in epoch_batches(again, 0)]))
-    assert not torch.allclose(reference, torch.cat([x for x, _ in epoch_batches(first, 1)]), atol=0.1)
-    assert not torch.allclose(reference, torch.cat([x for x, _ in epoch_batches(other, 0)]), atol=0.1)
+    assert not torch.allclose(reference.float(), torch.cat([x for x, _ in epoch_batches(first, 1)]).float(), atol=6)
+    assert not torch.allclose(reference.float(), torch.cat([x for x, _ in epoch_batches(other, 0)]).float(), atol=6)
 
 
 def test_two_ranks_share_out_every_image_once(tmp_path):
@@ -224,7 +219,7 @@ def test_a_dali_batch_trains_a_tiny_dmjd_step(smooth_folder):
                          num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
     dali, _, _ = loaders(smooth_folder, size=64, min_scale=0.5)
     images, _ = epoch_batches(dali, 0)[0]
-    out = model(images)
+    out = model(normalize(images))
     out.loss.backward()
     assert torch.isfinite(out.loss) and len(out.losses) > 1
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
@@ -272,27 +267,36 @@ def test_pretrain_cli_runs_on_dali_and_resumes_exactly(smooth_folder, tmp_path):
 
 
 def test_dali_where_unsupported_is_a_usage_error(tmp_path):
-    """Fashion-MNIST's arrays take the PIL path; fine-tuning and linear probing have no --data_backend."""
+    """Fashion-MNIST's arrays take the PIL path, in every CLI."""
     args = main_pretrain.get_args_parser().parse_args(
         [*TINY, "--data_backend", "dali", "--data_set", "fashion_mnist", "--output_dir", str(tmp_path)])
     with pytest.raises(UsageError, match="--data_set fashion_mnist is decoded in memory: pass --data_backend pil"):
         main_pretrain.main(args)
     for cli in (main_finetune, main_linprobe):
-        with pytest.raises(UsageError, match="unrecognized arguments: --data_backend dali"):
-            cli.get_args_parser().parse_args(["--data_backend", "dali"])
+        args = cli.get_args_parser().parse_args(
+            ["--model", "vit_tiny_patch16", "--data_backend", "dali", "--data_set", "fashion_mnist", "--device",
+             "cpu", "--output_dir", str(tmp_path / cli.__name__)])
+        with pytest.raises(UsageError, match="is decoded in memory: pass --data_backend pil"):
+            cli.main(args)
 
 
 def test_dataload_benchmark_runs_on_a_tiny_folder(tmp_path, capsys):
-    """The synthetic folder is JPEGs of the given size; the sweep prints a table and one JSON object."""
+    """The synthetic folder is JPEGs of the given size; the sweep (every pipeline by default) prints a table and
+    one JSON object, with img/s, img/s per core and the bytes per image a worker hands over (PIL: the uint8
+    crop, 3 x 32 x 32 + its label; DALI: the JPEG and its plan)."""
     paths = dataload.make_folder(str(tmp_path / "fake"), images=8, classes=2, size=(50, 40))
     assert len(paths) == 8 and Image.open(paths[0]).size == (50, 40) and Image.open(paths[0]).format == "JPEG"
     result = dataload.main(["--data_path", str(tmp_path / "fake"), "--workers", "1", "--batch_size", "4",
                             "--batches", "2", "--warmup", "1", "--input_size", "32", "--device", "cpu"])
     lines = capsys.readouterr().out.strip().splitlines()
     assert json.loads(lines[-1]) == result
-    assert [(r["backend"], r["workers"]) for r in result["rows"]] == [("pil", 1), ("dali", 1)]
-    assert all(r["img_per_s"] > 0 for r in result["rows"])
-    assert {"device", "date", "torch", "command"} <= set(result) and lines[0].startswith("| backend")
+    assert [(r["pipeline"], r["backend"]) for r in result["rows"]] == \
+        [(p, b) for p in ("pretrain", "finetune", "probe", "eval") for b in ("pil", "dali-cpu")]
+    assert all(r["img_per_s"] > 0 and r["img_per_s_per_core"] > 0 for r in result["rows"])
+    assert {r["bytes_per_image"] for r in result["rows"] if r["backend"] == "pil"} == {3 * 32 * 32 + 8}
+    jpeg = np.mean([Path(p).stat().st_size for p in paths])
+    assert all(jpeg < r["bytes_per_image"] < jpeg + 200 for r in result["rows"] if r["backend"] == "dali-cpu")
+    assert {"device", "date", "torch", "command"} <= set(result) and lines[0].startswith("| pipeline")
 
 
 def _collect_garbage_and_exit() -> None:

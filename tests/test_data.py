@@ -3,16 +3,21 @@ import gzip
 import os
 import struct
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
+from torchvision import transforms
 
 from base.errors import UsageError
+from base.images import IMAGENET_MEAN, IMAGENET_STD, normalize
+from util.classify import build_linprobe_transform
 from util.data import (FASHION_MNIST_DIR, build_dataset, build_eval_transform,
                        build_pretrain_transform)
+from util.session import Session, begin_epoch, train_loader
 
 
 def _write_images(folder, count, start=0):
@@ -131,13 +136,26 @@ def test_unknown_data_set_is_a_usage_error():
         build_dataset("cifar10", "/tmp", None)
 
 
-def test_pretrain_transform_shape_and_normalization():
+@pytest.mark.parametrize("build", [build_pretrain_transform, build_eval_transform, build_linprobe_transform])
+def test_transforms_hand_over_uint8_normalized_on_the_device_as_torchvision_would(build):
+    """Every transform ends in a uint8 [3, S, S] crop; ``normalize`` of it is ToTensor + Normalize of the same
+    crop bit for bit (the same float32 operations), so moving normalization out of the workers changes no
+    value a model sees."""
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8))
-    out = build_pretrain_transform(24)(image)
-    assert out.shape == (3, 24, 24) and out.dtype == torch.float32
-    # Uniform pixels in [0, 1] normalized with ImageNet stats land roughly in [-2.2, 2.7] around zero.
-    assert -2.5 < out.min() and out.max() < 3.0 and abs(out.mean()) < 0.5
+    torch.manual_seed(0)
+    out = build(24)(image)
+    assert out.shape == (3, 24, 24) and out.dtype == torch.uint8
+    crop = Image.fromarray(out.permute(1, 2, 0).numpy())
+    reference = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)(transforms.ToTensor()(crop))
+    assert torch.equal(normalize(out[None])[0], reference)
+    # uniform pixels normalized with ImageNet's statistics land in about [-2.2, 2.7] around zero
+    assert -2.5 < reference.min() and reference.max() < 3.0 and abs(reference.mean()) < 0.5
+
+
+def test_normalize_refuses_a_float_batch():
+    with pytest.raises(TypeError, match="uint8"):
+        normalize(torch.zeros(1, 3, 4, 4))
 
 
 @pytest.mark.parametrize("size", [32, 224, 256])
@@ -179,3 +197,24 @@ def test_fashion_mnist_debian_files():
     image, label = test[0]
     assert image.shape == (3, 32, 32) and 0 <= label <= 9
     assert len(build_dataset("fashion_mnist", None, None, limit=100)) == 100
+
+
+def test_persistent_workers_follow_the_epochs_and_resume(tmp_path):
+    """train_loader's workers live across epochs, which their copies of the dataset never hear of: each epoch
+    (and a resumed epoch's rest) still gives the batches of a loader without workers, and epochs differ."""
+    _write_images(tmp_path / "a", 6)
+    _write_images(tmp_path / "b", 6, start=6)
+    files = build_dataset("imagefolder", str(tmp_path), build_pretrain_transform(16))
+    session = Session(0, 1, torch.device("cpu"), "fp32", None)
+    made = {workers: train_loader(SimpleNamespace(seed=0, batch_size=4, accum_iter=1, num_workers=workers,
+                                                  pin_mem=False), session, files) for workers in (0, 1)}
+    assert made[1].persistent_workers and not made[0].persistent_workers
+    epochs = {}
+    for epoch, skip in ((0, 0), (1, 0), (2, 1), (1, 0)):
+        got = {}
+        for workers, loader in made.items():
+            begin_epoch(loader, epoch, skip)
+            got[workers] = torch.cat([images for images, _ in loader])
+        assert torch.equal(got[0], got[1]), (epoch, skip)
+        epochs[epoch, skip] = got[1]
+    assert not torch.equal(epochs[0, 0], epochs[1, 0])

@@ -124,8 +124,8 @@ def _train_tiny(rank: int, world_size: int, batch_size: int, accum_iter: int = 1
     torch.manual_seed(0)
     model = create_model("mae_vit_tiny_patch16", **TINY_MAE)
     model.masking = SharedMasking()
-    data = TensorDataset(torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1)),
-                         torch.zeros(32, dtype=torch.long))
+    data = TensorDataset(torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8,
+                                       generator=torch.Generator().manual_seed(1)), torch.zeros(32, dtype=torch.long))
     sampler = DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=False)
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler)
     # SGD, not AdamW: Adam rescales gradients that are zero up to rounding (the key bias of attention
@@ -174,7 +174,9 @@ def test_accumulation_matches_large_batch():
 def test_nan_loss_stops_with_clear_message():
     """A non-finite loss raises at the next log step with a sentence that suggests the fix."""
     model = create_model("mae_vit_tiny_patch16", **TINY_MAE)
-    data = TensorDataset(torch.full((8, 3, 32, 32), float("nan")), torch.zeros(8, dtype=torch.long))
+    with torch.no_grad():
+        model.encoder.patch_embed.proj.bias.fill_(float("nan"))  # the loaders' uint8 images cannot hold a NaN
+    data = TensorDataset(torch.zeros(8, 3, 32, 32, dtype=torch.uint8), torch.zeros(8, dtype=torch.long))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     with pytest.raises(NonFiniteLossError, match="not finite.*--blr"):
         one_epoch(model, DataLoader(data, batch_size=4), optimizer, 1e-3, "--print_freq", "1")

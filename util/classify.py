@@ -1,11 +1,14 @@
 """What fine-tuning and linear probing build alike: the classes (and the check that a checkpoint was trained on
-them), the classifier with its pretrained encoder, the train / validation loaders, and the linear probe's
-augmentation."""
+them), the classifier with its pretrained encoder, the train / validation loaders, and the augmentations: the
+linear probe's, and fine-tuning's, whose random erasing runs on the device."""
 import math
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
+from timm.data import create_transform
+from timm.data.transforms import RandomResizedCropAndInterpolation
+from timm.data.random_erasing import RandomErasing
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, SequentialSampler
 from torchvision import transforms
@@ -15,7 +18,10 @@ from base.errors import UsageError
 from base.images import IMAGENET_MEAN, IMAGENET_STD
 from util import distributed as dist_util
 from util.checkpoint import load_pretrained
-from util.config import ClassifyConfig
+from util.config import ClassifyConfig, FinetuneConfig
+from util.dali_augment import RandAugmentPlan
+from util.dali_loader import dali_eval_loader, dali_train_loader
+from util.dali_plans import RandomCrops
 from util.data import Transform, build_dataset, dataset_classes
 from util.runtime import build_named_model, recipe_options
 from util.session import Session, ignore_stop_signals, train_loader
@@ -42,16 +48,23 @@ def data_classes(cfg: ClassifyConfig) -> Classes:
 
 
 def build_loaders(cfg: ClassifyConfig, session: Session, train_transform: Transform, eval_transform: Transform,
-                  classes: Classes) -> ClassifyData:
+                  classes: Classes, dali_plan: RandomCrops | None = None) -> ClassifyData:
     """The training shard and the validation loader (``val/`` of an ImageFolder, or the test split), sharded
-    too with ``--dist_eval``; both splits must have the training data's class folders."""
-    train_set = build_dataset(cfg.data_set, cfg.data_path, train_transform, train=True, limit=cfg.data_limit,
-                              classes=classes.names)
-    val_set = build_dataset(cfg.data_set, cfg.data_path, eval_transform, train=False, classes=classes.names)
+    too with ``--dist_eval``; both splits must have the training data's class folders. With ``dali_plan``
+    (``--data_backend dali``) both run on DALI: training as the plan says (the DALI form of ``train_transform``),
+    evaluation as ``eval_transform`` (``build_eval_transform``) does."""
+    dali = dali_plan is not None
+    train_set = build_dataset(cfg.data_set, cfg.data_path, None if dali else train_transform, train=True,
+                              limit=cfg.data_limit, classes=classes.names)
+    val_set = build_dataset(cfg.data_set, cfg.data_path, None if dali else eval_transform, train=False,
+                            classes=classes.names)
     if cfg.dist_eval and session.world_size > 1:
         val_sampler = EvalShard(len(val_set), session.world_size, session.rank)
     else:
         val_sampler = SequentialSampler(val_set)
+    if dali:
+        return ClassifyData(dali_train_loader(cfg, session, train_set, dali_plan, allow_empty=cfg.eval),
+                            dali_eval_loader(cfg, session, val_set, val_sampler))
     val = DataLoader(val_set, batch_size=cfg.batch_size, sampler=val_sampler, num_workers=cfg.num_workers,
                      pin_memory=cfg.pin_mem and session.device.type == "cuda", drop_last=False,
                      worker_init_fn=ignore_stop_signals)  # the epoch's evaluation must finish at a stop signal
@@ -168,10 +181,46 @@ class SingleDrawResizedCrop(transforms.RandomResizedCrop):
 
 
 def build_linprobe_transform(input_size: int) -> transforms.Compose:
-    """Linear-probe training augmentation: RGB PIL image -> normalized ``[3, input_size, input_size]`` tensor."""
+    """Linear-probe training augmentation: RGB PIL image -> uint8 ``[3, input_size, input_size]`` tensor."""
     return transforms.Compose([
         SingleDrawResizedCrop(input_size, interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.PILToTensor(),
     ])
+
+
+def build_finetune_transform(cfg: FinetuneConfig) -> transforms.Compose:
+    """Fine-tuning's augmentation in the workers, timm's as MAE builds it (RandomResizedCrop with scale 0.08-1,
+    flip, ``--aa`` RandAugment or ``--color_jitter``, bicubic): RGB PIL image -> uint8 ``[3, input_size,
+    input_size]``. Its normalization and random erasing run on the device, on the batch (``build_random_erasing``):
+    timm's transform would do both here, on each image, in float32."""
+    primary, secondary, _ = create_transform(input_size=cfg.input_size, is_training=True,
+                                             color_jitter=cfg.color_jitter, auto_augment=cfg.aa,
+                                             interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                             separate=True)
+    return transforms.Compose([*primary.transforms, *secondary.transforms, transforms.PILToTensor()])
+
+
+def build_random_erasing(cfg: FinetuneConfig, device: torch.device) -> RandomErasing | None:
+    """timm's random erasing (``--reprob``, ``--remode``, ``--recount``) of a normalized batch ``[B, 3, S, S]``
+    on ``device``, in place, each image on its own as in timm's transform (its boxes from Python's RNG, 'pixel' and
+    'rand' fills from ``device``'s, both restored on resume); None when ``--reprob`` is 0."""
+    if cfg.reprob == 0:
+        return None
+    return RandomErasing(cfg.reprob, mode=cfg.remode, max_count=cfg.recount, device=device)
+
+
+def linprobe_plan(input_size: int) -> RandomCrops:
+    """``build_linprobe_transform``'s DALI plan: the single-draw crop, a flip."""
+    return RandomCrops(input_size, SingleDrawResizedCrop.get_params, (0.08, 1.0))
+
+
+def finetune_plan(cfg: FinetuneConfig) -> RandomCrops:
+    """``build_finetune_transform``'s DALI plan: timm's crop, a flip, RandAugment (``util.dali_augment``).
+    Raises ``UsageError`` for what it does not map: another ``--aa`` than timm's RandAugment with increasing
+    magnitudes, or ``--color_jitter`` without it."""
+    if cfg.aa is None and cfg.color_jitter:
+        raise UsageError("--data_backend dali has no color jitter: pass --data_backend pil for --color_jitter "
+                         "without --aa")
+    augment = RandAugmentPlan(cfg.aa, cfg.input_size) if cfg.aa else None
+    return RandomCrops(cfg.input_size, RandomResizedCropAndInterpolation.get_params, (0.08, 1.0), augment=augment)

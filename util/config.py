@@ -91,6 +91,11 @@ class RunConfig:
                                                          "folder of images; fashion_mnist: /usr/share/datasets/"
                                                          "fashion-mnist")
     data_limit: int | None = setting(None, type=POSITIVE_INT, help="use only the first N training images (demos)")
+    # as given: None means DALI on a GPU when it imports (util.dali_loader.choose_backend)
+    data_backend: str | None = setting(None, choices=DATA_BACKENDS,
+                                       help="input pipeline: dali (decode and augment on the GPU, or its CPU "
+                                            "operators) or pil (default: dali on a GPU with an image folder when "
+                                            "DALI is installed and, fine-tuning, maps --aa; else pil)")
     fsdp: bool = setting(False, switch=True, help="shard weights, gradients and optimizer state over the processes "
                                                   "(FSDP2) instead of replicating them (DDP); checkpoints become "
                                                   "checkpoint-<epoch>.dcp folders")
@@ -166,11 +171,6 @@ class PretrainConfig(MethodOptions, RunConfig):
                                      help="the mask grid's side (input_size / 16); checked against the model's patch "
                                           "grid")
     vis_freq: int = setting(20, type=POSITIVE_INT, help="write a reconstruction grid every N epochs")
-    # as given: None means DALI on a GPU when it imports (util.dali_loader.choose_backend)
-    data_backend: str | None = setting(None, choices=DATA_BACKENDS,
-                                       help="input pipeline: dali (decode and augment on the GPU, or its CPU "
-                                            "operators) or pil (default: dali on a GPU with an image folder when "
-                                            "DALI is installed, else pil)")
     # as given: None means every --save_freq epochs when the data have labels, else never (main_pretrain)
     knn_freq: int | None = setting(None, type=NON_NEGATIVE_INT,
                                    help="kNN top-1/top-5 of the encoder's features every N epochs (0: never; "

@@ -1,13 +1,14 @@
-"""The pretraining input pipeline on NVIDIA DALI: JPEG decoding (the GPU's hardware decoder, or the CPU),
-crop, bicubic resize, flip and normalization in DALI, with the data order and the crops of the PIL path.
+"""The input pipelines on NVIDIA DALI: JPEG decoding (the GPU's hardware decoder, or the CPU), crop, bicubic
+resize, flip and fine-tuning's RandAugment in DALI, with the data order, crops and draws of the PIL path, for
+pretraining, fine-tuning, linear probing and evaluation.
 
 Worker processes of an ordinary ``util.session.train_loader`` (the same ``ResumableSampler``, per-item
-seeding, ``begin_epoch`` and resume) read each file's bytes and draw its crop window and flip exactly as the
-PIL path's ``RandomResizedCrop`` + ``RandomHorizontalFlip`` would (the image size from the file's header);
-DALI decodes only that window (``fn.decoders.image_slice``, a fused decode + crop) and finishes the batch.
-So a seed gives the PIL path's windows and flips, an epoch is resumable part-way, and DALI's thread count
-changes no result. A batch DALI cannot decode (a corrupt file) is decoded with PIL instead, its unreadable
-files skipped and counted as ``ImageFiles`` does. Fine-tuning and linear probing keep the PIL path.
+seeding, ``begin_epoch`` and resume) read each file's bytes and draw its plan (``util.dali_plans``: crop window,
+flip, RandAugment operations) exactly as the PIL path's transform would (the image size from the file's
+header); DALI decodes only that window (``fn.decoders.image_slice``, a fused decode + crop) and carries out the
+rest on the batch. So a seed gives the PIL path's windows, flips and RandAugment choices, an epoch is resumable
+part-way, and DALI's thread count changes no result. A batch DALI cannot decode (a corrupt file) is decoded with
+PIL and handed to DALI again, its unreadable files skipped and counted as ``ImageFiles`` does.
 """
 import functools
 import io
@@ -20,15 +21,17 @@ from typing import Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torchvision import transforms
-from torchvision.transforms import functional as TF
 
 from base.errors import UsageError
-from base.images import IMAGENET_MEAN, IMAGENET_STD, is_deep, read_image
+from base.images import is_deep, read_image
 from util.config import RunConfig
+from util.dali_plans import CenterCrops, RandomCrops
 from util.data import ImageFiles, UNREADABLE
-from util.session import Session, train_loader
+from util.session import Session, ignore_stop_signals, train_loader
+
+Plan = RandomCrops | CenterCrops
 
 _ORPHANS: list = []  # a forked child's copies of the parent's native DALI pipelines (_forget_pipelines_in_child)
 DALI_PACKAGE = "nvidia-dali-cuda130"
@@ -102,16 +105,13 @@ def _load_encoded(path: str) -> tuple[bytes, Image.Image]:
     return data, header
 
 
-class EncodedCrops(torch.utils.data.Dataset):
-    """``files``' item ``i`` as its encoded bytes, its crop window (top, left, height, width) and flip, drawn
-    as ``util.data.build_pretrain_transform(input_size, min_scale)`` draws them from the same RNG state
-    (under ``SeededItems``: the PIL path's windows and flips), and its label. An unreadable file gives the next
-    readable one's, as in ``ImageFiles``."""
+class EncodedItems(torch.utils.data.Dataset):
+    """``files``' item ``i`` as its encoded bytes, its plan (``plan.draw`` of its header: under ``SeededItems``
+    the window, flip and augmentation draws of the PIL transform ``plan`` stands for), its label, ``i`` and the
+    file read. An unreadable file gives the next readable one's, as in ``ImageFiles``."""
 
-    def __init__(self, files: ImageFiles, input_size: int, min_scale: float):
-        self.files = files
-        self.crop = transforms.RandomResizedCrop(input_size, scale=(min_scale, 1.0),
-                                                 interpolation=transforms.InterpolationMode.BICUBIC)
+    def __init__(self, files: ImageFiles, plan: Plan):
+        self.files, self.plan = files, plan
 
     def __len__(self) -> int:
         return len(self.files)
@@ -120,21 +120,18 @@ class EncodedCrops(torch.utils.data.Dataset):
         """``ImageFiles.skipped_flags``: what the trainer counts and logs."""
         return self.files.skipped_flags()
 
-    def __getitem__(self, index: int) -> tuple[bytes, tuple[int, int, int, int], bool, int, int, int]:
+    def __getitem__(self, index: int) -> tuple[bytes, list[float], int, int, int]:
         file, (data, header), label = self.files.read(index, _load_encoded)
-        window = self.crop.get_params(header, self.crop.scale, self.crop.ratio)
-        flip = bool(torch.rand(1) < 0.5)  # RandomHorizontalFlip's draw, after the crop's
-        return data, window, flip, label, index, file
+        return data, self.plan.draw(header), label, index, file
 
 
 @dataclass
 class EncodedBatch:
-    """A batch of ``EncodedCrops`` items, packed so that a worker hands it over in a few shared buffers."""
+    """A batch of ``EncodedItems``, packed so that a worker hands it over in a few shared buffers."""
 
     data: torch.Tensor  # [total bytes] uint8, the files one after another
     offsets: torch.Tensor  # [B + 1] int64: file k is data[offsets[k]:offsets[k + 1]]
-    windows: torch.Tensor  # [B, 4] int64: top, left, height, width
-    flips: torch.Tensor  # [B] bool
+    plans: torch.Tensor  # [B, P] float64: each image's plan (util.dali_plans)
     labels: torch.Tensor  # [B] int64
     indices: torch.Tensor  # [B] int64: the sampler's indices
     files: torch.Tensor  # [B] int64: the files read (another where the sampler's was unreadable)
@@ -142,35 +139,38 @@ class EncodedBatch:
     def encoded(self, k: int) -> np.ndarray:
         return self.data[self.offsets[k]:self.offsets[k + 1]].numpy()
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes a worker hands over for this batch."""
+        return sum(t.nbytes for t in (self.data, self.offsets, self.plans, self.labels, self.indices, self.files))
+
 
 def collate_encoded(items: list) -> EncodedBatch:
-    datas, windows, flips, labels, indices, files = zip(*items)
+    datas, plans, labels, indices, files = zip(*items)
     offsets = np.cumsum([0] + [len(d) for d in datas])
     return EncodedBatch(torch.frombuffer(bytearray(b"".join(datas)), dtype=torch.uint8),
-                        torch.from_numpy(offsets), torch.tensor(windows), torch.tensor(flips),
+                        torch.from_numpy(offsets), torch.tensor(plans, dtype=torch.float64),
                         torch.tensor(labels), torch.tensor(indices), torch.tensor(files))
 
 
-def pil_finish(image: Image.Image, window: torch.Tensor, flip: bool, size: int) -> torch.Tensor:
-    """The PIL path's transform with the window and flip given: RGB image -> normalized [3, size, size]."""
-    top, left, height, width = window.tolist()
-    image = TF.resized_crop(image, top, left, height, width, [size, size], TF.InterpolationMode.BICUBIC)
-    if flip:
-        image = TF.hflip(image)
-    return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
+def _png(image: Image.Image) -> bytes:
+    encoded = io.BytesIO()
+    image.save(encoded, format="PNG")
+    return encoded.getvalue()
 
 
 class DaliLoader:
-    """Iterated like the PIL path's DataLoader: ``len`` batches of (images ``[B, 3, S, S]`` float32 on
+    """Iterated like the PIL path's DataLoader: ``len`` batches of (images ``[B, 3, S, S]`` uint8 on
     ``device``, labels ``[B]`` int64) per epoch. ``sampler``, ``batch_size`` and ``dataset`` are those of
-    ``host``, the DataLoader of ``EncodedBatch``es, so that ``util.session.begin_epoch`` and the trainer's
-    skipped-file count treat both paths alike.
+    ``host``, the DataLoader of ``EncodedBatch``es, so that ``util.session.begin_epoch``, the trainer's
+    skipped-file count and evaluation's ``EvalShard`` treat both paths alike.
 
-    ``host``: a ``train_loader`` over ``EncodedCrops``; ``device``: a GPU (hardware/hybrid "mixed" decoding,
-    resize and normalization on it) or the CPU; ``num_threads``: DALI's CPU threads."""
+    ``host``: a DataLoader over ``EncodedItems`` (``train_loader``'s for training); ``plan``: what DALI does to
+    each image (``util.dali_plans``); ``device``: a GPU (hardware/hybrid "mixed" decoding, the rest on it) or the
+    CPU; ``num_threads``: DALI's CPU threads."""
 
-    def __init__(self, host: DataLoader, input_size: int, device: torch.device, num_threads: int):
-        self.host, self.input_size, self.device, self.num_threads = host, input_size, device, num_threads
+    def __init__(self, host: DataLoader, plan: Plan, device: torch.device, num_threads: int):
+        self.host, self.plan, self.device, self.num_threads = host, plan, device, num_threads
         self.sampler, self.batch_size, self.dataset = host.sampler, host.batch_size, host.dataset
         self._pipe = None
         self._source: Iterator[EncodedBatch] = iter(())
@@ -182,28 +182,28 @@ class DaliLoader:
 
     @property
     def files(self) -> ImageFiles:
-        return self.dataset.dataset.files
+        return getattr(self.dataset, "dataset", self.dataset).files  # under SeededItems when training
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self._pipe is None:
             self._pipe = self._build()
-        self._source, finished = iter(self.host), False
+        self._source, finished, done = iter(self.host), False, 0
         stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
         try:
-            for _ in range(len(self)):
+            while done < len(self):
                 try:
                     (out,) = self._pipe.run(stream)
                 except RuntimeError as err:  # DALI could not decode a file: the pipeline has to be rebuilt
                     batch = self._fed.popleft()
                     self._refeed.extend(self._fed)
                     self._fed.clear()
+                    self._refeed.appendleft(self._decoded_on_host(batch, err))
                     self._pipe = None
-                    images = self._decode_on_host(batch, err)
                     self._pipe = self._build()
-                else:
-                    batch = self._fed.popleft()
-                    images = torch.from_dlpack(out.as_tensor())
-                yield images, batch.labels
+                    continue
+                batch = self._fed.popleft()
+                done += 1
+                yield torch.from_dlpack(out.as_tensor()), batch.labels
             finished = True
         finally:
             if finished:
@@ -214,79 +214,86 @@ class DaliLoader:
             self._refeed.clear()
             self._source = iter(())
 
-    def _next_batch(self) -> tuple[list, list, list, list]:
-        """DALI's source: the next batch's encoded files, window anchors (x, y), window shapes (w, h) and
-        flips; StopIteration at the end of the epoch."""
+    def _next_batch(self) -> list:
+        """DALI's source: the next batch's encoded files and its plans' inputs (``plan.feed``); StopIteration at
+        the end of the epoch."""
         batch = self._refeed.popleft() if self._refeed else next(self._source)
         self._fed.append(batch)
-        windows = batch.windows.numpy()
-        anchors = np.ascontiguousarray(windows[:, [1, 0]], dtype=np.float32)
-        shapes = np.ascontiguousarray(windows[:, [3, 2]], dtype=np.float32)
-        flips = batch.flips.numpy().astype(np.int32)
-        return [batch.encoded(k) for k in range(len(flips))], list(anchors), list(shapes), list(flips)
+        return [[batch.encoded(k) for k in range(len(batch.labels))], *self.plan.feed(batch.plans.numpy())]
 
     def _build(self):
         import nvidia.dali.fn as fn
         import nvidia.dali.types as types
-        from nvidia.dali import Pipeline
+        from nvidia.dali import pipeline_def
 
         _guard_forks()
         gpu = self.device.type == "cuda"
         device_id = (self.device.index if self.device.index is not None else torch.cuda.current_device()) \
             if gpu else None
-        pipe = Pipeline(batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id,
-                        prefetch_queue_depth=2)
-        with pipe:
-            encoded, anchors, shapes, flips = fn.external_source(self._next_batch, num_outputs=4, batch=True,
-                                                                 dtype=[types.UINT8, types.FLOAT, types.FLOAT,
-                                                                        types.INT32])
-            # only the window is decoded; EXIF orientation is ignored, as PIL's convert("RGB") ignores it
-            images = fn.decoders.image_slice(encoded, anchors, shapes, device="mixed" if gpu else "cpu",
-                                             output_type=types.RGB, normalized_anchor=False,
-                                             normalized_shape=False, adjust_orientation=False)
-            # uint8 out of the resize, as PIL's: the normalized input then determines the 0..255 crop exactly,
-            # which DMJD's HOG target recovers (models/hog.py)
-            images = fn.resize(images, size=(self.input_size, self.input_size), interp_type=types.INTERP_CUBIC,
-                               antialias=True)
-            images = fn.crop_mirror_normalize(images, mirror=flips, dtype=types.FLOAT, output_layout="CHW",
-                                              mean=[255 * m for m in IMAGENET_MEAN],
-                                              std=[255 * s for s in IMAGENET_STD])
-            pipe.set_outputs(images)
+        kinds = [types.UINT8, *self.plan.types()]
+
+        # conditionals: RandAugment applies each image's own operation (nvidia.dali.auto_aug.core.select)
+        @pipeline_def(enable_conditionals=self.plan.layers > 0)
+        def definition():
+            encoded, *inputs = fn.external_source(self._next_batch, num_outputs=len(kinds), batch=True, dtype=kinds)
+            return self.plan.graph(encoded, inputs, gpu)
+
+        pipe = definition(batch_size=self.batch_size, num_threads=self.num_threads, device_id=device_id,
+                          prefetch_queue_depth=2)
         pipe.build()
         return pipe
 
-    def _decode_on_host(self, batch: EncodedBatch, err: RuntimeError) -> torch.Tensor:
-        """The batch DALI failed on, made by the PIL path's transform with the same windows and flips; a file
-        PIL cannot read either is flagged unreadable and replaced by the next readable one (its own crop)."""
-        images, before = [], self.files.skipped
+    def _decoded_on_host(self, batch: EncodedBatch, err: RuntimeError) -> EncodedBatch:
+        """The batch DALI failed on, each file decoded by PIL and handed to DALI again as a PNG with its plan; a
+        file PIL cannot read either is flagged unreadable and replaced by the next readable one (its own plan)."""
+        items, before = [], self.files.skipped
         for k, index in enumerate(batch.indices.tolist()):
-            item = (batch.encoded(k).tobytes(), batch.windows[k], bool(batch.flips[k]), batch.files[k])
+            data, plan, label, file = batch.encoded(k).tobytes(), batch.plans[k].tolist(), batch.labels[k], \
+                int(batch.files[k])
             while True:
                 try:
-                    image = read_image(item[0])
+                    image = read_image(data)
                     break
                 except UNREADABLE as pil_err:
-                    self.files.mark_unreadable(int(item[3]), pil_err)
-                    data, window, flip, _, _, file = self.dataset[index]
-                    item = (data, torch.tensor(window), flip, file)
-            images.append(pil_finish(image, item[1], item[2], self.input_size))
+                    self.files.mark_unreadable(file, pil_err)
+                    data, plan, label, _, file = self.dataset[index]
+            items.append((_png(image), plan, int(label), index, file))
         reason = str(err).strip().splitlines()[0]
         warnings.warn(f"DALI could not decode a batch ({reason}): decoded it with PIL instead, "
                       f"{self.files.skipped - before} more unreadable file(s) skipped")
-        return torch.stack(images).to(self.device)
+        return collate_encoded(items)
 
 
-def dali_train_loader(cfg: RunConfig, session: Session, dataset: ImageFiles, min_scale: float,
-                      num_threads: int | None = None) -> DaliLoader:
-    """``DaliLoader`` over this process's shard of ``dataset`` (``train_loader``'s sampler and batches), crops
-    as ``build_pretrain_transform(cfg.input_size, min_scale)``; DALI's CPU threads: ``num_threads``, default
+def _threads(cfg: RunConfig, num_threads: int | None) -> int:
+    return num_threads if num_threads is not None else max(1, cfg.num_workers)
+
+
+def dali_train_loader(cfg: RunConfig, session: Session, dataset: ImageFiles, plan: Plan,
+                      num_threads: int | None = None, allow_empty: bool = False) -> DaliLoader:
+    """``DaliLoader`` over this process's shard of ``dataset`` (``train_loader``'s sampler and batches, and its
+    ``allow_empty``), each image as ``plan`` says; DALI's CPU threads: ``num_threads``, default
     ``--num_workers`` (at least 1)."""
     if not isinstance(dataset, ImageFiles):
         raise UsageError("--data_backend dali reads image files only: pass --data_backend pil")
-    # the workers restart every epoch, while DALI's threads run: forking then can copy a lock another thread
-    # holds and hang the worker (seen: the main process waiting forever for a batch's shared memory), so they
-    # start from the forkserver's clean process instead
-    host = train_loader(cfg, session, EncodedCrops(dataset, cfg.input_size, min_scale), collate_fn=collate_encoded,
+    # while DALI's threads run, forking can copy a lock another thread holds and hang the worker (seen: the main
+    # process waiting forever for a batch's shared memory), so the workers start from the forkserver's clean
+    # process instead
+    host = train_loader(cfg, session, EncodedItems(dataset, plan), allow_empty, collate_encoded,
                         start_method="forkserver")
-    threads = num_threads if num_threads is not None else max(1, cfg.num_workers)
-    return DaliLoader(host, cfg.input_size, session.device, threads)
+    return DaliLoader(host, plan, session.device, _threads(cfg, num_threads))
+
+
+def dali_eval_loader(cfg: RunConfig, session: Session, dataset: ImageFiles, sampler: Sampler,
+                     num_threads: int | None = None) -> DaliLoader:
+    """Evaluation's ``DaliLoader``: ``dataset`` in ``sampler``'s order, the last batch partial, each image
+    resized and center-cropped as ``util.data.build_eval_transform``."""
+    host = DataLoader(EncodedItems(dataset, CenterCrops(cfg.input_size)), batch_size=cfg.batch_size,
+                      sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_encoded, drop_last=False,
+                      multiprocessing_context="forkserver" if cfg.num_workers else None,
+                      worker_init_fn=ignore_stop_signals)  # the epoch's evaluation must finish at a stop signal
+    return DaliLoader(host, CenterCrops(cfg.input_size), session.device, _threads(cfg, num_threads))
+
+
+def pretrain_crops(input_size: int, min_scale: float) -> RandomCrops:
+    """``util.data.build_pretrain_transform(input_size, min_scale)``'s plan: torchvision's RandomResizedCrop."""
+    return RandomCrops(input_size, transforms.RandomResizedCrop.get_params, (min_scale, 1.0))

@@ -1,7 +1,9 @@
 """Datasets and transforms for pretraining and evaluation.
 
 Every dataset yields ``(image, label)`` where ``image`` is whatever ``transform`` makes of an RGB
-PIL image (a ``[3, S, S]`` float tensor for the transforms built here) and ``label`` is an int.
+PIL image and ``label`` is an int. The transforms built here end in a uint8 ``[3, S, S]`` tensor (0..255): a
+quarter of float32's bytes across the worker boundary and to the device, where ``base.images.normalize`` makes
+the model's input.
 """
 import gzip
 import multiprocessing
@@ -17,7 +19,7 @@ from torchvision import transforms
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from base.errors import UsageError
-from base.images import IMAGENET_MEAN, IMAGENET_STD, UnreadableImage, read_image
+from base.images import UnreadableImage, read_image
 
 DATA_SETS = ("imagefolder", "fashion_mnist")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -31,29 +33,33 @@ UNREADABLE = (UnreadableImage, OSError)
 
 
 def build_pretrain_transform(input_size: int, min_scale: float = 0.2) -> transforms.Compose:
-    """MAE pretraining augmentation: RGB PIL image -> normalized ``[3, input_size, input_size]`` tensor.
+    """MAE pretraining augmentation: RGB PIL image -> uint8 ``[3, input_size, input_size]`` tensor.
 
     ``min_scale`` bounds the crop area from below: 0.2 for MAE, 0.5 for DMJD (docs/methods.md §2.1). DMJD's HOG
-    input, the uint8 crop, is recovered exactly from this tensor on the device (``models/hog.py``)."""
+    input, the uint8 crop, is recovered exactly from the normalized tensor on the device (``models/hog.py``)."""
     return transforms.Compose([
         transforms.RandomResizedCrop(input_size, scale=(min_scale, 1.0),
                                      interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.PILToTensor(),
     ])
 
 
 def build_eval_transform(input_size: int) -> transforms.Compose:
-    """MAE evaluation preprocessing: resize then center crop to ``[3, input_size, input_size]``."""
-    # Up to 224 the crop keeps the usual 224/256 of the resized image; larger sizes use the whole image.
-    crop_pct = 224 / 256 if input_size <= 224 else 1.0
+    """MAE evaluation preprocessing: resize (the short side to ``eval_resize_size``) then center crop to uint8
+    ``[3, input_size, input_size]``."""
     return transforms.Compose([
-        transforms.Resize(int(input_size / crop_pct), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.Resize(eval_resize_size(input_size), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(input_size),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        transforms.PILToTensor(),
     ])
+
+
+def eval_resize_size(input_size: int) -> int:
+    """The short side evaluation resizes to before its center crop: up to 224 the crop keeps the usual 224/256
+    of the resized image (MAE's ``crop_pct``; 256 for 224), larger sizes use the whole image."""
+    crop_pct = 224 / 256 if input_size <= 224 else 1.0
+    return int(input_size / crop_pct)
 
 
 def _is_image(name: str) -> bool:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from base.images import normalize
 from util import distributed as dist_util
 from util.data import build_dataset, build_eval_transform, class_folders
 from util.session import autocast
@@ -148,7 +149,7 @@ class KnnMonitor:
         feats = []
         for imgs, _ in loader:
             with autocast(device, amp_dtype):
-                out = encoder(imgs.to(device, non_blocking=True))  # no ids_keep: every patch, unmasked
+                out = encoder(normalize(imgs.to(device, non_blocking=True)))  # no ids_keep: every patch, unmasked
             feats.append(out.patches.float().mean(dim=1))  # [B, D]
         return dist_util.all_gather_cat(torch.cat(feats))[:len(labels)]
 

@@ -42,6 +42,9 @@ from util.runtime import amp_choice, seed_everything, select_device
 LOCK_FILE = ".lock"
 TEMP_PATTERNS = (".tmp-*.pth", ".tmp-*.png")  # util.output_files.atomic_write's temp checkpoints and pictures
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# batches each training DataLoader worker keeps ready: uint8 batches are a quarter of float32's bytes, so four of
+# them hold the memory of one float32 batch and ride out RandAugment's uneven cost per image
+PREFETCH_BATCHES = 4
 FIRST_CTRL_C_NOTE = (b"SIGINT: finishing the optimizer step under way, then saving a checkpoint to resume from "
                      b"(Ctrl-C again stops at once, without saving)\n")
 
@@ -194,18 +197,26 @@ def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty
                  collate_fn: Callable[[list], Any] | None = None, start_method: str | None = None) -> DataLoader:
     """This process's shard of ``dataset`` in full batches, reshuffled each epoch, each item augmented from its
     own seed (``ResumableSampler``, ``SeededItems``: ``begin_epoch`` sets the epoch, and where a resumed one
-    starts). Raises ``UsageError`` when the data make no full batch, unless ``allow_empty`` (evaluation only).
+    starts). Workers keep ``PREFETCH_BATCHES`` batches each in flight and, started the default way (fork),
+    persist across epochs (the epoch reaches them with each index). Raises ``UsageError`` when the data make no full batch, unless
+    ``allow_empty`` (evaluation only).
     ``collate_fn``: batches of another kind (the DALI path's encoded files, ``util.dali_loader``), which are not
     pinned; ``start_method``: how the workers start (default: the platform's, fork on Linux)."""
     sampler = ResumableSampler(dataset, num_replicas=session.world_size, rank=session.rank, shuffle=True,
                                seed=cfg.seed)
-    # workers start afresh each epoch (they read the dataset's epoch); the loader's own generator draws their
-    # base seeds, so the global RNG, which the checkpoints restore, sees only what the model draws
+    # the loader's own generator draws the workers' base seeds, so the global RNG, which the checkpoints restore,
+    # sees only what the model draws
+    workers = cfg.num_workers > 0
+    # the DALI path's forkserver workers only read bytes, cheap to restart; kept alive, they left the process
+    # hanging at its exit (seen in tests/test_dali_classify.py)
+    persistent = workers and start_method is None
     loader = DataLoader(SeededItems(dataset, cfg.seed), batch_size=cfg.batch_size, sampler=sampler,
                         num_workers=cfg.num_workers, collate_fn=collate_fn,
-                        multiprocessing_context=start_method if cfg.num_workers else None,
+                        multiprocessing_context=start_method if workers else None,
                         pin_memory=cfg.pin_mem and session.device.type == "cuda" and collate_fn is None,
-                        drop_last=True, persistent_workers=False, worker_init_fn=ignore_stop_signals,
+                        drop_last=True, persistent_workers=persistent,
+                        prefetch_factor=PREFETCH_BATCHES if workers else None,
+                        worker_init_fn=ignore_stop_signals,
                         generator=torch.Generator().manual_seed(cfg.seed + session.rank))
     if len(loader) == 0 and not allow_empty:
         raise UsageError(f"{len(dataset)} images make no full batch of {cfg.batch_size} x {session.world_size} "
@@ -218,12 +229,14 @@ def train_loader(cfg: RunConfig, session: Session, dataset: Dataset, allow_empty
 
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` (this process's shard, reshuffled by epoch) that can leave out the first ``skip``
-    indices of an epoch: a run resumed mid-epoch goes on with the rest of the very same order."""
+    indices of an epoch: a run resumed mid-epoch goes on with the rest of the very same order. It yields
+    (epoch, index) pairs: persistent DataLoader workers hold copies of the dataset made once, which never see
+    ``begin_epoch``, so the epoch that seeds an item (``SeededItems``) travels with its index."""
 
     skip = 0
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.skip, None)
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, i) for i in itertools.islice(super().__iter__(), self.skip, None))
 
     def __len__(self) -> int:
         return super().__len__() - self.skip
@@ -233,7 +246,8 @@ class SeededItems(Dataset):
     """``dataset`` whose item ``i`` in epoch ``epoch`` is made with the CPU RNGs (torch, numpy, random) seeded
     from (``seed``, epoch, i), the caller's RNG states put back afterwards. Without it an augmentation depends on
     the worker that drew it and the items before, which a run resumed mid-epoch cannot replay; with it
-    ``--num_workers`` changes no result either."""
+    ``--num_workers`` changes no result either. Its keys: (epoch, i), as ``ResumableSampler`` yields them, or
+    an index ``i`` alone, of the epoch ``begin_epoch`` set in this process."""
 
     def __init__(self, dataset: Dataset, seed: int):
         self.dataset, self.seed, self.epoch = dataset, seed, 0
@@ -241,8 +255,9 @@ class SeededItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: int):
-        with _seeded(np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(4)):
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
+        with _seeded(np.random.SeedSequence([self.seed, epoch, index]).generate_state(4)):
             return self.dataset[index]
 
 
