@@ -10,8 +10,8 @@ Parts, in this order (``--parts`` picks some):
 - ``throughput``: the five recipes' pretraining step (``pretrain_throughput.py``) in bf16, eager, and DMJD with
   ``--grad_ckpt stage1``: img/s, step time, peak memory, MFU;
 - ``dali_test``: ``tests/test_dali.py`` through pytest, the GPU ("mixed") decoder against PIL among its cases;
-- ``dataload``: img/s of the input pipelines (pretraining and, once ``dataload.py`` has ``--pipelines``,
-  fine-tuning) on a generated folder of JPEGs, PIL and DALI;
+- ``dataload``: img/s of the pretraining and fine-tuning input pipelines on a generated folder of JPEGs, PIL and
+  DALI;
 - ``clip_bf16``: the CLIP teacher's target as the trainer computes it (bf16 on a GPU) against fp32;
 - ``fsdp``: two FSDP2 steps in a one-process group;
 - ``segmentation``: 20 iterations of ``segmentation/train.py --amp`` on a tiny UperNet config (needs mmseg);
@@ -192,11 +192,6 @@ def part_dali_test(check: Check) -> dict:
     return {"rows": rows, "exit_status": done.returncode}
 
 
-def _dataload_has_pipelines() -> bool:
-    """Whether benchmarks/dataload.py takes --pipelines (the per-pipeline extension), as its --help would list."""
-    return '"--pipelines"' in (ROOT / "benchmarks" / "dataload.py").read_text()
-
-
 def part_dataload(check: Check) -> dict:
     """img/s of each backend (and pipeline) over a generated folder of 500x375 JPEGs, the batches on the device."""
     folder = check.work / "jpegs"
@@ -210,8 +205,7 @@ def part_dataload(check: Check) -> dict:
     # reading workers is most of a toy run's time)
     argv += ["--batch_size", "4", "--batches", "2", "--warmup", "1", "--input_size", "32", "--backends", "pil"] \
         if check.smoke else ["--batch_size", "128", "--batches", "10", "--warmup", "2"]
-    if _dataload_has_pipelines():
-        argv += ["--pipelines", "pretrain", "finetune"]
+    argv += ["--pipelines", "pretrain", "finetune"]
     result = last_json(check.run(argv, box=120))
     rows = [{"name": " ".join(str(row[key]) for key in ("pipeline", "backend", "workers") if key in row),
              "status": "ok", **row} for row in result["rows"]]
