@@ -1,6 +1,6 @@
 # Two entry points: `make demo` (pretrain, picture and linear probes on Fashion-MNIST, CPU) and `make test`.
-# The segmentation extra (with detection): `make seg` (onedl-mmcv built once into WHEEL_CACHE), `make seg-demo`,
-# `make det-demo`.
+# The segmentation extra (with detection): `make seg` (onedl-mmcv built once into WHEEL_CACHE), `make seg-demo`
+# (its pretraining alone: `make demo-seg-pretrain`), `make det-demo`.
 # Every install step is tools/install.sh's, the same the Dockerfile and CI run; the targets only call it.
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +13,7 @@ TORCH_VERSION := $(shell sed -n 's/^torch==//p' requirements.txt)
 WHEEL_CACHE ?= $(HOME)/.cache/mim-wheels/torch-$(TORCH_VERSION)
 INSTALL := PYTHON=$(PYTHON) VENV=$(VENV) WHEEL_CACHE=$(WHEEL_CACHE) FMNIST_DIR=$(FMNIST_DIR) tools/install.sh
 
-.PHONY: demo demo-pretrain test venv seg seg-demo det-demo fashion-mnist clean
+.PHONY: demo demo-pretrain demo-seg-pretrain test venv seg seg-demo det-demo fashion-mnist clean
 
 venv: $(VENV)/.installed
 
@@ -54,16 +54,35 @@ $(DEMO_DIR)/pretrain/checkpoint-4.pth: | venv fashion-mnist
 	  --num_workers 2 --print_freq 50 --save_freq 5 --vis_freq 1 --output_dir $(DEMO_DIR)/pretrain \
 	  --knn_freq 1 --knn_bank_size 2000 --knn_query_size 1000
 
-# UperNet on a Fashion-MNIST segmentation set (ADE20K layout) from the demo's MAE encoder and from random init
+# UperNet on a Fashion-MNIST segmentation set (ADE20K layout) from an MAE encoder pretrained on that set's own
+# training canvases (labels unused) and from random init, for the same iterations
 SEG_CONFIG := segmentation/configs/demo_fmnist_upernet_vit_tiny.py
-SEG_RUN = OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) segmentation/train.py $(SEG_CONFIG) --data-root $(DEMO_DIR)/seg_data
+SEG_ITERS := $(shell sed -n 's/^max_iters = //p' $(SEG_CONFIG))
+SEG_DATA := $(DEMO_DIR)/seg_data
+SEG_PRETRAIN_EPOCHS := 20
+SEG_MAE_CKPT := $(DEMO_DIR)/seg_pretrain/checkpoint-$(shell echo $$(($(SEG_PRETRAIN_EPOCHS) - 1))).pth
+SEG_RUN = OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) segmentation/train.py $(SEG_CONFIG) --data-root $(SEG_DATA)
 
-seg-demo: seg demo-pretrain
-	$(PY) -m segmentation.demo_data --fmnist $(FMNIST_DIR) --out $(DEMO_DIR)/seg_data --train 2000 --val 300
-	$(SEG_RUN) --work-dir $(DEMO_DIR)/seg_pretrained --pretrained $(DEMO_DIR)/pretrain/checkpoint-4.pth
+$(SEG_DATA)/.made: | seg fashion-mnist
+	$(PY) -m segmentation.demo_data --fmnist $(FMNIST_DIR) --out $(SEG_DATA) --train 2000 --val 300
+	touch $@
+
+# MAE ViT-Tiny at the fine-tuning's 128 px on the 2,000 training canvases, read as a flat folder of images
+demo-seg-pretrain: $(SEG_MAE_CKPT)
+
+$(SEG_MAE_CKPT): | $(SEG_DATA)/.made
+	OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) main_pretrain.py --model mae_vit_tiny_patch16 \
+	  --model_kwargs decoder_embed_dim=128 decoder_depth=2 decoder_num_heads=4 \
+	  --data_set imagefolder --data_path $(SEG_DATA)/images/training --input_size 128 \
+	  --batch_size 64 --epochs $(SEG_PRETRAIN_EPOCHS) --warmup_epochs 2 --blr 1.5e-3 --norm_pix_loss \
+	  --num_workers 1 --print_freq 31 --save_freq $(SEG_PRETRAIN_EPOCHS) --vis_freq 5 \
+	  --output_dir $(DEMO_DIR)/seg_pretrain
+
+seg-demo: seg $(SEG_DATA)/.made demo-seg-pretrain
+	$(SEG_RUN) --work-dir $(DEMO_DIR)/seg_pretrained --pretrained $(SEG_MAE_CKPT)
 	$(SEG_RUN) --work-dir $(DEMO_DIR)/seg_random
 	for run in pretrained random; do OMP_NUM_THREADS=$(DEMO_THREADS) $(PY) segmentation/test.py $(SEG_CONFIG) \
-	  $(DEMO_DIR)/seg_$$run/iter_1000.pth --data-root $(DEMO_DIR)/seg_data --work-dir $(DEMO_DIR)/seg_$$run \
+	  $(DEMO_DIR)/seg_$$run/iter_$(SEG_ITERS).pth --data-root $(SEG_DATA) --work-dir $(DEMO_DIR)/seg_$$run \
 	  --out-json $(DEMO_DIR)/seg_$$run/metrics.json || exit 1; done
 	@echo "Fashion-MNIST segmentation (300 validation canvases, 11 classes):"
 	@$(PY) -m segmentation.demo_report pretrained=$(DEMO_DIR)/seg_pretrained/metrics.json \

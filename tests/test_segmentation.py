@@ -2,6 +2,7 @@
 ADE20K-layout tree; checkpoints (ours, official formats, mmengine's own) load safely; layer decay is the
 official one. Needs the segmentation extra (``make seg``); CI always installs it."""
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from mmseg.registry import MODELS  # noqa: E402
 
 import segmentation  # noqa: E402,F401  (registrations)
 from base.errors import UsageError  # noqa: E402
+from base.safe_load import load_file  # noqa: E402
 from models import create_model  # noqa: E402
 from segmentation.backbones import MIMBackbone  # noqa: E402
 
@@ -215,3 +217,44 @@ def test_demo_set_and_config_train(tmp_path):
     runner.train()
     assert runner.val_evaluator.dataset_meta["classes"] == CLASSES and len(CLASSES) == 11
     assert 0 <= runner.test()["mIoU"] <= 100
+
+
+def test_demo_pretrains_on_its_own_canvases(tmp_path, capsys):
+    """make demo-seg-pretrain's input: the demo's training canvases (images/training) are a flat folder of
+    unlabelled images that main_pretrain reads as such (the annotations beside it unread, no kNN monitor without
+    labels), and the checkpoint, at the canvases' size, fills every weight of the demo's backbone with no
+    position table resized."""
+    import main_pretrain
+    from segmentation.demo_data import write_split
+    for split, count in (("training", 4), ("validation", 2)):
+        write_split(TinyFashionMNIST(), tmp_path / "data", split, count, 64, seed=0)
+    out = tmp_path / "pretrain"
+    argv = ["--model", "mae_vit_tiny_patch16", "--model_kwargs", "embed_dim=32", "depth=4", "num_heads=2",
+            "decoder_embed_dim=16", "decoder_depth=1", "decoder_num_heads=2", "--data_set", "imagefolder",
+            "--data_path", str(tmp_path / "data" / "images" / "training"), "--input_size", "64", "--norm_pix_loss",
+            "--batch_size", "2", "--epochs", "1", "--warmup_epochs", "0", "--num_workers", "0", "--device", "cpu",
+            "--save_freq", "1", "--print_freq", "1", "--output_dir", str(out)]
+    main_pretrain.main(main_pretrain.get_args_parser().parse_args(argv))
+    assert "; 4 images;" in capsys.readouterr().out
+    records = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["train_loss"] > 0 and "knn_top1" not in records[0]
+    backbone = MIMBackbone("vit_tiny_patch16", img_size=64, out_indices=(0, 1, 2, 3),
+                           pretrained=str(out / "checkpoint-0.pth"), embed_dim=32, depth=4, num_heads=2)
+    backbone.init_weights()
+    report = backbone.load_report
+    assert not (report.missing or report.mismatched or report.resized), report
+    written = load_file(str(out / "checkpoint-0.pth"))["model"]
+    torch.testing.assert_close(backbone.encoder.state_dict()["pos_embed"], written["pos_embed"])
+
+
+def test_demo_report_gives_the_gain_over_random():
+    """The demos' table: each run's metrics and its gain in the first column over the last run (random init);
+    a negative metric (COCO's "no object of that size") prints as '-', in the gain too."""
+    from segmentation.demo_report import COLUMNS, table
+    lines = table([("pretrained", {"mIoU": 31.5, "mAcc": 40.0, "aAcc": 85.0}),
+                   ("random", {"mIoU": 26.25, "mAcc": 37.5, "aAcc": 83.75})], COLUMNS).splitlines()
+    assert lines[0].split()[-4:] == ["mIoU", "gain", "vs", "random"]
+    assert lines[1].split() == ["pretrained", "31.50", "40.00", "85.00", "+5.25"]
+    assert lines[2].split() == ["random", "26.25", "37.50", "83.75", "+0.00"]
+    boxes = table([("a", {"AP": 0.5, "APs": -1.0}), ("b", {"AP": -1.0, "APs": 0.25})], {"AP": "AP", "APs": "APs"}, 100)
+    assert [line.split()[1:] for line in boxes.splitlines()[1:]] == [["50.00", "-", "-"], ["-", "25.00", "-"]]

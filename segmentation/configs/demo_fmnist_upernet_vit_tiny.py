@@ -31,12 +31,13 @@ val_dataloader = dict(batch_size=8, num_workers=2,
                                    pipeline=test_pipeline))
 test_dataloader = val_dataloader
 optim_wrapper = dict(optimizer=dict(lr=1e-3), paramwise_cfg=dict(num_layers=12, layer_decay_rate=0.9))
+max_iters = 400
 param_scheduler = [
     dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=50),
-    dict(type="PolyLR", eta_min=0.0, power=1.0, begin=50, end=1000, by_epoch=False),
+    dict(type="PolyLR", eta_min=0.0, power=1.0, begin=50, end=max_iters, by_epoch=False),
 ]
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=1000, val_interval=1000)
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=max_iters)
 auto_scale_lr = dict(enable=False, base_batch_size=8)  # one CPU process
-default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=1000),
+default_hooks = dict(logger=dict(interval=50), checkpoint=dict(interval=max_iters),
                      visualization=dict(type="SegVisualizationHook", draw=False))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo"))
